@@ -1,1 +1,15 @@
-//! flashvsr-model
+//! FlashVSR inference on Candle: the one-step streaming video super-resolution pipeline.
+//!
+//! Stage by stage (see `../shared/docs/flashvsr-spec.md` for the upstream numerics):
+//! preprocess → LQ projection → DiT step (LCSA + KV cache) → decoder (TCDecoder | Wan VAE)
+//! → colour fix → 8-bit frames. Modules are stateless layers; the streaming state of one
+//! video lives in a session.
+
+pub mod color_fix;
+pub mod config;
+pub mod conv3d;
+pub mod decoders;
+pub mod dit;
+pub mod linear;
+pub mod lq_proj;
+pub mod preprocess;

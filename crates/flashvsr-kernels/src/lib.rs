@@ -1,0 +1,1 @@
+//! CUDA kernels for FlashVSR. Without the `cuda` feature this crate is empty.

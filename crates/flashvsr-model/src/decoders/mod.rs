@@ -1,0 +1,3 @@
+//! Decoders: the tiny conditional decoder and the Wan2.1 VAE decoder.
+pub mod tc;
+pub mod wan_vae;
