@@ -12,4 +12,6 @@ pub mod decoders;
 pub mod dit;
 pub mod linear;
 pub mod lq_proj;
+pub mod noise;
 pub mod preprocess;
+pub mod schedule;
