@@ -1,1 +1,213 @@
-//! lq_proj
+//! LQ projection (`LQ_proj_in`, spec §4): bicubic LQ video → one token per DiT token, added
+//! to the patch tokens before DiT block 0.
+//!
+//! pixel-unshuffle 16 → CausalConv3d (4,3,3)/(2,1,1), replicate → RMS_norm → SiLU →
+//! CausalConv3d → RMS_norm → SiLU → tokens (f,h,w) → Linear. Streaming: the first call gets
+//! one frame (repeated to 4) and only fills the caches; every later call turns 4 LQ frames
+//! into one feature frame.
+//!
+//! Two variants that differ only in *when* each conv's 2-frame cache is taken:
+//! * [`LqProjVariant::Causal`] (v1.1, `Causal_LQ4x_Proj`): the cache is the previous call's
+//!   last 2 input frames (truly causal).
+//! * [`LqProjVariant::Buffer`] (v1, `Buffer_LQ4x_Proj`, spec Correction 3): the cache is
+//!   overwritten with the *current* call's last 2 input frames before the conv, so conv1 sees
+//!   the clip's frames in the order 2,3,0,1,2,3.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::LqProjConfig;
+use crate::conv3d::{CausalConv3d, Padding};
+use crate::linear::{linear, Linear};
+
+/// Frames kept per conv cache (upstream `CACHE_T`).
+const CACHE_T: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LqProjVariant {
+    /// v1.1 `Causal_LQ4x_Proj`.
+    Causal,
+    /// v1 `Buffer_LQ4x_Proj`.
+    Buffer,
+}
+
+/// Per-video streaming state: the conv caches and the number of calls so far.
+#[derive(Debug, Clone, Default)]
+pub struct LqProjState {
+    conv1_cache: Option<Tensor>,
+    conv2_cache: Option<Tensor>,
+    calls: usize,
+}
+
+impl LqProjState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of `stream` calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+}
+
+/// Optional intermediate outputs of one `stream` call (for tests).
+#[derive(Debug, Clone, Default)]
+pub struct LqProjTaps {
+    /// SiLU(norm1(conv1)) `[1, H1, 2, h, w]`.
+    pub act1: Option<Tensor>,
+    /// SiLU(norm2(conv2)) `[1, H2, 1, h, w]` (not on the first call).
+    pub act2: Option<Tensor>,
+}
+
+/// Upstream `RMS_norm` over channels: x / max(‖x‖₂, 1e-12) · √C · γ, computed in f32.
+#[derive(Debug, Clone)]
+struct ChannelRmsNorm {
+    gamma: Tensor, // [1, C, 1, 1, 1]
+    scale: f64,
+}
+
+impl ChannelRmsNorm {
+    fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        let gamma = vb.get((channels, 1, 1, 1), "gamma")?.reshape((1, channels, 1, 1, 1))?;
+        Ok(Self { gamma, scale: (channels as f64).sqrt() })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        let y = (xf.broadcast_div(&norm)? * self.scale)?
+            .broadcast_mul(&self.gamma.to_dtype(DType::F32)?)?;
+        y.to_dtype(dtype)
+    }
+}
+
+/// The LQ projection with its weights.
+#[derive(Debug, Clone)]
+pub struct LqProj {
+    conv1: CausalConv3d,
+    norm1: ChannelRmsNorm,
+    conv2: CausalConv3d,
+    norm2: ChannelRmsNorm,
+    linear: Linear,
+    variant: LqProjVariant,
+    config: LqProjConfig,
+    span: tracing::Span,
+}
+
+impl LqProj {
+    /// `vb` points at the LQ projection's tensors (`conv1.weight`, …, `linear_layers.0.bias`).
+    pub fn new(vb: VarBuilder, config: &LqProjConfig, variant: LqProjVariant) -> Result<Self> {
+        let c = config;
+        let pad = Padding::replicate(2, 1);
+        let conv1 = CausalConv3d::new(vb.pp("conv1"), c.in_channels, c.hidden1, (4, 3, 3), 2, pad)?;
+        let norm1 = ChannelRmsNorm::new(vb.pp("norm1"), c.hidden1)?;
+        let conv2 = CausalConv3d::new(vb.pp("conv2"), c.hidden1, c.hidden2, (4, 3, 3), 2, pad)?;
+        let norm2 = ChannelRmsNorm::new(vb.pp("norm2"), c.hidden2)?;
+        let linear = linear(c.hidden2, c.dim, vb.pp("linear_layers").pp(0))?;
+        Ok(Self {
+            conv1,
+            norm1,
+            conv2,
+            norm2,
+            linear,
+            variant,
+            config: *c,
+            span: tracing::span!(tracing::Level::TRACE, "lq-proj"),
+        })
+    }
+
+    pub fn config(&self) -> &LqProjConfig {
+        &self.config
+    }
+    pub fn variant(&self) -> LqProjVariant {
+        self.variant
+    }
+
+    /// One streaming call. `clip`: `[1, 3, T, H, W]` in [-1, 1] (T = 1 on the first call,
+    /// 4 afterwards; H, W multiples of 16). Returns `None` on the first call, else tokens
+    /// `[1, f·h·w, dim]` (f = T/4 feature frames, h = H/16, w = W/16).
+    pub fn stream(&self, clip: &Tensor, state: &mut LqProjState) -> Result<Option<Tensor>> {
+        self.stream_with_taps(clip, state, None)
+    }
+
+    pub fn stream_with_taps(
+        &self,
+        clip: &Tensor,
+        state: &mut LqProjState,
+        mut taps: Option<&mut LqProjTaps>,
+    ) -> Result<Option<Tensor>> {
+        let _enter = self.span.enter();
+        let (_b, c, _t, h, w) = clip.dims5()?;
+        if c != 3 || h % 16 != 0 || w % 16 != 0 {
+            candle_core::bail!(
+                "LQ projection: clip must be [B,3,T,H,W] with H, W multiples of 16, got {:?}",
+                clip.dims()
+            );
+        }
+        let first = state.calls == 0;
+        let clip = if first {
+            // First call: the frame is repeated so the clip is 4 frames long.
+            let f0 = clip.narrow(2, 0, 1)?;
+            Tensor::cat(&[&f0, &f0, &f0, clip], 2)?
+        } else {
+            clip.clone()
+        };
+        let x = pixel_unshuffle_16(&clip)?;
+
+        let (x1, c1) = self.conv_with_cache(&self.conv1, &x, state.conv1_cache.take())?;
+        state.conv1_cache = Some(c1);
+        let a1 = candle_nn::ops::silu(&self.norm1.forward(&x1)?)?;
+        if let Some(taps) = taps.as_deref_mut() {
+            taps.act1 = Some(a1.clone());
+        }
+        state.calls += 1;
+        if first {
+            state.conv2_cache = Some(last_frames(&a1, CACHE_T)?);
+            return Ok(None);
+        }
+        let (x2, c2) = self.conv_with_cache(&self.conv2, &a1, state.conv2_cache.take())?;
+        state.conv2_cache = Some(c2);
+        let a2 = candle_nn::ops::silu(&self.norm2.forward(&x2)?)?;
+        if let Some(taps) = taps.as_deref_mut() {
+            taps.act2 = Some(a2.clone());
+        }
+        // [1, C, f, h, w] -> [1, f·h·w, C]
+        let (b2, c2, f2, h2, w2) = a2.dims5()?;
+        let tokens = a2.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        debug_assert_eq!(tokens.dims(), &[b2, f2 * h2 * w2, c2]);
+        Ok(Some(self.linear.forward(&tokens)?))
+    }
+
+    /// Runs one conv with the variant's cache rule; returns (output, cache for next call).
+    fn conv_with_cache(
+        &self,
+        conv: &CausalConv3d,
+        x: &Tensor,
+        cache: Option<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let own_last = last_frames(x, CACHE_T)?;
+        let y = match self.variant {
+            LqProjVariant::Causal => conv.forward(x, cache.as_ref())?,
+            LqProjVariant::Buffer => conv.forward(x, Some(&own_last))?,
+        };
+        Ok((y, own_last))
+    }
+}
+
+fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
+    let t = x.dim(2)?;
+    let n = n.min(t);
+    x.narrow(2, t - n, n)?.contiguous()
+}
+
+/// "PixelShuffle3d(1,16,16)": `[B, 3, T, H, W]` → `[B, 3·256, T, H/16, W/16]` with channel
+/// index c·256 + dy·16 + dx.
+pub fn pixel_unshuffle_16(x: &Tensor) -> Result<Tensor> {
+    let (b, c, t, h, w) = x.dims5()?;
+    let (hs, ws) = (h / 16, w / 16);
+    x.reshape(vec![b, c, t, hs, 16, ws, 16])?
+        .permute(vec![0, 1, 4, 6, 2, 3, 5])?
+        .contiguous()?
+        .reshape((b, c * 256, t, hs, ws))
+}
+
