@@ -12,7 +12,7 @@ use std::ops::Range;
 pub const FIRST_STEP_LQ_FRAMES: usize = 25;
 /// LQ frames each later step adds.
 pub const LQ_FRAMES_PER_STEP: usize = 8;
-/// Frames appended after the last input frame (copies of it) so the last latent has look-ahead.
+/// Output frames lag the LQ frames a step needs by this many (the LQ branch's look-ahead).
 pub const TAIL_COPIES: usize = 4;
 
 /// What one DiT step works on. All ranges are half-open frame indices.
@@ -55,58 +55,6 @@ pub fn step_plan(step: usize) -> StepPlan {
     }
 }
 
-/// How the number of output frames relates to the number of input frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameContract {
-    /// Every input frame gets an output frame: the clip is padded with copies of its last frame
-    /// up to the next length the model can run, and the outputs of padding frames are dropped.
-    /// Works for any clip of at least one frame.
-    SameCount,
-    /// Upstream's rule: 4 copies of the last frame, then the longest 8n+1 prefix; 8n−3 frames
-    /// come out and up to 7 trailing input frames are dropped. Needs at least 21 input frames.
-    Upstream,
-}
-
-/// The frame accounting of one clip of `input_frames` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClipPlan {
-    /// LQ frames the model runs on (real frames followed by copies of the last one).
-    pub lq_frames: usize,
-    /// DiT steps.
-    pub steps: usize,
-    /// Output frames handed to the caller.
-    pub output_frames: usize,
-}
-
-/// Plans a clip. Returns `None` when the contract cannot process it (upstream needs ≥ 21 frames).
-pub fn clip_plan(input_frames: usize, contract: FrameContract) -> Option<ClipPlan> {
-    if input_frames == 0 {
-        return None;
-    }
-    let with_tail = input_frames + TAIL_COPIES;
-    let lq_frames = match contract {
-        // Largest 8n+1 <= N + 4.
-        FrameContract::Upstream => (with_tail - 1) / 8 * 8 + 1,
-        // Smallest 8n+1 >= N + 4, and at least one full first step.
-        FrameContract::SameCount => ((with_tail - 1).div_ceil(8) * 8 + 1).max(FIRST_STEP_LQ_FRAMES),
-    };
-    if lq_frames < FIRST_STEP_LQ_FRAMES {
-        return None;
-    }
-    let steps = (lq_frames - 1) / 8 - 2;
-    let produced = lq_frames - TAIL_COPIES;
-    let output_frames = match contract {
-        FrameContract::Upstream => produced,
-        FrameContract::SameCount => input_frames,
-    };
-    Some(ClipPlan { lq_frames, steps, output_frames })
-}
-
-/// Latent frames of noise a clip of `lq_frames` LQ frames needs: (F − 1) / 4.
-pub fn latent_frames(lq_frames: usize) -> usize {
-    (lq_frames - 1) / 4
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,30 +88,5 @@ mod tests {
             assert_eq!(p.lq_frames_needed(), 4 * p.latents.end + 1);
             assert_eq!(p.outputs.end + TAIL_COPIES, p.lq_frames_needed());
         }
-    }
-
-    #[test]
-    fn upstream_contract_drops_trailing_frames() {
-        for (n, out) in [(21, 21), (28, 21), (29, 29), (81, 77), (100, 93), (145, 141)] {
-            let c = clip_plan(n, FrameContract::Upstream).unwrap();
-            assert_eq!(c.output_frames, out, "{n} frames in");
-            assert_eq!(c.lq_frames - TAIL_COPIES, c.output_frames);
-        }
-        assert_eq!(clip_plan(20, FrameContract::Upstream), None);
-        assert_eq!(clip_plan(21, FrameContract::Upstream).unwrap().steps, 1);
-    }
-
-    #[test]
-    fn same_count_contract_keeps_every_frame() {
-        for n in [1, 5, 20, 21, 22, 29, 100, 4093] {
-            let c = clip_plan(n, FrameContract::SameCount).unwrap();
-            assert_eq!(c.output_frames, n);
-            assert!(c.lq_frames - TAIL_COPIES >= n, "{n}: {c:?}");
-            assert!(c.lq_frames - TAIL_COPIES < n.max(21) + 8, "{n}: minimal padding, {c:?}");
-            assert_eq!((c.lq_frames - 1) % 8, 0);
-            // The last step's plan ends exactly at the padded length.
-            assert_eq!(step_plan(c.steps - 1).lq_frames_needed(), c.lq_frames);
-        }
-        assert_eq!(clip_plan(0, FrameContract::SameCount), None);
     }
 }
