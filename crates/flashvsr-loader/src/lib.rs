@@ -1,1 +1,13 @@
-//! flashvsr-loader
+//! flashvsr-loader: load GGUF (any ggml type, tensors of up to 8 dims, orig_shape/raw_shape
+//! conventions), safetensors and PyTorch zip checkpoints into Candle tensors, lazily.
+
+pub mod dequant;
+pub mod error;
+pub mod gguf;
+pub mod pickle;
+pub mod store;
+pub mod var_builder;
+
+pub use error::LoadError;
+pub use gguf::ShapeSource;
+pub use store::{detect_format, Format, TensorInfo, WeightStore};
