@@ -1,1 +1,119 @@
-//! block
+//! One DiT block (spec §5.3): modulated self-attention (LCSA), cross-attention, modulated FFN.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::{BlockKv, CrossAttention, LcsaContext, SelfAttention};
+use super::lcsa::Draft;
+use crate::config::DitConfig;
+use crate::linear::{linear, Linear};
+
+/// LayerNorm over the last dim in f32, optionally affine; result cast back to `x`'s dtype.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn no_affine(dim: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, DType::F32, device)?,
+            bias: Tensor::zeros(dim, DType::F32, device)?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn affine(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?.contiguous()?, &self.weight, &self.bias, self.eps)?;
+        y.to_dtype(x.dtype())
+    }
+}
+
+/// Cross-attention K/V of one block, computed once per prompt.
+#[derive(Debug, Clone)]
+pub struct CrossKv {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// What one block reports when taps are requested.
+#[derive(Debug, Clone)]
+pub struct BlockTaps {
+    pub draft: Draft,
+    /// Self-attention output after `o`, before gate1, `[1, N, dim]`.
+    pub self_attn_out: Tensor,
+    /// Hidden state after the block, `[1, N, dim]`.
+    pub out: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct DitBlock {
+    modulation: Tensor, // [1, 6, dim]
+    norm: LayerNorm,    // norm1 == norm2: no parameters
+    self_attn: SelfAttention,
+    norm3: LayerNorm,
+    cross_attn: CrossAttention,
+    ffn0: Linear,
+    ffn2: Linear,
+    span: tracing::Span,
+}
+
+impl DitBlock {
+    pub fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
+        Ok(Self {
+            modulation: vb.get((1, 6, cfg.dim), "modulation")?,
+            norm: LayerNorm::no_affine(cfg.dim, cfg.eps, vb.device())?,
+            self_attn: SelfAttention::new(vb.pp("self_attn"), cfg)?,
+            norm3: LayerNorm::affine(vb.pp("norm3"), cfg.dim, cfg.eps)?,
+            cross_attn: CrossAttention::new(vb.pp("cross_attn"), cfg)?,
+            ffn0: linear(cfg.dim, cfg.ffn_dim, vb.pp("ffn.0"))?,
+            ffn2: linear(cfg.ffn_dim, cfg.dim, vb.pp("ffn.2"))?,
+            span: tracing::span!(tracing::Level::TRACE, "dit-block"),
+        })
+    }
+
+    pub fn cross_kv(&self, context: &Tensor) -> Result<CrossKv> {
+        let (k, v) = self.cross_attn.kv(context)?;
+        Ok(CrossKv { k, v })
+    }
+
+    /// `x`: `[1, N, dim]`; `t_mod`: `[1, 6, dim]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t_mod: &Tensor,
+        cross: &CrossKv,
+        ctx: &LcsaContext,
+        cache: &mut BlockKv,
+        want_taps: bool,
+    ) -> Result<(Tensor, Option<BlockTaps>)> {
+        let _enter = self.span.enter();
+        let m = self.modulation.to_dtype(t_mod.dtype())?.broadcast_add(t_mod)?;
+        let chunk = |i: usize| m.narrow(1, i, 1);
+        let (shift1, scale1, gate1) = (chunk(0)?, chunk(1)?, chunk(2)?);
+        let (shift2, scale2, gate2) = (chunk(3)?, chunk(4)?, chunk(5)?);
+
+        let a = self.norm.forward(x)?.broadcast_mul(&(scale1 + 1.0)?)?.broadcast_add(&shift1)?;
+        let (sa, draft) = self.self_attn.forward(&a, ctx, cache, want_taps)?;
+        let x = (x + sa.broadcast_mul(&gate1)?)?;
+        let x = (&x + self.cross_attn.forward(&self.norm3.forward(&x)?, &cross.k, &cross.v)?)?;
+        let b = self.norm.forward(&x)?.broadcast_mul(&(scale2 + 1.0)?)?.broadcast_add(&shift2)?;
+        let ffn = self.ffn2.forward(&self.ffn0.forward(&b)?.gelu()?)?;
+        let x = (x + ffn.broadcast_mul(&gate2)?)?;
+        let taps = match draft {
+            Some(draft) => Some(BlockTaps { draft, self_attn_out: sa, out: x.clone() }),
+            None => None,
+        };
+        Ok((x, taps))
+    }
+}

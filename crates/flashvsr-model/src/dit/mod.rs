@@ -1,6 +1,224 @@
-//! The Wan2.1 DiT as modified by FlashVSR.
+//! The Wan2.1 DiT as modified by FlashVSR (spec §5): one-step flow velocity for a slice of
+//! noise latents, with LCSA self-attention and a bounded per-block KV cache.
+//!
+//! # Use from a streaming session
+//! ```ignore
+//! let cfg = DitConfig::from_weights(&vb, None)?;          // head_dim 128 unless told
+//! let dit = Dit::new(vb, &cfg)?;
+//! let consts = dit.constants(&prompt)?;                   // once per prompt: t, t_mod, cross K/V
+//! let mut cache = KvCache::new(&cfg);                     // once per video
+//! let params = LcsaParams::default();                     // 2.0 / 3.0 / 11
+//! // step 0: latents [0,6) at t_pos0 0; step s ≥ 1: latents [4+2s, 6+2s) at t_pos0 4+2s
+//! let v = dit.step(&noise_slice, &lq_tokens, t_pos0, &consts, &mut cache, &params, None)?;
+//! let x0 = (noise_slice - v)?;
+//! ```
+//! `noise_slice`: `[1, 16, f, H/8, W/8]` (f even; H, W multiples of 128); `lq_tokens`:
+//! `[1, f·(H/16)·(W/16), dim]` from the LQ projection (or `None`-equivalent zeros).
+
 pub mod attention;
 pub mod block;
 pub mod embeddings;
 pub mod lcsa;
 pub mod rope;
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+pub use attention::{BlockKv, LcsaContext};
+pub use block::{BlockTaps, CrossKv, DitBlock};
+pub use lcsa::{BlockMask, LcsaParams};
+
+use crate::config::DitConfig;
+use crate::linear::{linear, Linear};
+use block::LayerNorm;
+use embeddings::{sinusoidal_embedding, PatchEmbedding, TextEmbedding, TimeEmbedding};
+use rope::RopeTables;
+
+/// The fixed timestep of the one-step model (σ = 1).
+pub const TIMESTEP: f64 = 1000.0;
+
+/// Per-prompt constants: computed once, reused by every step.
+#[derive(Debug, Clone)]
+pub struct DitConstants {
+    /// Sinusoid of t = 1000, `[1, freq_dim]`.
+    pub t_freq: Tensor,
+    /// `[1, dim]`.
+    pub t: Tensor,
+    /// `[1, 6, dim]`.
+    pub t_mod: Tensor,
+    /// Text context `[1, L, dim]`.
+    pub context: Tensor,
+    /// Cross-attention K/V per block.
+    pub cross: Vec<CrossKv>,
+}
+
+/// Per-video KV cache: post-RoPE k/v windows of the previous segments, per block.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub blocks: Vec<BlockKv>,
+}
+
+impl KvCache {
+    pub fn new(cfg: &DitConfig) -> Self {
+        Self { blocks: vec![BlockKv::default(); cfg.num_layers] }
+    }
+    pub fn clear(&mut self) {
+        for b in &mut self.blocks {
+            b.kv = None;
+        }
+    }
+}
+
+/// Intermediates of one step (tests and diagnostics).
+#[derive(Debug, Clone, Default)]
+pub struct StepTaps {
+    /// Patch-embedding output `[1, N, dim]` (before adding the LQ tokens).
+    pub patch_tokens: Option<Tensor>,
+    /// Per block: draft, self-attention output, block output.
+    pub blocks: Vec<BlockTaps>,
+}
+
+pub struct Dit {
+    patch_embedding: PatchEmbedding,
+    text_embedding: TextEmbedding,
+    time_embedding: TimeEmbedding,
+    blocks: Vec<DitBlock>,
+    head_modulation: Tensor, // [1, 2, dim]
+    head_norm: LayerNorm,
+    head: Linear,
+    cfg: DitConfig,
+    span: tracing::Span,
+}
+
+impl Dit {
+    /// `vb` at the root of the DiT weights (upstream key names).
+    pub fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
+        rope::RopeSplit::for_head_dim(cfg.head_dim())?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| DitBlock::new(vb.pp("blocks").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let (pt, ph, pw) = cfg.patch_size;
+        Ok(Self {
+            patch_embedding: PatchEmbedding::new(vb.pp("patch_embedding"), cfg)?,
+            text_embedding: TextEmbedding::new(vb.clone(), cfg)?,
+            time_embedding: TimeEmbedding::new(vb.clone(), cfg)?,
+            blocks,
+            head_modulation: vb.get((1, 2, cfg.dim), "head.modulation")?,
+            head_norm: LayerNorm::no_affine(cfg.dim, cfg.eps, vb.device())?,
+            head: linear(cfg.dim, cfg.out_channels * pt * ph * pw, vb.pp("head.head"))?,
+            cfg: *cfg,
+            span: tracing::span!(tracing::Level::TRACE, "dit"),
+        })
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// t, t_mod, text context and per-block cross K/V for `prompt` `[1, L, text_dim]`.
+    pub fn constants(&self, prompt: &Tensor) -> Result<DitConstants> {
+        let dtype = self.head_modulation.dtype();
+        let t_freq = sinusoidal_embedding(self.cfg.freq_dim, TIMESTEP, dtype, prompt.device())?;
+        let (t, t_mod) = self.time_embedding.forward(&t_freq)?;
+        let context = self.text_embedding.forward(&prompt.to_dtype(dtype)?)?;
+        let cross = self.blocks.iter().map(|b| b.cross_kv(&context)).collect::<Result<Vec<_>>>()?;
+        Ok(DitConstants { t_freq, t, t_mod, context, cross })
+    }
+
+    /// One DiT step: velocity `[1, 16, f, H/8, W/8]` for `noise` of the same shape.
+    /// `t_pos0`: RoPE temporal position of the slice's first latent frame.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        noise: &Tensor,
+        lq_tokens: &Tensor,
+        t_pos0: usize,
+        consts: &DitConstants,
+        cache: &mut KvCache,
+        params: &LcsaParams,
+        mut taps: Option<&mut StepTaps>,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        if cache.blocks.len() != self.blocks.len() || consts.cross.len() != self.blocks.len() {
+            candle_core::bail!("DiT step: cache/constants made for another model");
+        }
+        let (_, _, _, lat_h, lat_w) = noise.dims5()?;
+        let (tokens, grid) = self.patch_embedding.forward(&noise.to_dtype(self.head_modulation.dtype())?)?;
+        if let Some(t) = taps.as_deref_mut() {
+            t.patch_tokens = Some(tokens.clone());
+            t.blocks.clear();
+        }
+        if lq_tokens.dims() != tokens.dims() {
+            candle_core::bail!(
+                "DiT step: LQ tokens {:?} do not match the patch tokens {:?}",
+                lq_tokens.dims(),
+                tokens.dims()
+            );
+        }
+        let mut x = (tokens + lq_tokens.to_dtype(self.head_modulation.dtype())?)?;
+
+        let ctx = self.lcsa_context(grid, t_pos0, lat_h * 8, lat_w * 8, params, noise.device())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (y, bt) = block.forward(&x, &consts.t_mod, &consts.cross[i], &ctx, &mut cache.blocks[i], taps.is_some())?;
+            x = y;
+            if let (Some(t), Some(bt)) = (taps.as_deref_mut(), bt) {
+                t.blocks.push(bt);
+            }
+        }
+
+        // Head: (head.modulation + t) → shift, scale (note: t, not t_mod).
+        let m = self.head_modulation.broadcast_add(&consts.t.unsqueeze(1)?)?;
+        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let y = self.head_norm.forward(&x)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let y = self.head.forward(&y)?;
+        self.unpatchify(&y, grid)
+    }
+
+    fn lcsa_context(
+        &self,
+        grid: (usize, usize, usize),
+        t_pos0: usize,
+        height: usize,
+        width: usize,
+        params: &LcsaParams,
+        device: &candle_core::Device,
+    ) -> Result<LcsaContext> {
+        let (_, h, w) = grid;
+        let (_, wh, ww) = lcsa::WINDOW;
+        let tables = RopeTables::new(
+            self.cfg.head_dim(),
+            self.cfg.rope_theta,
+            grid,
+            t_pos0,
+            self.cfg.rope_max_positions,
+            device,
+        )?;
+        // Tables in window order, to match q/k after the window partition.
+        let rope = RopeTables {
+            cos: lcsa::window_partition(&tables.cos, grid)?,
+            sin: lcsa::window_partition(&tables.sin, grid)?,
+        };
+        let (bh, bw) = (h / wh, w / ww);
+        let nb = bh * bw;
+        Ok(LcsaContext {
+            grid,
+            rope,
+            nb,
+            local: lcsa::local_mask(bh, bw, params.local_range),
+            topk: lcsa::topk_count(nb, params.sparse_ratio, height, width),
+            kv_len: params.kv_len(),
+        })
+    }
+
+    /// `[1, N, pt·ph·pw·C]` (C fastest) → `[1, C, f·pt, h·ph, w·pw]`.
+    fn unpatchify(&self, y: &Tensor, grid: (usize, usize, usize)) -> Result<Tensor> {
+        let (f, h, w) = grid;
+        let (pt, ph, pw) = self.cfg.patch_size;
+        let c = self.cfg.out_channels;
+        y.reshape(vec![f, h, w, pt, ph, pw, c])?
+            .permute(vec![6, 0, 3, 1, 4, 2, 5])?
+            .contiguous()?
+            .reshape((1, c, f * pt, h * ph, w * pw))
+    }
+}
+
