@@ -1,3 +1,5 @@
 //! Decoders: the tiny conditional decoder and the Wan2.1 VAE decoder.
 pub mod tc;
 pub mod wan_vae;
+
+pub use tc::{TcDecoder, TcState};

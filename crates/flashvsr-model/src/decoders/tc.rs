@@ -1,1 +1,364 @@
-//! tc
+//! TCDecoder: the tiny conditional decoder of the tiny / tiny-long modes (spec §6.2), a pruned
+//! and widened TAEHV decoder conditioned on the bicubic LQ frames.
+//!
+//! Every layer is 2-D and runs on all frames of a call at once; the only temporal coupling is
+//! the MemBlocks' memory (each block sees its own input of the previous time step, zeros at
+//! the start of a video), which lives in [`TcState`] and persists across calls. Running the
+//! video in one call or in chunks therefore gives the same frames.
+//!
+//! # Which LQ frames go with which call
+//! Latent k decodes to video frames `4k-3 ..= 4k` (latent 0 to frame 0 only), and it is
+//! conditioned on exactly those LQ frames. So a call with latents `[k0, k0+T)` takes the LQ
+//! frames `[max(4·k0-3, 0), 4·(k0+T)-3)`:
+//! * first call (k0 = 0): `4T-3` LQ frames, e.g. DiT step 0 (6 latents) → LQ `[0, 21)`;
+//!   the front is padded with 3 copies of LQ frame 0 and the first 3 output frames are dropped.
+//! * later calls: `4T` LQ frames, e.g. DiT step s ≥ 1 (latents `[4+2s, 6+2s)`) →
+//!   LQ `[8s+13, 8s+21)`.
+//!
+//! Each call returns as many frames as LQ frames it was given: `4T-3`, then `4T`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+/// Layer kinds at each `decoder.<i>` index of the upstream `nn.Sequential`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Clamp,
+    Conv,
+    Relu,
+    Mem,
+    Upsample,
+    TGrow,
+}
+
+/// The upstream layer sequence (spec §6.2 table); channel counts come from the weights.
+const LAYOUT: [Kind; 27] = {
+    use Kind::*;
+    [
+        Clamp, Conv, Relu, Conv, Relu, Mem, Mem, Mem, Upsample, TGrow, Conv, Mem, Mem, Mem,
+        Upsample, TGrow, Conv, Mem, Mem, Mem, Upsample, TGrow, Conv, Relu, Conv, Relu, Conv,
+    ]
+};
+
+/// LQ channels after the (4, 8, 8) space-time-to-depth: 3 · 4 · 8 · 8.
+pub const COND_CHANNELS: usize = 768;
+/// LQ frames folded into one latent step.
+pub const FRAMES_PER_LATENT: usize = 4;
+/// Spatial factor between latents and pixels.
+pub const SPATIAL_FACTOR: usize = 8;
+
+/// Loads a 2-D conv `<vb>.weight` (+ `.bias` if present) with "same" zero padding.
+fn conv2d(vb: &VarBuilder) -> Result<Conv2d> {
+    let weight = vb.get_unchecked("weight")?;
+    let (out_c, _in_c, kh, kw) = weight.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "{}.weight: expected a 4-D conv weight, got {:?}",
+            vb.prefix(),
+            weight.dims()
+        ))
+    })?;
+    if kh != kw || kh % 2 == 0 {
+        candle_core::bail!("{}.weight: unsupported kernel {kh}x{kw}", vb.prefix())
+    }
+    let bias = if vb.contains_tensor("bias") {
+        Some(vb.get(out_c, "bias")?)
+    } else {
+        None
+    };
+    let cfg = Conv2dConfig { padding: kh / 2, ..Default::default() };
+    Ok(Conv2d::new(weight, bias, cfg))
+}
+
+fn in_channels(conv: &Conv2d) -> usize {
+    conv.weight().dim(1).unwrap_or(0)
+}
+
+fn out_channels(conv: &Conv2d) -> usize {
+    conv.weight().dim(0).unwrap_or(0)
+}
+
+/// `relu(conv(cat[x, past]) → relu → conv → relu → conv + skip(x))`, past = the block's input
+/// one time step earlier.
+#[derive(Debug, Clone)]
+struct MemBlock {
+    convs: [Conv2d; 3],
+    skip: Option<Conv2d>,
+    span: tracing::Span,
+}
+
+impl MemBlock {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let convs = [conv2d(&vb.pp("conv.0"))?, conv2d(&vb.pp("conv.2"))?, conv2d(&vb.pp("conv.4"))?];
+        let skip = if vb.contains_tensor("skip.weight") {
+            Some(conv2d(&vb.pp("skip"))?)
+        } else {
+            None
+        };
+        let c_in = in_channels(&convs[0]) / 2;
+        if skip.is_none() && c_in != out_channels(&convs[2]) {
+            candle_core::bail!(
+                "{}: {c_in} input channels but {} outputs and no skip conv",
+                vb.prefix(),
+                out_channels(&convs[2])
+            )
+        }
+        Ok(Self { convs, skip, span: tracing::span!(tracing::Level::TRACE, "tc-memblock") })
+    }
+
+    /// `x`: `[T, C, h, w]`, `mem`: the input of the previous step `[1, C, h, w]` (None at the
+    /// start). Returns the output and the new memory.
+    fn forward(&self, x: &Tensor, mem: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let _enter = self.span.enter();
+        let t = x.dim(0)?;
+        let first = match mem {
+            Some(m) => m.clone(),
+            None => x.narrow(0, 0, 1)?.zeros_like()?,
+        };
+        let past = if t > 1 { Tensor::cat(&[&first, &x.narrow(0, 0, t - 1)?], 0)? } else { first };
+        let h = Tensor::cat(&[x, &past], 1)?;
+        let h = self.convs[0].forward(&h)?.relu()?;
+        let h = self.convs[1].forward(&h)?.relu()?;
+        let h = self.convs[2].forward(&h)?;
+        let skip = match &self.skip {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        Ok(((h + skip)?.relu()?, x.narrow(0, t - 1, 1)?))
+    }
+}
+
+/// 1×1 conv to `stride·C` channels; channel block s becomes time step `stride·t + s`.
+#[derive(Debug, Clone)]
+struct TGrow {
+    conv: Conv2d,
+    stride: usize,
+}
+
+impl TGrow {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let conv = conv2d(&vb.pp("conv"))?;
+        let (c_out, c_in) = (out_channels(&conv), in_channels(&conv));
+        if c_in == 0 || c_out % c_in != 0 {
+            candle_core::bail!("{}.conv.weight: {c_out} outputs is not a multiple of {c_in}", vb.prefix())
+        }
+        Ok(Self { conv, stride: c_out / c_in })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, c, h, w) = x.dims4()?;
+        self.conv.forward(x)?.reshape((t * self.stride, c, h, w))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Layer {
+    Clamp,
+    Conv(Conv2d),
+    Relu,
+    Mem(MemBlock),
+    Upsample,
+    TGrow(TGrow),
+}
+
+/// Dimensions read from the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcConfig {
+    /// Widths of the four stages (upstream `[512, 256, 128, 128]`).
+    pub channels: [usize; 4],
+    /// Latent channels of the DiT output (16).
+    pub latent_channels: usize,
+    /// Output frames per latent (product of the TGrow strides, 4).
+    pub frames_per_latent: usize,
+}
+
+/// Streaming state of one video: the MemBlocks' memories and whether the first call happened.
+#[derive(Debug, Clone, Default)]
+pub struct TcState {
+    mem: Vec<Option<Tensor>>,
+    started: bool,
+}
+
+impl TcState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the previous video (upstream `clean_mem`).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Whether the next call is the first of a video (gets `4T-3` LQ frames).
+    pub fn is_first_call(&self) -> bool {
+        !self.started
+    }
+}
+
+/// The tiny conditional decoder.
+#[derive(Debug, Clone)]
+pub struct TcDecoder {
+    layers: Vec<Layer>,
+    config: TcConfig,
+    span: tracing::Span,
+}
+
+impl TcDecoder {
+    /// Loads `decoder.<i>.*` from `vb` (the root of `TCDecoder.ckpt`).
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("decoder");
+        let mut layers = Vec::with_capacity(LAYOUT.len());
+        let mut stage_widths = Vec::new();
+        let mut frames_per_latent = 1;
+        for (i, kind) in LAYOUT.iter().enumerate() {
+            let vb = vb.pp(i);
+            layers.push(match kind {
+                Kind::Clamp => Layer::Clamp,
+                Kind::Relu => Layer::Relu,
+                Kind::Upsample => Layer::Upsample,
+                Kind::Conv => {
+                    let conv = conv2d(&vb)?;
+                    // Stage widths: the convs that open each stage (1, 10, 16, 22).
+                    if matches!(i, 1 | 10 | 16 | 22) {
+                        stage_widths.push(out_channels(&conv));
+                    }
+                    Layer::Conv(conv)
+                }
+                Kind::Mem => Layer::Mem(MemBlock::new(vb)?),
+                Kind::TGrow => {
+                    let g = TGrow::new(vb)?;
+                    frames_per_latent *= g.stride;
+                    Layer::TGrow(g)
+                }
+            });
+        }
+        let first_in = match &layers[1] {
+            Layer::Conv(c) => in_channels(c),
+            _ => 0,
+        };
+        if first_in <= COND_CHANNELS {
+            candle_core::bail!(
+                "decoder.1.weight has {first_in} input channels; expected {COND_CHANNELS} LQ + latent channels"
+            )
+        }
+        if frames_per_latent != FRAMES_PER_LATENT {
+            candle_core::bail!(
+                "TCDecoder TGrow strides give {frames_per_latent} frames per latent, expected {FRAMES_PER_LATENT}"
+            )
+        }
+        let config = TcConfig {
+            channels: [stage_widths[0], stage_widths[1], stage_widths[2], stage_widths[3]],
+            latent_channels: first_in - COND_CHANNELS,
+            frames_per_latent,
+        };
+        Ok(Self { layers, config, span: tracing::span!(tracing::Level::TRACE, "tc-decoder") })
+    }
+
+    pub fn config(&self) -> &TcConfig {
+        &self.config
+    }
+
+    /// Output frames dropped at the start of a video (3).
+    pub fn frames_to_trim(&self) -> usize {
+        self.config.frames_per_latent - 1
+    }
+
+    /// LQ frames a call with `latents` latent frames needs (`4T-3` first, then `4T`).
+    pub fn lq_frames_for(&self, latents: usize, state: &TcState) -> usize {
+        let n = latents * self.config.frames_per_latent;
+        if state.is_first_call() {
+            n.saturating_sub(self.frames_to_trim())
+        } else {
+            n
+        }
+    }
+
+    /// The (4, 8, 8) space-time-to-depth of the LQ frames `[1, 3, T_lq, H, W]`, front-padded
+    /// with copies of its first frame to a multiple of 4: `[T_lq/4, 768, H/8, W/8]`,
+    /// channel = c·256 + ft·64 + dy·8 + dx.
+    fn lq_condition(&self, lq: &Tensor) -> Result<Tensor> {
+        let (b, c, t, h, w) = lq.dims5()?;
+        if b != 1 || c != 3 {
+            candle_core::bail!("TCDecoder: LQ video must be [1, 3, T, H, W], got {:?}", lq.dims())
+        }
+        if h % SPATIAL_FACTOR != 0 || w % SPATIAL_FACTOR != 0 {
+            candle_core::bail!("TCDecoder: LQ frame size {w}x{h} is not a multiple of {SPATIAL_FACTOR}")
+        }
+        let g = FRAMES_PER_LATENT;
+        let pad = (g - t % g) % g;
+        let lq = if pad > 0 {
+            let first = lq.narrow(2, 0, 1)?;
+            let copies = vec![&first; pad];
+            Tensor::cat(&[Tensor::cat(&copies, 2)?, lq.clone()], 2)?
+        } else {
+            lq.clone()
+        };
+        let n = (t + pad) / g;
+        let (s, hh, ww) = (SPATIAL_FACTOR, h / SPATIAL_FACTOR, w / SPATIAL_FACTOR);
+        // [c, n, ft, hh, dy, ww, dx] → [n, c, ft, dy, dx, hh, ww]
+        lq.reshape(vec![c, n, g, hh, s, ww, s])?
+            .permute(vec![1, 0, 2, 4, 6, 3, 5])?
+            .contiguous()?
+            .reshape((n, c * g * s * s, hh, ww))
+    }
+
+    /// Decodes `latents` `[1, C_lat, T, h, w]` (DiT x0, not un-normalised) conditioned on the LQ
+    /// frames `lq` `[1, 3, T_lq, 8h, 8w]` in [-1, 1] (see the module docs for which frames).
+    /// Returns `[1, 3, T_lq, 8h, 8w]`, roughly in [-1, 1] (not clamped).
+    pub fn decode(&self, latents: &Tensor, lq: &Tensor, state: &mut TcState) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (b, c_lat, t, h, w) = latents.dims5()?;
+        if b != 1 || c_lat != self.config.latent_channels {
+            candle_core::bail!(
+                "TCDecoder: latents must be [1, {}, T, h, w], got {:?}",
+                self.config.latent_channels,
+                latents.dims()
+            )
+        }
+        let t_lq = lq.dim(2)?;
+        let want = self.lq_frames_for(t, state);
+        if t == 0 || t_lq != want {
+            candle_core::bail!(
+                "TCDecoder: {t} latent frames need {want} LQ frames in this call, got {t_lq}"
+            )
+        }
+        let (_, _, _, lh, lw) = lq.dims5()?;
+        if lh != h * SPATIAL_FACTOR || lw != w * SPATIAL_FACTOR {
+            candle_core::bail!(
+                "TCDecoder: LQ frames are {lw}x{lh}, latents {w}x{h} need {}x{}",
+                w * SPATIAL_FACTOR,
+                h * SPATIAL_FACTOR
+            )
+        }
+        let cond = self.lq_condition(&lq.to_dtype(latents.dtype())?)?;
+        let lat = latents.squeeze(0)?.permute((1, 0, 2, 3))?;
+        let mut x = Tensor::cat(&[&cond, &lat], 1)?;
+        if state.mem.len() != self.layers.len() {
+            state.mem = vec![None; self.layers.len()];
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match layer {
+                Layer::Clamp => ((&x / 3.0)?.tanh()? * 3.0)?,
+                Layer::Conv(c) => c.forward(&x)?,
+                Layer::Relu => x.relu()?,
+                Layer::Upsample => {
+                    let (_, _, hh, ww) = x.dims4()?;
+                    x.upsample_nearest2d(hh * 2, ww * 2)?
+                }
+                Layer::TGrow(g) => g.forward(&x)?,
+                Layer::Mem(m) => {
+                    let (y, mem) = m.forward(&x, state.mem[i].as_ref())?;
+                    state.mem[i] = Some(mem);
+                    y
+                }
+            };
+        }
+        if !state.started {
+            let trim = self.frames_to_trim();
+            x = x.narrow(0, trim, x.dim(0)? - trim)?;
+            state.started = true;
+        }
+        // [frames, 3, H, W] → [1, 3, frames, H, W], mapped from [0, 1] to [-1, 1].
+        let x = x.permute((1, 0, 2, 3))?.unsqueeze(0)?.contiguous()?;
+        (x * 2.0)? - 1.0
+    }
+}
