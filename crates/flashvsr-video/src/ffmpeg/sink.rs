@@ -6,7 +6,7 @@
 //!
 //! From the source file (when given): every audio stream is copied (re-encoded only when the
 //! container cannot hold its codec: AAC for mp4, Opus for webm), subtitles are copied, converted
-//! to the container's text format (mov_text / webvtt) or dropped with a warning when the container
+//! to the container's text format (mov_text / webvtt / srt) or dropped with a warning when the container
 //! cannot hold them (bitmap subtitles in mp4/webm), global metadata and chapters are copied.
 //! Colour: the RGB frames are converted with the source's YCbCr matrix and range and tagged with
 //! them (primaries and transfer copied when known); an untagged source gets BT.709 limited range.
@@ -136,6 +136,8 @@ fn audio_plan(ext: &str, codec: &str) -> Option<&'static str> {
 fn subtitle_plan(ext: &str, codec: &str) -> Result<Option<&'static str>, ()> {
     let text = matches!(codec, "subrip" | "srt" | "ass" | "ssa" | "webvtt" | "mov_text" | "text");
     match ext {
+        // Matroska holds nearly everything, but not mov_text (ffmpeg 5.1 refuses it): use SubRip.
+        "mkv" | "mka" if codec == "mov_text" => Ok(Some("srt")),
         "mkv" | "mka" => Ok(None),
         "mp4" | "m4v" | "mov" if codec == "mov_text" => Ok(None),
         "mp4" | "m4v" | "mov" if text => Ok(Some("mov_text")),
@@ -176,9 +178,8 @@ fn build_args(
     let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-v", "error", "-y"].map(String::from).to_vec();
     a.extend(["-f", "rawvideo", "-pix_fmt", "rgb24"].map(String::from));
     a.extend(["-s".into(), format!("{width}x{height}"), "-framerate".into(), fps.to_string(), "-i".into(), "pipe:0".into()]);
-    a.extend(["-map".into(), "0:v:0".into()]);
-
-    if let Some((src, probed)) = source {
+    // Inputs first (options before the file they belong to), then the output mapping.
+    if let Some((src, _)) = source {
         if let Some(start) = opts.source_start_s.filter(|s| *s > 0.0) {
             a.extend(["-ss".into(), format!("{start:.6}")]);
         }
@@ -186,6 +187,9 @@ fn build_args(
             a.extend(["-t".into(), format!("{dur:.6}")]);
         }
         a.extend(["-i".into(), ffmpeg_url(src, false).to_string_lossy().into_owned()]);
+    }
+    a.extend(["-map".into(), "0:v:0".into()]);
+    if let Some((_, probed)) = source {
         for (k, StreamDesc { index, codec }) in probed.audio.iter().enumerate() {
             a.extend(["-map".into(), format!("1:{index}")]);
             let enc = audio_plan(&ext, codec);
@@ -323,6 +327,7 @@ mod tests {
     #[test]
     fn subtitle_and_audio_plans() {
         assert_eq!(subtitle_plan("mkv", "hdmv_pgs_subtitle"), Ok(None));
+        assert_eq!(subtitle_plan("mkv", "mov_text"), Ok(Some("srt")));
         assert_eq!(subtitle_plan("mp4", "subrip"), Ok(Some("mov_text")));
         assert_eq!(subtitle_plan("webm", "mov_text"), Ok(Some("webvtt")));
         assert_eq!(subtitle_plan("webm", "dvd_subtitle"), Err(()));

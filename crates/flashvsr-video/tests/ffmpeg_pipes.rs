@@ -1,0 +1,252 @@
+//! The ffmpeg backend end to end on tiny generated clips (needs `ffmpeg`/`ffprobe` on PATH; CI
+//! installs Debian's). Without them these tests are skipped, except under `CI=...` where they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use flashvsr_video::{
+    ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec, Rational, RgbFrame,
+    SourceOptions, VideoError,
+};
+
+fn have_ffmpeg() -> bool {
+    if ffmpeg_available() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "ffmpeg/ffprobe missing on CI");
+    eprintln!("skipping: ffmpeg/ffprobe not installed");
+    false
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn make_clip(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(extra)
+        .args(["-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&path);
+    run(&mut cmd);
+    path
+}
+
+/// `(frames counted by decoding, r_frame_rate, format duration)` of the first video stream.
+fn probe_counted(path: &Path) -> (u64, String, f64) {
+    let out = run(Command::new("ffprobe").args(["-v", "error", "-count_frames", "-select_streams", "v:0"]).args([
+        "-show_entries",
+        "stream=nb_read_frames,r_frame_rate:format=duration",
+        "-of",
+        "default=noprint_wrappers=1",
+    ]).arg(path));
+    let text = String::from_utf8(out).unwrap();
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
+    (field("nb_read_frames").parse().unwrap(), field("r_frame_rate"), field("duration").parse().unwrap())
+}
+
+/// The packets of the audio streams, byte for byte.
+fn audio_packets(path: &Path) -> Vec<u8> {
+    run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", "0:a", "-c", "copy", "-f", "data", "-"]))
+}
+
+fn upscale2(f: &RgbFrame) -> RgbFrame {
+    let mut out = RgbFrame::new(f.width * 2, f.height * 2);
+    for y in 0..out.height {
+        for x in 0..out.width {
+            let s = 3 * ((y / 2) * f.width + x / 2);
+            out.data[3 * (y * out.width + x)..][..3].copy_from_slice(&f.data[s..s + 3]);
+        }
+    }
+    out
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn decode_upscale_encode_keeps_frames_fps_duration_and_audio() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "clip.mp4", &[]);
+    let input = InputSpec::detect(&clip);
+    let mut src = open_source(&input, &SourceOptions::default()).unwrap();
+    let info = src.info().clone();
+    assert_eq!((info.width, info.height), (96, 64));
+    assert_eq!(info.fps, Rational::new(24, 1));
+    assert_eq!(info.frame_count, Some(24));
+    assert!(info.has_audio && !info.has_subtitles && !info.variable_frame_rate);
+    assert_eq!(info.rotation, None);
+
+    let out = dir.path().join("up.mp4");
+    let mut sink =
+        open_sink(&OutputSpec::detect(&out), 192, 128, info.fps, Some(&input), &EncodeOptions::default()).unwrap();
+    let mut n = 0;
+    while let Some(frame) = src.next_frame().unwrap() {
+        assert_eq!((frame.width, frame.height, frame.data.len()), (96, 64, 96 * 64 * 3));
+        sink.write_frame(&upscale2(&frame)).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 24);
+    assert!(!out.exists(), "output must appear only on finish");
+    sink.finish().unwrap();
+    assert_eq!(dir_names(dir.path()), ["clip.mp4", "up.mp4"]);
+
+    let (frames_in, rate_in, dur_in) = probe_counted(&clip);
+    let (frames_out, rate_out, dur_out) = probe_counted(&out);
+    assert_eq!(frames_out, frames_in);
+    assert_eq!(rate_out, rate_in);
+    assert!((dur_out - dur_in).abs() < 1.0 / 24.0, "duration {dur_out} vs {dur_in}");
+    let audio = audio_packets(&clip);
+    assert!(!audio.is_empty());
+    assert!(audio == audio_packets(&out), "audio packets differ");
+
+    // Reading our own output back gives the upscaled size and the same count.
+    let mut back = open_source(&InputSpec::File(out.clone()), &SourceOptions::default()).unwrap();
+    assert_eq!((back.info().width, back.info().height), (192, 128));
+    let mut count = 0;
+    while back.next_frame().unwrap().is_some() {
+        count += 1;
+    }
+    assert_eq!(count, 24);
+
+    // Without overwrite an existing output is refused and left untouched.
+    let before = std::fs::read(&out).unwrap();
+    let err = open_sink(&OutputSpec::Container(out.clone()), 192, 128, info.fps, None, &EncodeOptions::default())
+        .err()
+        .expect("overwrite refused");
+    assert!(matches!(err, VideoError::OutputExists { .. }), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+#[test]
+fn frame_range_selects_frames() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "clip.mp4", &[]);
+    let all: Vec<RgbFrame> = {
+        let mut s = open_source(&InputSpec::File(clip.clone()), &SourceOptions::default()).unwrap();
+        std::iter::from_fn(|| s.next_frame().unwrap()).collect()
+    };
+    let opts = SourceOptions { start_frame: 5, end_frame: Some(9), ..Default::default() };
+    let mut s = open_source(&InputSpec::File(clip), &opts).unwrap();
+    assert_eq!(s.info().frame_count, Some(4));
+    let part: Vec<RgbFrame> = std::iter::from_fn(|| s.next_frame().unwrap()).collect();
+    assert_eq!(part.len(), 4);
+    assert!(part == all[5..9]);
+}
+
+fn feed(sink: &mut Box<dyn FrameSink>, n: usize, w: usize, h: usize) -> Result<(), VideoError> {
+    for i in 0..n {
+        let mut f = RgbFrame::new(w, h);
+        f.data.iter_mut().enumerate().for_each(|(j, v)| *v = (i * 31 + j) as u8);
+        sink.write_frame(&f)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn failing_ffmpeg_reports_stderr_and_leaves_nothing() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad.mp4");
+    let opts = EncodeOptions { codec: Some("no_such_encoder".into()), ..Default::default() };
+    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 32, 32, Rational::new(24, 1), None, &opts).unwrap();
+    let err = match feed(&mut sink, 10, 32, 32) {
+        Err(e) => e,
+        Ok(()) => sink.finish().expect_err("ffmpeg must fail"),
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("bad.mp4") && msg.contains("ffmpeg failed") && msg.contains("no_such_encoder"), "{msg}");
+    assert!(dir_names(dir.path()).is_empty(), "left behind: {:?}", dir_names(dir.path()));
+
+    // An output folder ffmpeg cannot write into.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&ro, perms.clone()).unwrap();
+    let writable_anyway = std::fs::write(ro.join("probe"), b"").is_ok(); // root ignores permissions
+    if !writable_anyway {
+        let target = ro.join("x.mp4");
+        let result = open_sink(&OutputSpec::Container(target), 32, 32, Rational::new(24, 1), None, &Default::default())
+            .and_then(|mut s| {
+                feed(&mut s, 5, 32, 32)?;
+                s.finish()
+            });
+        let msg = result.expect_err("unwritable folder must fail").to_string();
+        assert!(msg.contains("x.mp4"), "{msg}");
+        assert!(dir_names(&ro).is_empty());
+    }
+    perms.set_readonly(false);
+    std::fs::set_permissions(&ro, perms).unwrap();
+}
+
+#[test]
+fn abort_and_drop_leave_nothing() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.mkv");
+    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 64, 48, Rational::new(30, 1), None, &Default::default()).unwrap();
+    feed(&mut sink, 12, 64, 48).unwrap();
+    sink.abort();
+    assert!(dir_names(dir.path()).is_empty(), "abort left {:?}", dir_names(dir.path()));
+
+    let mut sink = open_sink(&OutputSpec::Container(out), 64, 48, Rational::new(30, 1), None, &Default::default()).unwrap();
+    feed(&mut sink, 12, 64, 48).unwrap();
+    drop(sink);
+    assert!(dir_names(dir.path()).is_empty(), "drop left {:?}", dir_names(dir.path()));
+
+    // Dropping a source early stops its ffmpeg (the test would hang otherwise).
+    let clip = make_clip(dir.path(), "c.mp4", &[]);
+    let mut src = open_source(&InputSpec::File(clip), &SourceOptions::default()).unwrap();
+    assert!(src.next_frame().unwrap().is_some());
+    drop(src);
+}
+
+#[test]
+fn subtitles_follow_the_container() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let srt = dir.path().join("s.srt");
+    std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:00,800\nhello\n").unwrap();
+    let srt_arg = srt.to_string_lossy().into_owned();
+    // mp4 with a mov_text subtitle track.
+    let clip = make_clip(dir.path(), "subs.mp4", &["-i", &srt_arg, "-map", "0:v", "-map", "1:a", "-map", "2:s", "-c:s", "mov_text"]);
+    let input = InputSpec::File(clip.clone());
+    let src = open_source(&input, &SourceOptions::default()).unwrap();
+    assert!(src.info().has_subtitles && src.info().has_audio);
+    drop(src);
+    for (name, sub_codec, audio_copied) in [("o.mkv", "subrip", true), ("o.mp4", "mov_text", true), ("o.webm", "webvtt", false)] {
+        let out = dir.path().join(name);
+        let mut sink =
+            open_sink(&OutputSpec::Container(out.clone()), 96, 64, Rational::new(24, 1), Some(&input), &Default::default())
+                .unwrap();
+        feed(&mut sink, 24, 96, 64).unwrap();
+        sink.finish().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let codecs = String::from_utf8(run(Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "csv=p=0"])
+            .arg(&out)))
+        .unwrap();
+        assert!(codecs.contains(&format!("{sub_codec},subtitle")), "{name}: {codecs}");
+        assert_eq!(audio_packets(&out) == audio_packets(&clip), audio_copied, "{name}: {codecs}");
+    }
+}
