@@ -29,12 +29,23 @@ pub fn load_weights(set: &str, file: &str) -> Result<VarBuilder<'static>> {
     vb.with_context(|| format!("loading {}", path.display()))
 }
 
-/// A tensor stored in a `.pth` with a single tensor (the prompt).
-pub fn load_pth_tensor(set: &str, file: &str) -> Result<Tensor> {
+/// The single f32 tensor of a bare-tensor `torch.save` file (the prompt), as
+/// `[1, numel / last_dim, last_dim]`. Candle's pickle reader expects a dict, so the raw storage
+/// (`<archive>/data/0`, little-endian f32) is read directly.
+pub fn load_pth_tensor(set: &str, file: &str, last_dim: usize) -> Result<Tensor> {
+    use std::io::Read;
     let path = fixture(set, file);
-    let tensors = candle_core::pickle::read_all(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, t) = tensors.into_iter().next().context("empty pth")?;
-    Ok(t.to_dtype(DType::F32)?)
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&path)?)?;
+    let name = zip
+        .file_names()
+        .find(|n| n.ends_with("/data/0"))
+        .map(str::to_string)
+        .with_context(|| format!("{}: no storage data/0", path.display()))?;
+    let mut bytes = Vec::new();
+    zip.by_name(&name)?.read_to_end(&mut bytes)?;
+    let vals: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let n = vals.len();
+    Ok(Tensor::from_vec(vals, (1, n / last_dim, last_dim), &Device::Cpu)?)
 }
 
 pub fn npy(set: &str, file: &str) -> Result<Tensor> {

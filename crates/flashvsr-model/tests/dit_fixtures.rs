@@ -1,0 +1,108 @@
+//! DiT stage by stage vs the upstream fixtures `tiny-v1.1` (1 step) and `tiny-v1-steps`
+//! (4 steps: KV cache eviction, RoPE positions continuing).
+mod common_dit;
+
+use anyhow::Result;
+use candle_core::{IndexOp, Tensor};
+use common_dit::*;
+use flashvsr_model::config::DitConfig;
+use flashvsr_model::dit::{Dit, KvCache, LcsaParams, StepTaps};
+
+struct Case {
+    set: &'static str,
+    steps: usize,
+    params: LcsaParams,
+    /// Which block `block_out_stepS.npy` holds.
+    block_out_index: usize,
+    t_mod_tol: f32,
+}
+
+fn check_constants(set: &str, dit: &Dit, prompt: &Tensor, t_mod_tol: f32) -> Result<flashvsr_model::dit::DitConstants> {
+    let c = dit.constants(prompt)?;
+    assert_close("t_freq", &c.t_freq, &npy(set, "t_freq.npy")?, 1e-6, 1e-6);
+    assert_close("t", &c.t, &npy(set, "t.npy")?, 1e-5, 1e-4);
+    assert_close("t_mod", &c.t_mod, &npy(set, "t_mod.npy")?, t_mod_tol, 1e-4);
+    assert_close("context", &c.context, &npy(set, "context.npy")?, 1e-5, 1e-4);
+    let ks = Tensor::cat(&c.cross.iter().map(|x| x.k.clone()).collect::<Vec<_>>(), 0)?;
+    let vs = Tensor::cat(&c.cross.iter().map(|x| x.v.clone()).collect::<Vec<_>>(), 0)?;
+    assert_close("cross_k", &ks, &npy(set, "cross_k.npy")?, 1e-5, 1e-4);
+    assert_close("cross_v", &vs, &npy(set, "cross_v.npy")?, 1e-5, 1e-4);
+    Ok(c)
+}
+
+fn run(case: Case) -> Result<()> {
+    let set = case.set;
+    let vb = load_weights(set, "diffusion_pytorch_model_streaming_dmd.safetensors")?;
+    // The fixture models use head_dim 32 (dim 128 -> 4 heads).
+    let cfg = DitConfig::from_weights(&vb, Some(32))?;
+    assert_eq!((cfg.dim, cfg.num_heads, cfg.num_layers, cfg.ffn_dim, cfg.text_dim), (128, 4, 2, 256, 64));
+    let dit = Dit::new(vb, &cfg)?;
+    let prompt = load_pth_tensor(set, "posi_prompt.fp32.pth", cfg.text_dim)?;
+    let consts = check_constants(set, &dit, &prompt, case.t_mod_tol)?;
+
+    let noise = npy(set, "noise.npy")?;
+    let latents = npy(set, "latents.npy")?;
+    let mut cache = KvCache::new(&cfg);
+    for step in 0..case.steps {
+        let (start, len) = if step == 0 { (0, 6) } else { (4 + 2 * step, 2) };
+        let slice = noise.narrow(2, start, len)?;
+        let lq = npy(set, &format!("lq_feat_step{step}.npy"))?;
+        let mut taps = StepTaps::default();
+        let v = dit.step(&slice, &lq, start, &consts, &mut cache, &case.params, Some(&mut taps))?;
+        let tag = |n: &str| format!("{set} {n} step{step}");
+
+        if let Ok(want) = npy(set, &format!("patch_tokens_step{step}.npy")) {
+            assert_close(&tag("patch_tokens"), taps.patch_tokens.as_ref().unwrap(), &want, 2e-5, 1e-4);
+        }
+        // Masks exactly; draft probabilities and thresholds closely.
+        let masks = npy(set, &format!("masks_step{step}.npy"))?;
+        let probs = npy(set, &format!("draft_probs_step{step}.npy"))?;
+        let ths = npy(set, &format!("draft_thresholds_step{step}.npy"))?;
+        for (b, bt) in taps.blocks.iter().enumerate() {
+            let d = &bt.draft;
+            let want_mask = masks.i(b)?;
+            assert_eq!(want_mask.dims(), &[d.mask.heads, d.mask.nq, d.mask.nk], "{}", tag("mask shape"));
+            let want = bools(&want_mask);
+            let diff = want.iter().zip(&d.mask.data).filter(|(a, b)| a != b).count();
+            assert_eq!(diff, 0, "{}: block {b}: {diff} mask entries differ", tag("masks"));
+            let got_p = Tensor::from_vec(d.probs.clone(), want_mask.dims(), &candle_core::Device::Cpu)?;
+            assert_close(&tag(&format!("draft_probs block {b}")), &got_p, &probs.i(b)?, 1e-5, 1e-4);
+            let want_t = ths.i(b)?;
+            let got_t = Tensor::from_vec(d.thresholds.clone(), want_t.dims(), &candle_core::Device::Cpu)?;
+            assert_close(&tag(&format!("draft_thresholds block {b}")), &got_t, &want_t, 1e-5, 1e-4);
+        }
+        assert_close(&tag("self_attn_out"), &taps.blocks[0].self_attn_out, &npy(set, &format!("self_attn_out_step{step}.npy"))?, 1e-5, 1e-4);
+        assert_close(&tag("block_out"), &taps.blocks[case.block_out_index].out, &npy(set, &format!("block_out_step{step}.npy"))?, 1e-4, 1e-4);
+        assert_close(&tag("velocity"), &v, &npy(set, &format!("velocity_step{step}.npy"))?, 1e-4, 1e-4);
+        let x0 = (&slice - &v)?;
+        assert_close(&tag("latents"), &x0, &latents.narrow(2, start, len)?, 1e-4, 1e-4);
+        // Cache: 3 segments after every step (kv_len 3, one oldest dropped when over).
+        for b in &cache.blocks {
+            let nb = (slice.dim(3)? / 16) * (slice.dim(4)? / 16);
+            assert_eq!(b.segments(nb), 3, "{}", tag("cache segments"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dit_matches_tiny_v1_1() -> Result<()> {
+    run(Case {
+        set: "tiny-v1.1",
+        steps: 1,
+        params: LcsaParams { sparse_ratio: 2.0, kv_ratio: 3.0, local_range: 11 },
+        block_out_index: 0,
+        t_mod_tol: 2e-6,
+    })
+}
+
+#[test]
+fn dit_matches_tiny_v1_steps_with_kv_eviction() -> Result<()> {
+    run(Case {
+        set: "tiny-v1-steps",
+        steps: 4,
+        params: LcsaParams { sparse_ratio: 0.25, kv_ratio: 3.0, local_range: 5 },
+        block_out_index: 1,
+        t_mod_tol: 3e-6,
+    })
+}
