@@ -4,6 +4,7 @@
 pub mod dequant;
 pub mod error;
 pub mod gguf;
+pub mod layout;
 pub mod pickle;
 pub mod store;
 pub mod var_builder;
