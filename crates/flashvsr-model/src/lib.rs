@@ -15,3 +15,4 @@ pub mod lq_proj;
 pub mod noise;
 pub mod preprocess;
 pub mod schedule;
+pub mod tiling;
