@@ -115,7 +115,8 @@ fn decode_upscale_encode_keeps_frames_fps_duration_and_audio() {
     let mut back = open_source(&InputSpec::File(out.clone()), &SourceOptions::default()).unwrap();
     assert_eq!((back.info().width, back.info().height), (192, 128));
     let mut count = 0;
-    while back.next_frame().unwrap().is_some() {
+    while let Some(f) = back.next_frame().unwrap() {
+        assert_eq!(f.data.len(), 192 * 128 * 3);
         count += 1;
     }
     assert_eq!(count, 24);
@@ -248,5 +249,115 @@ fn subtitles_follow_the_container() {
         .unwrap();
         assert!(codecs.contains(&format!("{sub_codec},subtitle")), "{name}: {codecs}");
         assert_eq!(audio_packets(&out) == audio_packets(&clip), audio_copied, "{name}: {codecs}");
+    }
+}
+
+fn stream_entries(path: &Path, entries: &str) -> String {
+    String::from_utf8(run(Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", entries, "-of", "default=nw=1"])
+        .arg(path)))
+    .unwrap()
+}
+
+#[test]
+fn rotation_vfr_and_colour_tags() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clip = make_clip(d, "clip.mp4", &[]);
+
+    // Rotation: frames come upright (size swapped), reported, and the output is not re-tagged.
+    let rot = d.join("rot.mp4");
+    run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&clip).args(["-c", "copy", "-metadata:s:v:0", "rotate=90"]).arg(&rot));
+    let input = InputSpec::File(rot.clone());
+    let mut src = open_source(&input, &SourceOptions::default()).unwrap();
+    assert_eq!(src.info().rotation, Some(90));
+    assert_eq!((src.info().width, src.info().height), (64, 96));
+    let first = src.next_frame().unwrap().unwrap();
+    assert_eq!((first.width, first.height, first.data.len()), (64, 96, 64 * 96 * 3));
+    let out = d.join("rot_out.mkv");
+    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 64, 96, src.info().fps, Some(&input), &Default::default()).unwrap();
+    sink.write_frame(&first).unwrap();
+    while let Some(f) = src.next_frame().unwrap() {
+        sink.write_frame(&f).unwrap();
+    }
+    sink.finish().unwrap();
+    let entries = stream_entries(&out, "stream=width,height:stream_side_data=rotation");
+    assert!(entries.contains("width=64") && entries.contains("height=96") && !entries.contains("rotation"), "{entries}");
+
+    // VFR: 24 frames spread over 1.5 s. They are passed as decoded, at the average rate 16/1.
+    let vfr = d.join("vfr.mp4");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24"])
+        .args(["-vf", "setpts='if(lt(N,12),N,N+12)/24/TB'", "-frames:v", "24", "-fps_mode", "vfr"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-color_primaries", "bt709", "-color_trc", "bt709"])
+        .args(["-colorspace", "bt709", "-color_range", "tv"])
+        .arg(&vfr));
+    let input = InputSpec::File(vfr.clone());
+    let mut src = open_source(&input, &SourceOptions::default()).unwrap();
+    let info = src.info().clone();
+    assert!(info.variable_frame_rate);
+    assert_eq!(info.fps, Rational::new(16, 1));
+    assert_eq!(info.color.matrix.as_deref(), Some("bt709"));
+    assert_eq!(info.color.range.as_deref(), Some("tv"));
+    let out = d.join("vfr_out.mp4");
+    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 96, 64, info.fps, Some(&input), &Default::default()).unwrap();
+    let mut n = 0;
+    while let Some(f) = src.next_frame().unwrap() {
+        sink.write_frame(&f).unwrap();
+        n += 1;
+    }
+    sink.finish().unwrap();
+    assert_eq!(n, 24);
+    let (frames, rate, duration) = probe_counted(&out);
+    assert_eq!((frames, rate.as_str()), (24, "16/1"));
+    assert!((duration - 1.5).abs() < 1.0 / 16.0, "{duration}");
+    let tags = stream_entries(&out, "stream=color_space,color_primaries,color_transfer,color_range");
+    for t in ["color_space=bt709", "color_primaries=bt709", "color_transfer=bt709", "color_range=tv"] {
+        assert!(tags.contains(t), "{t} missing in {tags}");
+    }
+}
+
+/// Mean absolute and mean signed difference over all samples.
+fn diff_stats(a: &[RgbFrame], b: &[RgbFrame]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut abs, mut signed, mut n) = (0i64, 0i64, 0i64);
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.data.iter().zip(&y.data) {
+            abs += (*p as i64 - *q as i64).abs();
+            signed += *p as i64 - *q as i64;
+            n += 1;
+        }
+    }
+    (abs as f64 / n as f64, signed as f64 / n as f64)
+}
+
+#[test]
+fn colours_survive_a_lossless_round_trip() {
+    if !have_ffmpeg() {
+        return;
+    }
+    // Lossless 4:4:4 output: any matrix or range mismatch between our encode and ffmpeg's decode
+    // would show as a bias; only 8-bit rounding may remain.
+    let dir = tempfile::tempdir().unwrap();
+    let untagged = make_clip(dir.path(), "plain.mp4", &[]);
+    let full_601 = make_clip(dir.path(), "full601.mp4", &["-colorspace", "smpte170m", "-color_range", "pc"]);
+    for clip in [untagged, full_601] {
+        let input = InputSpec::File(clip.clone());
+        let mut src = open_source(&input, &SourceOptions::default()).unwrap();
+        let frames: Vec<RgbFrame> = std::iter::from_fn(|| src.next_frame().unwrap()).collect();
+        let out = dir.path().join(format!("{}.mkv", clip.file_stem().unwrap().to_string_lossy()));
+        let opts = EncodeOptions { crf: Some(0), pix_fmt: Some("yuv444p".into()), ..Default::default() };
+        let mut sink = open_sink(&OutputSpec::Container(out.clone()), 96, 64, src.info().fps, Some(&input), &opts).unwrap();
+        for f in &frames {
+            sink.write_frame(f).unwrap();
+        }
+        sink.finish().unwrap();
+        let mut back = open_source(&InputSpec::File(out.clone()), &SourceOptions::default()).unwrap();
+        let again: Vec<RgbFrame> = std::iter::from_fn(|| back.next_frame().unwrap()).collect();
+        let (mad, bias) = diff_stats(&frames, &again);
+        assert!(mad < 0.6 && bias.abs() < 0.1, "{}: mean abs diff {mad}, bias {bias}", clip.display());
     }
 }
