@@ -93,3 +93,31 @@ fn tc_decoder_rejects_wrong_lq_count() -> anyhow::Result<()> {
     assert!(err.to_string().contains("need 8 LQ frames"), "{err}");
     Ok(())
 }
+
+#[test]
+fn wan_vae_full_v11_whole_and_streamed() -> anyhow::Result<()> {
+    use flashvsr_model::color_fix::ColorFix;
+    use flashvsr_model::decoders::{WanVaeDecoder, WanVaeState};
+    let set = "full-v1.1";
+    let dec = WanVaeDecoder::new(weights(set, "Wan2.1_VAE.pth")?)?;
+    assert_eq!((dec.config().base_dim, dec.config().top_dim), (4, 16));
+    assert_eq!((dec.config().temporal_upsamples, dec.config().spatial_factor), (2, 8));
+    let latents = npy(set, "latents.npy")?;
+    let mut state = WanVaeState::new();
+    assert_eq!(dec.frames_for(6, &state), 21);
+    let all = dec.decode(&latents, &mut state)?;
+    check_decoded(set, &all, &[0, 20], 1e-4)?;
+    // Streamed as the session would: step 0's 6 latents one by one.
+    let mut state = WanVaeState::new();
+    let mut parts = Vec::new();
+    for (start, len) in [(0, 1), (1, 1), (2, 3), (5, 1)] {
+        parts.push(dec.decode(&latents.narrow(2, start, len)?, &mut state)?);
+    }
+    assert_eq!(state.latents_seen(), 6);
+    assert_eq!(max_abs_diff(&all, &Tensor::cat(&parts, 2)?)?, 0.0);
+    // Colour fix of the last frame against final_float.npy.
+    let fixed = ColorFix::AdaIn.apply(&all.narrow(2, 20, 1)?, &lq_video(set, 20, 21)?)?;
+    let d = max_abs_diff(&fixed, &npy(set, "final_float.npy")?)?;
+    assert!(d <= 2e-4, "final_float differs by {d}");
+    Ok(())
+}

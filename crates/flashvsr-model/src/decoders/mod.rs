@@ -3,3 +3,4 @@ pub mod tc;
 pub mod wan_vae;
 
 pub use tc::{TcDecoder, TcState};
+pub use wan_vae::{WanVaeDecoder, WanVaeState};
