@@ -1,1 +1,21 @@
-//! CUDA kernels for FlashVSR. Without the `cuda` feature this crate is empty.
+//! Kernels for FlashVSR as Candle custom ops.
+//!
+//! [`block_sparse_attention`] is the attention of FlashVSR's LCSA: 128-token query blocks attend
+//! the 128-token key blocks a per-head block mask selects. With the `cuda` feature it runs our
+//! own flash-attention style kernel (`kernels/block_sparse_attn.cu`); on the CPU it runs a plain
+//! reference implementation, so the API works on every device. [`draft_block_mask`] builds the
+//! block mask itself (candle ops plus a top-k threshold kernel).
+
+pub mod block_sparse;
+pub mod draft_mask;
+
+pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
+pub use draft_mask::{draft_block_mask, kth_largest};
+
+/// PTX of our kernels, compiled by build.rs (only with the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub(crate) mod ptx {
+    pub const BLOCK_SPARSE_ATTN: &str =
+        include_str!(concat!(env!("OUT_DIR"), "/block_sparse_attn.ptx"));
+    pub const TOPK_THRESHOLD: &str = include_str!(concat!(env!("OUT_DIR"), "/topk_threshold.ptx"));
+}

@@ -1,0 +1,387 @@
+//! Block-sparse attention (FlashVSR LCSA, spec section 5.4 step 5).
+//!
+//! q `[heads, q_tokens, head_dim]`, k/v `[heads, k_tokens, head_dim]` in window order, token
+//! counts multiples of [`BLOCK_TOKENS`]; `block_mask` u8 `[heads, q_tokens/128, k_tokens/128]`
+//! (non-zero = attend). Each query block gets an exact softmax over the union of its selected
+//! key blocks; a query block with no selected key block outputs exactly 0 (as upstream's
+//! kernel does, unlike a dense masked softmax which gives NaN there).
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+
+/// Tokens per attention block: one 2x8x8 window.
+pub const BLOCK_TOKENS: usize = 128;
+
+/// Head dims the CUDA kernels are instantiated for.
+pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Which CUDA kernel to run. The CPU path ignores this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelVariant {
+    /// [`KernelVariant::TensorCore`] for bf16/f16 when the inputs are suitably aligned, the
+    /// scalar kernel otherwise.
+    #[default]
+    Auto,
+    /// Plain f32 FMAs, every dtype.
+    Scalar,
+    /// `mma.sync` tensor cores with a cp.async double-buffered K/V pipeline, bf16/f16 only.
+    TensorCore,
+    /// The first, unpipelined tensor-core kernel (kept as a cross-check), bf16/f16 only.
+    TensorCoreSimple,
+}
+
+/// Block-sparse attention with a fixed softmax scale.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSparseAttention {
+    pub scale: f32,
+    pub variant: KernelVariant,
+}
+
+/// `softmax(q kᵀ · scale) v` restricted to the key blocks `block_mask` selects; see the module doc.
+pub fn block_sparse_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    block_mask: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
+    BlockSparseAttention::new(scale).forward(q, k, v, block_mask)
+}
+
+impl BlockSparseAttention {
+    pub fn new(scale: f32) -> Self {
+        Self {
+            scale,
+            variant: KernelVariant::Auto,
+        }
+    }
+
+    pub fn with_variant(self, variant: KernelVariant) -> Self {
+        Self { variant, ..self }
+    }
+
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, block_mask: &Tensor) -> Result<Tensor> {
+        let _span = tracing::span!(tracing::Level::TRACE, "block-sparse-attn").entered();
+        if !self.scale.is_finite() {
+            bail!("block_sparse_attention: scale {} is not finite", self.scale)
+        }
+        let dims = Dims::check(q, k, v, block_mask)?;
+        if q.elem_count() == 0 || dims.k_tokens == 0 {
+            // No query, or nothing to attend: every query block is empty, hence 0.
+            return Tensor::zeros(q.shape(), q.dtype(), q.device());
+        }
+        let op = BlockSparseOp {
+            mask: block_mask.contiguous()?,
+            dims,
+            scale: self.scale,
+            variant: self.variant,
+        };
+        q.contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    heads: usize,
+    q_tokens: usize,
+    k_tokens: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn q_blocks(&self) -> usize {
+        self.q_tokens / BLOCK_TOKENS
+    }
+    fn k_blocks(&self) -> usize {
+        self.k_tokens / BLOCK_TOKENS
+    }
+
+    fn check(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Self> {
+        let name = "block_sparse_attention";
+        let (heads, q_tokens, head_dim) = match q.dims() {
+            &[h, t, d] => (h, t, d),
+            d => bail!("{name}: q must be [heads, q_tokens, head_dim], got {d:?}"),
+        };
+        let k_tokens = match k.dims() {
+            &[h, t, d] if h == heads && d == head_dim => t,
+            d => bail!("{name}: k must be [{heads}, k_tokens, {head_dim}] like q, got {d:?}"),
+        };
+        if v.dims() != k.dims() {
+            bail!("{name}: v {:?} must have k's shape {:?}", v.dims(), k.dims())
+        }
+        if !HEAD_DIMS.contains(&head_dim) {
+            bail!("{name}: head_dim {head_dim} is not one of {HEAD_DIMS:?}")
+        }
+        if q_tokens % BLOCK_TOKENS != 0 || k_tokens % BLOCK_TOKENS != 0 {
+            bail!(
+                "{name}: q_tokens {q_tokens} and k_tokens {k_tokens} must be multiples of {BLOCK_TOKENS}"
+            )
+        }
+        if q_tokens > i32::MAX as usize || k_tokens > i32::MAX as usize || heads > 65_535 {
+            bail!("{name}: too large (heads {heads}, q_tokens {q_tokens}, k_tokens {k_tokens})")
+        }
+        let dtype = q.dtype();
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("{name}: dtype {dtype:?} is not supported (f32, f16, bf16)")
+        }
+        if k.dtype() != dtype || v.dtype() != dtype {
+            bail!(
+                "{name}: q, k, v dtypes differ ({dtype:?}, {:?}, {:?})",
+                k.dtype(),
+                v.dtype()
+            )
+        }
+        let want = [heads, q_tokens / BLOCK_TOKENS, k_tokens / BLOCK_TOKENS];
+        if mask.dims() != want {
+            bail!("{name}: block_mask must be {want:?}, got {:?}", mask.dims())
+        }
+        if mask.dtype() != DType::U8 {
+            bail!("{name}: block_mask must be u8, got {:?}", mask.dtype())
+        }
+        for (t, what) in [(k, "k"), (v, "v"), (mask, "block_mask")] {
+            if !q.device().same_device(t.device()) {
+                bail!("{name}: {what} is on {:?}, q on {:?}", t.device(), q.device())
+            }
+        }
+        Ok(Self {
+            heads,
+            q_tokens,
+            k_tokens,
+            head_dim,
+        })
+    }
+}
+
+/// The custom op: q, k, v are the operands; the mask travels inside the op.
+struct BlockSparseOp {
+    mask: Tensor,
+    dims: Dims,
+    scale: f32,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    variant: KernelVariant,
+}
+
+fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("block_sparse_attention: {what} is not contiguous"),
+    }
+}
+
+/// CPU reference: per query row, f32 scores over the selected key blocks, max-subtracted
+/// softmax, weighted sum of v. Empty query blocks give 0.
+fn reference<T: WithDType>(q: &[T], k: &[T], v: &[T], mask: &[u8], dims: Dims, scale: f32) -> Vec<T> {
+    let Dims {
+        heads,
+        q_tokens,
+        k_tokens,
+        head_dim: d,
+    } = dims;
+    let (nq, nk) = (dims.q_blocks(), dims.k_blocks());
+    let to_f32 = |x: &[T]| x.iter().map(|e| e.to_f64() as f32).collect::<Vec<f32>>();
+    let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
+    let mut out = vec![0f32; heads * q_tokens * d];
+    let mut keys = Vec::with_capacity(k_tokens);
+    let mut scores = Vec::with_capacity(k_tokens);
+    for h in 0..heads {
+        let kh = &k[h * k_tokens * d..(h + 1) * k_tokens * d];
+        let vh = &v[h * k_tokens * d..(h + 1) * k_tokens * d];
+        for qb in 0..nq {
+            let row = &mask[(h * nq + qb) * nk..(h * nq + qb + 1) * nk];
+            keys.clear();
+            for (kb, _) in row.iter().enumerate().filter(|(_, &m)| m != 0) {
+                keys.extend(kb * BLOCK_TOKENS..(kb + 1) * BLOCK_TOKENS);
+            }
+            if keys.is_empty() {
+                continue; // stays 0
+            }
+            for i in qb * BLOCK_TOKENS..(qb + 1) * BLOCK_TOKENS {
+                let qi = &q[(h * q_tokens + i) * d..(h * q_tokens + i + 1) * d];
+                scores.clear();
+                scores.extend(keys.iter().map(|&j| {
+                    let kj = &kh[j * d..(j + 1) * d];
+                    qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
+                }));
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let oi = &mut out[(h * q_tokens + i) * d..(h * q_tokens + i + 1) * d];
+                for (&j, &p) in keys.iter().zip(scores.iter()) {
+                    let vj = &vh[j * d..(j + 1) * d];
+                    for (o, &x) in oi.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
+                let inv = 1.0 / sum;
+                oi.iter_mut().for_each(|o| *o *= inv);
+            }
+        }
+    }
+    out.into_iter().map(|x| T::from_f64(x as f64)).collect()
+}
+
+impl CustomOp3 for BlockSparseOp {
+    fn name(&self) -> &'static str {
+        "block-sparse-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let mask = self.mask.flatten_all()?.to_vec1::<u8>()?;
+        let shape = l1.shape().clone();
+        macro_rules! run {
+            ($q:expr, $k:expr, $v:expr, $variant:ident) => {{
+                let q = contiguous_slice($q, l1, "q")?;
+                let k = contiguous_slice($k, l2, "k")?;
+                let v = contiguous_slice($v, l3, "v")?;
+                CpuStorage::$variant(reference(q, k, v, &mask, self.dims, self.scale))
+            }};
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => run!(q, k, v, F32),
+            (CpuStorage::F16(q), CpuStorage::F16(k), CpuStorage::F16(v)) => run!(q, k, v, F16),
+            (CpuStorage::BF16(q), CpuStorage::BF16(k), CpuStorage::BF16(v)) => run!(q, k, v, BF16),
+            _ => bail!("block_sparse_attention: q, k, v must share one of f32, f16, bf16"),
+        };
+        Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let args = cuda::Operands {
+            q: (s1, l1),
+            k: (s2, l2),
+            v: (s3, l3),
+        };
+        let out = match s1.dtype() {
+            DType::F32 => cuda::launch::<f32>(self, args, "f32")?,
+            DType::F16 => cuda::launch::<half::f16>(self, args, "f16")?,
+            DType::BF16 => cuda::launch::<half::bf16>(self, args, "bf16")?,
+            dt => bail!("block_sparse_attention: dtype {dt:?} is not supported"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{BlockSparseOp, KernelVariant, BLOCK_TOKENS};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as CUfunction_attribute;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{bail, CudaStorage, Layout, Result, Storage};
+
+    const MODULE: &str = "flashvsr_block_sparse_attn";
+    const THREADS: u32 = 256;
+
+    pub(super) struct Operands<'a> {
+        pub q: (&'a CudaStorage, &'a Layout),
+        pub k: (&'a CudaStorage, &'a Layout),
+        pub v: (&'a CudaStorage, &'a Layout),
+    }
+
+    fn offset(layout: &Layout, what: &str) -> Result<usize> {
+        match layout.contiguous_offsets() {
+            Some((start, _)) => Ok(start),
+            None => bail!("block_sparse_attention: {what} is not contiguous"),
+        }
+    }
+
+    pub(super) fn launch<T: CudaDType + DeviceRepr>(
+        op: &BlockSparseOp,
+        args: Operands<'_>,
+        dtype_name: &str,
+    ) -> Result<CudaStorage> {
+        let dims = op.dims;
+        let dev = args.q.0.device().clone();
+        let (q_off, k_off, v_off) = (
+            offset(args.q.1, "q")?,
+            offset(args.k.1, "k")?,
+            offset(args.v.1, "v")?,
+        );
+        // The tensor-core kernel loads q as 4-byte pairs and k/v as 16-byte vectors.
+        let aligned = q_off % 2 == 0 && k_off % 8 == 0 && v_off % 8 == 0;
+        let half_type = dtype_name != "f32";
+        let tensor_core = matches!(op.variant, KernelVariant::TensorCore | KernelVariant::TensorCoreSimple);
+        if tensor_core && !half_type {
+            bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
+        }
+        if tensor_core && !aligned {
+            bail!("block_sparse_attention: the tensor-core kernels need k/v offsets that are multiples of 8 elements")
+        }
+        let kernel = match op.variant {
+            KernelVariant::Auto if half_type && aligned => "mma2",
+            KernelVariant::Auto | KernelVariant::Scalar => "scalar",
+            KernelVariant::TensorCore => "mma2",
+            KernelVariant::TensorCoreSimple => "mma",
+        };
+        // mma2 stages K and V in a dynamic double buffer: 2 x 2 x 64 keys x (D + 8) halves.
+        let dyn_smem = if kernel == "mma2" {
+            (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32
+        } else {
+            0
+        };
+        let q = args.q.0.as_cuda_slice::<T>()?.slice(q_off..);
+        let k = args.k.0.as_cuda_slice::<T>()?.slice(k_off..);
+        let v = args.v.0.as_cuda_slice::<T>()?.slice(v_off..);
+
+        let (mask_storage, mask_layout) = op.mask.storage_and_layout();
+        let mask = match &*mask_storage {
+            Storage::Cuda(s) => s.as_cuda_slice::<u8>()?,
+            _ => bail!("block_sparse_attention: block_mask must be on the CUDA device of q"),
+        };
+        let mask = mask.slice(offset(mask_layout, "block_mask")?..);
+
+        let name = format!("bsa_{kernel}_{dtype_name}_d{}", dims.head_dim);
+        let func = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::BLOCK_SPARSE_ATTN)?;
+        if dyn_smem > 48 * 1024 {
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dyn_smem as i32,
+            )
+            .w()?;
+        }
+        // SAFETY: every element is written by the kernel (empty query blocks write 0).
+        let out = unsafe { dev.alloc::<T>(dims.heads * dims.q_tokens * dims.head_dim)? };
+        let cfg = LaunchConfig {
+            grid_dim: ((dims.q_tokens / BLOCK_TOKENS) as u32, dims.heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: dyn_smem,
+        };
+        let (q_tokens, k_tokens) = (dims.q_tokens as i32, dims.k_tokens as i32);
+        let scale_log2 = op.scale * std::f32::consts::LOG2_E;
+        let mut builder = func.builder();
+        builder.arg(&q);
+        builder.arg(&k);
+        builder.arg(&v);
+        builder.arg(&mask);
+        builder.arg(&out);
+        builder.arg(&q_tokens);
+        builder.arg(&k_tokens);
+        builder.arg(&scale_log2);
+        // SAFETY: argument list matches the kernel signature in kernels/block_sparse_attn.cu;
+        // shapes were checked in `Dims::check`.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(T::wrap_cuda_slice(out, dev))
+    }
+}
