@@ -1,4 +1,146 @@
-//! The end-of-run summary (`--json`) and memory measurements.
+//! The end-of-run summary (`--json` on stdout, a short line otherwise) and memory measurements.
+
+use candle_core::DType;
+use serde::Serialize;
+
+use crate::weights::components::{Resolved, VersionSource};
+use crate::UpscaleArgs;
+
+/// Seconds spent per stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimes {
+    pub load_weights: f64,
+    pub preprocess: f64,
+    pub lq_proj: f64,
+    pub dit: f64,
+    pub decode: f64,
+    pub color_fix: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub scale: f64,
+    pub mode: String,
+    pub model_version: String,
+    pub model_version_source: VersionSource,
+    pub sparse_ratio: f64,
+    pub kv_ratio: f64,
+    pub local_range: usize,
+    pub color_fix: String,
+    pub seed: u64,
+    pub noise_file: Option<String>,
+    pub tile: Option<usize>,
+    pub tile_overlap: Option<usize>,
+    pub upstream_compat: bool,
+    pub frames: Option<String>,
+    pub codec: Option<String>,
+    pub crf: Option<u32>,
+    pub preset: Option<String>,
+    pub pix_fmt: Option<String>,
+}
+
+impl Settings {
+    pub fn from_args(a: &UpscaleArgs, w: &Resolved) -> Settings {
+        let enum_name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_ascii_lowercase();
+        Settings {
+            scale: a.scale,
+            mode: match a.mode {
+                crate::ModeArg::Tiny => "tiny".into(),
+                crate::ModeArg::TinyLong => "tiny-long".into(),
+                crate::ModeArg::Full => "full".into(),
+            },
+            model_version: w.version.as_str().to_string(),
+            model_version_source: w.version_source,
+            sparse_ratio: a.sparse_ratio,
+            kv_ratio: a.kv_ratio,
+            local_range: a.local_range,
+            color_fix: enum_name(&a.color_fix),
+            seed: a.seed,
+            noise_file: a.noise.as_ref().map(|p| p.display().to_string()),
+            tile: a.tile,
+            tile_overlap: a.tile.map(|_| a.tile_overlap),
+            upstream_compat: a.upstream_compat,
+            frames: a.frames.map(|r| format!("{}:{}", r.start, r.end.map(|e| e.to_string()).unwrap_or_default())),
+            codec: a.codec.clone(),
+            crf: a.crf,
+            preset: a.preset.clone(),
+            pix_fmt: a.pix_fmt.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub command: &'static str,
+    pub input: String,
+    pub output: String,
+    pub input_frames: u64,
+    pub output_frames: u64,
+    pub input_size: [usize; 2],
+    pub output_size: [usize; 2],
+    pub frame_rate: String,
+    pub variable_frame_rate: bool,
+    pub audio_copied: bool,
+    pub wall_s: f64,
+    /// Output frames per second of model time (excluding weight loading).
+    pub processing_fps: f64,
+    pub stages_s: StageTimes,
+    /// Peak resident memory of the process (VmHWM).
+    pub peak_ram_bytes: Option<u64>,
+    /// Highest device memory in use seen between frames (CUDA only).
+    pub peak_vram_bytes: Option<u64>,
+    pub device: String,
+    pub dtype: &'static str,
+    pub settings: Settings,
+    pub weights: Vec<String>,
+}
+
+impl Summary {
+    /// `--json`: the JSON on stdout (stderr when stdout carries the video); otherwise one line
+    /// on stderr unless quiet.
+    pub fn emit(&self, json: bool, quiet: bool, stdout_is_video: bool) {
+        if json {
+            let text = serde_json::to_string_pretty(self).unwrap_or_default();
+            if stdout_is_video {
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
+            }
+        } else if !quiet {
+            eprintln!(
+                "{} → {}: {} frames {}x{} → {}x{} in {} ({:.2} fps), peak RAM {}",
+                self.input,
+                self.output,
+                self.output_frames,
+                self.input_size[0],
+                self.input_size[1],
+                self.output_size[0],
+                self.output_size[1],
+                crate::progress::format_secs(self.wall_s),
+                self.processing_fps,
+                self.peak_ram_bytes.map(format_bytes).unwrap_or_else(|| "n/a".into())
+            );
+        }
+    }
+}
+
+pub fn format_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
 
 /// Peak resident memory of this process (VmHWM), in bytes; `None` where /proc is unavailable.
 pub fn peak_rss_bytes() -> Option<u64> {
