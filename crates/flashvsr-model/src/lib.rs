@@ -13,6 +13,7 @@ pub mod dit;
 pub mod linear;
 pub mod lq_proj;
 pub mod noise;
+pub mod pipeline;
 pub mod preprocess;
 pub mod schedule;
 pub mod tiling;

@@ -1,0 +1,187 @@
+//! The whole pipeline, streaming frame by frame, against the upstream runs in
+//! `shared/fixtures/{tiny-v1.1, full-v1.1, tiny-v1-steps}` (upstream-compat contract with the
+//! fixture's noise), plus the product contract (frame counts, sizes) on the fixture weights.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use flashvsr_loader::WeightStore;
+use flashvsr_model::color_fix::ColorFix;
+use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name)
+}
+
+fn open(path: PathBuf) -> Arc<WeightStore> {
+    Arc::new(WeightStore::open(&[&path]).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Loads a fixture folder's upstream files (the fixture DiTs use 32-wide heads).
+fn load(dir: &Path, version: ModelVersion) -> FlashVsr {
+    let dev = Device::Cpu;
+    let vb = |file: &str| open(dir.join(file)).var_builder(DType::F32, &dev);
+    let optional = |file: &str| dir.join(file).exists().then(|| vb(file));
+    let prompt = open(dir.join("posi_prompt.pth")).tensor("posi_prompt", DType::F32, &dev).unwrap();
+    let components = ModelComponents {
+        dit: vb("diffusion_pytorch_model_streaming_dmd.safetensors"),
+        lq_proj: vb("LQ_proj_in.ckpt"),
+        tc_decoder: optional("TCDecoder.ckpt"),
+        vae: optional("Wan2.1_VAE.pth"),
+        prompt,
+        head_dim: Some(32),
+    };
+    FlashVsr::load(components, version, &dev, DType::F32).unwrap()
+}
+
+fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    (img.width() as usize, img.height() as usize, img.into_raw())
+}
+
+fn frames_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+/// Runs a fixture in upstream-compat mode, one frame at a time, and compares every output frame
+/// with the upstream PNGs: identical or off by one level on at most 0.1% of the values.
+fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, local_range: usize) {
+    let dir = fixture(name);
+    let model = load(&dir, version);
+    let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
+    let opts = UpscaleOptions {
+        mode,
+        sparse_ratio,
+        local_range,
+        upstream_compat: true,
+        noise: Some(noise),
+        ..Default::default()
+    };
+    let inputs = frames_in(&dir.join("input"));
+    let (w, h, _) = read_png(&inputs[0]);
+    let mut session = model.session(w, h, &opts).unwrap();
+    let mut outputs = Vec::new();
+    for path in &inputs {
+        outputs.extend(session.push_frame(&read_png(path).2).unwrap());
+    }
+    outputs.extend(session.finish().unwrap());
+
+    let expected = frames_in(&dir.join("output"));
+    assert_eq!(outputs.len(), expected.len(), "{name}: output frame count");
+    let (mut total, mut off_by_one, mut worse) = (0usize, 0usize, 0usize);
+    for (got, path) in outputs.iter().zip(&expected) {
+        let (ew, eh, want) = read_png(path);
+        assert_eq!(session.output_size(), (ew, eh), "{name}: output size");
+        assert_eq!(got.len(), want.len());
+        for (&a, &b) in got.iter().zip(&want) {
+            total += 1;
+            match a.abs_diff(b) {
+                0 => {}
+                1 => off_by_one += 1,
+                _ => worse += 1,
+            }
+        }
+    }
+    eprintln!("{name}: {off_by_one} of {total} values off by one, {worse} worse");
+    assert_eq!(worse, 0, "{name}: values off by more than one level");
+    assert!(off_by_one * 1000 <= total, "{name}: {off_by_one} of {total} values off by one (> 0.1%)");
+}
+
+#[test]
+fn tiny_v1_1_reproduces_upstream_frames() {
+    reproduce("tiny-v1.1", ModelVersion::V1_1, Mode::Tiny, 2.0, 11);
+}
+
+#[test]
+fn full_v1_1_reproduces_upstream_frames() {
+    reproduce("full-v1.1", ModelVersion::V1_1, Mode::Full, 2.0, 11);
+}
+
+#[test]
+fn tiny_v1_four_steps_reproduce_upstream_frames() {
+    reproduce("tiny-v1-steps", ModelVersion::V1, Mode::TinyLong, 0.25, 5);
+}
+
+/// A synthetic clip: a moving gradient, so frames differ.
+fn synthetic_frame(w: usize, h: usize, i: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            v.push(((x * 255) / w.max(1)) as u8);
+            v.push(((y * 255) / h.max(1)) as u8);
+            v.push(((x + y + 7 * i) % 256) as u8);
+        }
+    }
+    v
+}
+
+fn run_default(model: &FlashVsr, w: usize, h: usize, n: usize, opts: &UpscaleOptions) -> (Vec<usize>, (usize, usize)) {
+    let mut session = model.session(w, h, opts).unwrap();
+    let mut arrivals = Vec::new();
+    let mut count = 0;
+    for i in 0..n {
+        let out = session.push_frame(&synthetic_frame(w, h, i)).unwrap();
+        let (ow, oh) = session.output_size();
+        assert!(out.iter().all(|f| f.len() == ow * oh * 3));
+        count += out.len();
+        arrivals.push(count);
+    }
+    count += session.finish().unwrap().len();
+    arrivals.push(count);
+    (arrivals, session.output_size())
+}
+
+#[test]
+fn every_input_frame_gets_an_output_frame() {
+    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let opts = UpscaleOptions { color_fix: ColorFix::AdaIn, ..Default::default() };
+    for n in [1, 5, 21, 22, 29, 100] {
+        let (arrivals, size) = run_default(&model, 32, 32, n, &opts);
+        assert_eq!(*arrivals.last().unwrap(), n, "{n} frames in");
+        assert_eq!(size, (128, 128));
+        if n == 100 {
+            // Streaming latency: nothing before frame 25, then 21 frames, then 8 every 8 frames.
+            assert_eq!(arrivals[23], 0);
+            assert_eq!(arrivals[24], 21);
+            assert_eq!(arrivals[31], 21);
+            assert_eq!(arrivals[32], 29);
+            assert_eq!(arrivals[99], 93);
+        }
+    }
+}
+
+#[test]
+fn odd_sizes_come_out_at_exactly_scale_times_size() {
+    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let (arrivals, size) = run_default(&model, 97, 61, 3, &UpscaleOptions::default());
+    assert_eq!(size, (388, 244));
+    assert_eq!(*arrivals.last().unwrap(), 3);
+    let opts = UpscaleOptions { scale: 2.0, mode: Mode::Full, ..Default::default() };
+    let model = load(&fixture("full-v1.1"), ModelVersion::V1_1);
+    let (arrivals, size) = run_default(&model, 33, 17, 2, &opts);
+    assert_eq!(size, (66, 34));
+    assert_eq!(*arrivals.last().unwrap(), 2);
+}
+
+#[test]
+fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
+    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let opts = UpscaleOptions { seed: 5, ..Default::default() };
+    let run = || {
+        let mut s = model.session(16, 16, &opts).unwrap();
+        s.push_frame(&synthetic_frame(16, 16, 0)).unwrap();
+        s.finish().unwrap()
+    };
+    assert_eq!(run(), run());
+    let full = UpscaleOptions { mode: Mode::Full, ..Default::default() };
+    let err = model.session(16, 16, &full).err().expect("no VAE loaded").to_string();
+    assert!(err.contains("Wan2.1_VAE"), "{err}");
+    let compat = UpscaleOptions { upstream_compat: true, ..Default::default() };
+    let mut s = model.session(64, 64, &compat).unwrap();
+    s.push_frame(&synthetic_frame(64, 64, 0)).unwrap();
+    let err = s.finish().err().expect("1 frame is too few upstream").to_string();
+    assert!(err.contains("21"), "{err}");
+}
