@@ -13,7 +13,10 @@ pub enum VideoError {
     FfmpegNotFound,
 
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// The file is readable but its content is not what we can handle (bad header, unsupported
     /// chroma format, mixed frame sizes, ...).
@@ -49,15 +52,24 @@ pub enum VideoError {
 
 impl VideoError {
     pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        VideoError::Io { path: path.as_ref().to_path_buf(), source }
+        VideoError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        VideoError::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        VideoError::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
 
     pub(crate) fn ffmpeg(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        VideoError::Ffmpeg { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        VideoError::Ffmpeg {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }
 

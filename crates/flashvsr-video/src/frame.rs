@@ -13,7 +13,11 @@ pub struct RgbFrame {
 impl RgbFrame {
     /// A black frame.
     pub fn new(width: usize, height: usize) -> Self {
-        RgbFrame { width, height, data: vec![0; width * height * 3] }
+        RgbFrame {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }
     }
 
     /// Bytes an RGB24 frame of this size takes.
@@ -30,7 +34,13 @@ impl RgbFrame {
 impl fmt::Debug for RgbFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never dump megabytes of pixels into a log.
-        write!(f, "RgbFrame({}x{}, {} bytes)", self.width, self.height, self.data.len())
+        write!(
+            f,
+            "RgbFrame({}x{}, {} bytes)",
+            self.width,
+            self.height,
+            self.data.len()
+        )
     }
 }
 
@@ -72,7 +82,10 @@ impl Rational {
         }
         let g = gcd(n, d);
         let (n, d) = (n / g, d / g);
-        Some(Rational { num: u32::try_from(n).ok()?, den: u32::try_from(d).ok()? })
+        Some(Rational {
+            num: u32::try_from(n).ok()?,
+            den: u32::try_from(d).ok()?,
+        })
     }
 }
 
@@ -105,7 +118,10 @@ pub struct ColorTags {
 
 impl ColorTags {
     pub fn is_empty(&self) -> bool {
-        self.primaries.is_none() && self.transfer.is_none() && self.matrix.is_none() && self.range.is_none()
+        self.primaries.is_none()
+            && self.transfer.is_none()
+            && self.matrix.is_none()
+            && self.range.is_none()
     }
 }
 
@@ -137,7 +153,10 @@ mod tests {
 
     #[test]
     fn rational_parse() {
-        assert_eq!(Rational::parse("30000/1001"), Some(Rational::new(30000, 1001)));
+        assert_eq!(
+            Rational::parse("30000/1001"),
+            Some(Rational::new(30000, 1001))
+        );
         assert_eq!(Rational::parse("48/2"), Some(Rational::new(24, 1)));
         assert_eq!(Rational::parse("30:1"), Some(Rational::new(30, 1)));
         assert_eq!(Rational::parse("25"), Some(Rational::new(25, 1)));

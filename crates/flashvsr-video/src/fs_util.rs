@@ -13,7 +13,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// (used for folders).
 pub(crate) fn temp_sibling(target: &Path, keep_ext: bool) -> PathBuf {
     let dir = parent_dir(target);
-    let stem = target.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
+    let stem = target
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut name = format!(".{stem}.partial-{}-{n}", std::process::id());
     if keep_ext {
@@ -23,7 +26,11 @@ pub(crate) fn temp_sibling(target: &Path, keep_ext: bool) -> PathBuf {
         }
     } else if let Some(ext) = target.extension() {
         // Folders: keep the whole name visible, no extension semantics.
-        name = format!(".{stem}.{}.partial-{}-{n}", ext.to_string_lossy(), std::process::id());
+        name = format!(
+            ".{stem}.{}.partial-{}-{n}",
+            ext.to_string_lossy(),
+            std::process::id()
+        );
     }
     dir.join(name)
 }
@@ -39,13 +46,18 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 /// Refuses an existing output unless `overwrite`; checks the folder it goes into exists.
 pub(crate) fn check_output_target(target: &Path, overwrite: bool) -> Result<(), VideoError> {
     if target.exists() && !overwrite {
-        return Err(VideoError::OutputExists { path: target.to_path_buf() });
+        return Err(VideoError::OutputExists {
+            path: target.to_path_buf(),
+        });
     }
     let dir = parent_dir(target);
     if !dir.is_dir() {
         return Err(VideoError::io(
             target,
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("output folder {} does not exist", dir.display())),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("output folder {} does not exist", dir.display()),
+            ),
         ));
     }
     Ok(())
@@ -61,10 +73,14 @@ pub(crate) fn commit_file(tmp: &Path, target: &Path, overwrite: bool) -> Result<
         match std::fs::hard_link(tmp, target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(VideoError::OutputExists { path: target.to_path_buf() })
+                Err(VideoError::OutputExists {
+                    path: target.to_path_buf(),
+                })
             }
             // Filesystems without hard links: check, then rename.
-            Err(_) if target.exists() => Err(VideoError::OutputExists { path: target.to_path_buf() }),
+            Err(_) if target.exists() => Err(VideoError::OutputExists {
+                path: target.to_path_buf(),
+            }),
             Err(_) => std::fs::rename(tmp, target).map_err(|e| VideoError::io(target, e)),
         }
     };

@@ -3,7 +3,9 @@
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
-use crate::{ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo};
+use crate::{
+    ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
+};
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 
@@ -39,7 +41,10 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 fn trim_zeros(digits: &[u8]) -> &[u8] {
-    let start = digits.iter().position(|&c| c != b'0').unwrap_or(digits.len());
+    let start = digits
+        .iter()
+        .position(|&c| c != b'0')
+        .unwrap_or(digits.len());
     &digits[start..]
 }
 
@@ -59,7 +64,10 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, VideoError> {
         }
     }
     files.sort_by(|a, b| {
-        let (a, b) = (a.file_name().unwrap_or_default(), b.file_name().unwrap_or_default());
+        let (a, b) = (
+            a.file_name().unwrap_or_default(),
+            b.file_name().unwrap_or_default(),
+        );
         natural_cmp(&a.to_string_lossy(), &b.to_string_lossy())
     });
     Ok(files)
@@ -76,7 +84,11 @@ pub fn read_rgb_image(path: &Path) -> Result<RgbFrame, VideoError> {
         .map_err(|e| VideoError::format(path, format!("cannot decode image: {e}")))?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
-    Ok(RgbFrame { width: w as usize, height: h as usize, data: rgb.into_raw() })
+    Ok(RgbFrame {
+        width: w as usize,
+        height: h as usize,
+        data: rgb.into_raw(),
+    })
 }
 
 /// Frames from an image folder.
@@ -89,17 +101,31 @@ impl ImageDirSource {
     pub(crate) fn open(dir: &Path, opts: &SourceOptions) -> Result<Self, VideoError> {
         let all = list_images(dir)?;
         if all.is_empty() {
-            return Err(VideoError::format(dir, "no .png/.jpg/.jpeg images in this folder"));
+            return Err(VideoError::format(
+                dir,
+                "no .png/.jpg/.jpeg images in this folder",
+            ));
         }
         let total = all.len() as u64;
-        let selected: Vec<PathBuf> =
-            all.into_iter().enumerate().filter(|(i, _)| opts.wants(*i as u64)).map(|(_, p)| p).collect();
-        let first = selected
-            .first()
-            .ok_or_else(|| VideoError::format(dir, format!("frame range selects none of the {total} images")))?;
+        let selected: Vec<PathBuf> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| opts.wants(*i as u64))
+            .map(|(_, p)| p)
+            .collect();
+        let first = selected.first().ok_or_else(|| {
+            VideoError::format(
+                dir,
+                format!("frame range selects none of the {total} images"),
+            )
+        })?;
         let (w, h) = image::image_dimensions(first)
             .map_err(|e| VideoError::format(first, format!("cannot read image size: {e}")))?;
-        let fps = if opts.image_fps.is_valid() { opts.image_fps } else { Rational::new(30, 1) };
+        let fps = if opts.image_fps.is_valid() {
+            opts.image_fps
+        } else {
+            Rational::new(30, 1)
+        };
         let count = selected.len() as u64;
         let info = VideoInfo {
             width: w as usize,
@@ -113,7 +139,10 @@ impl ImageDirSource {
             color: ColorTags::default(),
             variable_frame_rate: false,
         };
-        Ok(ImageDirSource { files: selected.into_iter(), info })
+        Ok(ImageDirSource {
+            files: selected.into_iter(),
+            info,
+        })
     }
 }
 
@@ -123,7 +152,9 @@ impl FrameSource for ImageDirSource {
     }
 
     fn next_frame(&mut self) -> Result<Option<RgbFrame>, VideoError> {
-        let Some(path) = self.files.next() else { return Ok(None) };
+        let Some(path) = self.files.next() else {
+            return Ok(None);
+        };
         let frame = read_rgb_image(&path)?;
         if frame.width != self.info.width || frame.height != self.info.height {
             return Err(VideoError::format(
@@ -162,7 +193,11 @@ pub(crate) struct PngDirSink {
 
 impl PngDirSink {
     pub(crate) fn create(target: &Path, overwrite: bool) -> Result<Self, VideoError> {
-        let target = PathBuf::from(target.to_string_lossy().trim_end_matches(['/', std::path::MAIN_SEPARATOR]));
+        let target = PathBuf::from(
+            target
+                .to_string_lossy()
+                .trim_end_matches(['/', std::path::MAIN_SEPARATOR]),
+        );
         if target.as_os_str().is_empty() {
             return Err(VideoError::Invalid("output folder name is empty".into()));
         }
@@ -170,18 +205,29 @@ impl PngDirSink {
             if !target.is_dir() {
                 return Err(VideoError::format(&target, "exists and is not a folder"));
             }
-            let non_empty = std::fs::read_dir(&target).map_err(|e| VideoError::io(&target, e))?.next().is_some();
+            let non_empty = std::fs::read_dir(&target)
+                .map_err(|e| VideoError::io(&target, e))?
+                .next()
+                .is_some();
             if non_empty && !overwrite {
                 return Err(VideoError::OutputExists { path: target });
             }
         }
         let parent = crate::fs_util::parent_dir(&target);
         if !parent.is_dir() {
-            return Err(VideoError::format(&target, format!("output folder {} does not exist", parent.display())));
+            return Err(VideoError::format(
+                &target,
+                format!("output folder {} does not exist", parent.display()),
+            ));
         }
         let tmp = crate::fs_util::temp_sibling(&target, false);
         std::fs::create_dir(&tmp).map_err(|e| VideoError::io(&target, e))?;
-        Ok(PngDirSink { tmp: Some(tmp), target, overwrite, index: 0 })
+        Ok(PngDirSink {
+            tmp: Some(tmp),
+            target,
+            overwrite,
+            index: 0,
+        })
     }
 
     fn commit(&self, tmp: &Path) -> Result<(), VideoError> {
@@ -198,7 +244,9 @@ impl PngDirSink {
             return std::fs::rename(tmp, target).map_err(|e| VideoError::io(target, e));
         }
         if !self.overwrite {
-            return Err(VideoError::OutputExists { path: target.clone() });
+            return Err(VideoError::OutputExists {
+                path: target.clone(),
+            });
         }
         // Overwrite into a non-empty folder: drop stale frames of ours, then move the new ones in.
         for name in existing {
@@ -209,7 +257,8 @@ impl PngDirSink {
         }
         for i in 0..self.index {
             let name = png_frame_name(i);
-            std::fs::rename(tmp.join(&name), target.join(&name)).map_err(|e| VideoError::io(target.join(&name), e))?;
+            std::fs::rename(tmp.join(&name), target.join(&name))
+                .map_err(|e| VideoError::io(target.join(&name), e))?;
         }
         std::fs::remove_dir_all(tmp).map_err(|e| VideoError::io(tmp, e))
     }
@@ -218,7 +267,10 @@ impl PngDirSink {
 impl FrameSink for PngDirSink {
     fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
         use image::ImageEncoder;
-        let tmp = self.tmp.as_ref().ok_or_else(|| VideoError::format(&self.target, "sink already closed"))?;
+        let tmp = self
+            .tmp
+            .as_ref()
+            .ok_or_else(|| VideoError::format(&self.target, "sink already closed"))?;
         let path = tmp.join(png_frame_name(self.index));
         let file = std::fs::File::create(&path).map_err(|e| VideoError::io(&self.target, e))?;
         let mut out = std::io::BufWriter::new(file);
@@ -227,15 +279,28 @@ impl FrameSink for PngDirSink {
             image::codecs::png::CompressionType::Fast,
             image::codecs::png::FilterType::Adaptive,
         )
-        .write_image(&frame.data, frame.width as u32, frame.height as u32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| VideoError::format(&self.target, format!("cannot write {}: {e}", png_frame_name(self.index))))?;
+        .write_image(
+            &frame.data,
+            frame.width as u32,
+            frame.height as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| {
+            VideoError::format(
+                &self.target,
+                format!("cannot write {}: {e}", png_frame_name(self.index)),
+            )
+        })?;
         std::io::Write::flush(&mut out).map_err(|e| VideoError::io(&self.target, e))?;
         self.index += 1;
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
-        let tmp = self.tmp.take().ok_or_else(|| VideoError::format(&self.target, "sink already closed"))?;
+        let tmp = self
+            .tmp
+            .take()
+            .ok_or_else(|| VideoError::format(&self.target, "sink already closed"))?;
         let result = self.commit(&tmp);
         if tmp.exists() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -264,9 +329,26 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        let mut names = vec!["frame10.png", "frame2.png", "frame1.png", "frame02.png", "a.png", "frame100.png"];
+        let mut names = vec![
+            "frame10.png",
+            "frame2.png",
+            "frame1.png",
+            "frame02.png",
+            "a.png",
+            "frame100.png",
+        ];
         names.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(names, ["a.png", "frame1.png", "frame02.png", "frame2.png", "frame10.png", "frame100.png"]);
+        assert_eq!(
+            names,
+            [
+                "a.png",
+                "frame1.png",
+                "frame02.png",
+                "frame2.png",
+                "frame10.png",
+                "frame100.png"
+            ]
+        );
         assert!(is_our_frame_name("frame_000012.png"));
         assert!(!is_our_frame_name("frame_.png"));
         assert!(!is_our_frame_name("other.png"));

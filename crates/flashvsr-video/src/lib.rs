@@ -51,14 +51,22 @@ pub trait FrameSink: Send {
 }
 
 /// Opens an input. Needs ffmpeg only for [`InputSpec::File`].
-pub fn open_source(spec: &InputSpec, opts: &SourceOptions) -> Result<Box<dyn FrameSource>, VideoError> {
+pub fn open_source(
+    spec: &InputSpec,
+    opts: &SourceOptions,
+) -> Result<Box<dyn FrameSource>, VideoError> {
     let label = spec.display_path();
     let queue = opts.queue_frames.max(1);
     match spec {
         InputSpec::File(path) => ffmpeg::source::open(path, opts),
         InputSpec::Y4m(path) => {
             let source = y4m::open_file(path, opts)?;
-            Ok(Box::new(threaded::ThreadedSource::spawn(Box::new(source), queue, label, None)?))
+            Ok(Box::new(threaded::ThreadedSource::spawn(
+                Box::new(source),
+                queue,
+                label,
+                None,
+            )?))
         }
         InputSpec::Stdin => {
             let reader = y4m::Y4mReader::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()), &label)
@@ -70,11 +78,21 @@ pub fn open_source(spec: &InputSpec, opts: &SourceOptions) -> Result<Box<dyn Fra
                     other => other,
                 })?;
             let source = y4m::Y4mSource::new(reader, None, opts);
-            Ok(Box::new(threaded::ThreadedSource::spawn(Box::new(source), queue, label, None)?))
+            Ok(Box::new(threaded::ThreadedSource::spawn(
+                Box::new(source),
+                queue,
+                label,
+                None,
+            )?))
         }
         InputSpec::ImageDir(dir) => {
             let source = image_dir::ImageDirSource::open(dir, opts)?;
-            Ok(Box::new(threaded::ThreadedSource::spawn(Box::new(source), queue, label, None)?))
+            Ok(Box::new(threaded::ThreadedSource::spawn(
+                Box::new(source),
+                queue,
+                label,
+                None,
+            )?))
         }
     }
 }
@@ -92,20 +110,44 @@ pub fn open_sink(
 ) -> Result<Box<dyn FrameSink>, VideoError> {
     let label = spec.display_path();
     if width == 0 || height == 0 {
-        return Err(VideoError::Invalid(format!("{}: frame size {width}x{height} is empty", label.display())));
+        return Err(VideoError::Invalid(format!(
+            "{}: frame size {width}x{height} is empty",
+            label.display()
+        )));
     }
     if !fps.is_valid() {
-        return Err(VideoError::Invalid(format!("{}: frame rate {fps} is not valid", label.display())));
+        return Err(VideoError::Invalid(format!(
+            "{}: frame rate {fps} is not valid",
+            label.display()
+        )));
     }
-    let queue = if opts.queue_frames == 0 { 4 } else { opts.queue_frames };
-    if !matches!(spec, OutputSpec::Container(_)) && source.is_some_and(|s| matches!(s, InputSpec::File(_))) {
-        tracing::warn!("{}: y4m/PNG outputs hold video only; audio and subtitles are not carried", label.display());
+    let queue = if opts.queue_frames == 0 {
+        4
+    } else {
+        opts.queue_frames
+    };
+    if !matches!(spec, OutputSpec::Container(_))
+        && source.is_some_and(|s| matches!(s, InputSpec::File(_)))
+    {
+        tracing::warn!(
+            "{}: y4m/PNG outputs hold video only; audio and subtitles are not carried",
+            label.display()
+        );
     }
     let inner: Box<dyn FrameSink> = match spec {
-        OutputSpec::Container(path) => return ffmpeg::sink::open(path, width, height, fps, source, opts),
+        OutputSpec::Container(path) => {
+            return ffmpeg::sink::open(path, width, height, fps, source, opts)
+        }
         OutputSpec::Y4m(path) => {
             let sub = y4m::subsampling_for_pix_fmt(opts.pix_fmt.as_deref(), path)?;
-            Box::new(y4m::Y4mSink::create_file(path, width, height, fps, sub, opts.overwrite)?)
+            Box::new(y4m::Y4mSink::create_file(
+                path,
+                width,
+                height,
+                fps,
+                sub,
+                opts.overwrite,
+            )?)
         }
         OutputSpec::Stdout => {
             let sub = y4m::subsampling_for_pix_fmt(opts.pix_fmt.as_deref(), &label)?;
@@ -113,5 +155,7 @@ pub fn open_sink(
         }
         OutputSpec::PngDir(path) => Box::new(image_dir::PngDirSink::create(path, opts.overwrite)?),
     };
-    Ok(Box::new(threaded::ThreadedSink::spawn(inner, width, height, queue, label, None)?))
+    Ok(Box::new(threaded::ThreadedSink::spawn(
+        inner, width, height, queue, label, None,
+    )?))
 }

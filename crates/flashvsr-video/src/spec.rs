@@ -62,7 +62,8 @@ impl OutputSpec {
         let text = path.to_string_lossy();
         if text == "-" {
             OutputSpec::Stdout
-        } else if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
+        } else if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR)
+        {
             OutputSpec::PngDir(path.to_path_buf())
         } else if has_extension(path, "y4m") {
             OutputSpec::Y4m(path.to_path_buf())
@@ -81,7 +82,8 @@ impl OutputSpec {
 }
 
 pub(crate) fn has_extension(path: &Path, ext: &str) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
 /// Options for [`crate::open_source`].
@@ -99,14 +101,22 @@ pub struct SourceOptions {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        SourceOptions { start_frame: 0, end_frame: None, image_fps: Rational::new(30, 1), queue_frames: 4 }
+        SourceOptions {
+            start_frame: 0,
+            end_frame: None,
+            image_fps: Rational::new(30, 1),
+            queue_frames: 4,
+        }
     }
 }
 
 impl SourceOptions {
     /// Number of frames the range selects out of `total`.
     pub fn selected_count(&self, total: u64) -> u64 {
-        self.end_frame.unwrap_or(u64::MAX).min(total).saturating_sub(self.start_frame)
+        self.end_frame
+            .unwrap_or(u64::MAX)
+            .min(total)
+            .saturating_sub(self.start_frame)
     }
 
     pub(crate) fn wants(&self, index: u64) -> bool {

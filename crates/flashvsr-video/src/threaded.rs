@@ -48,7 +48,13 @@ impl ThreadedSource {
                 }
             })
             .map_err(|e| VideoError::io(&label, e))?;
-        Ok(ThreadedSource { info, label, rx: Some(rx), handle: Some(handle), cancel })
+        Ok(ThreadedSource {
+            info,
+            label,
+            rx: Some(rx),
+            handle: Some(handle),
+            cancel,
+        })
     }
 }
 
@@ -130,17 +136,23 @@ impl ThreadedSink {
                 (inner, Ok(()))
             })
             .map_err(|e| VideoError::io(&label, e))?;
-        Ok(ThreadedSink { width, height, label, index: 0, tx: Some(tx), handle: Some(handle), aborting, cancel })
+        Ok(ThreadedSink {
+            width,
+            height,
+            label,
+            index: 0,
+            tx: Some(tx),
+            handle: Some(handle),
+            aborting,
+            cancel,
+        })
     }
 
     /// Stops the worker and hands back the inner sink with the worker's result.
     fn join(&mut self) -> Option<(Box<dyn FrameSink>, Result<(), VideoError>)> {
         self.tx = None;
         let handle = self.handle.take()?;
-        match handle.join() {
-            Ok(out) => Some(out),
-            Err(_) => None,
-        }
+        handle.join().ok()
     }
 
     fn abort_now(&mut self) {
@@ -169,7 +181,10 @@ impl FrameSink for ThreadedSink {
             });
         }
         let Some(tx) = &self.tx else {
-            return Err(VideoError::format(&self.label, "sink already failed or finished"));
+            return Err(VideoError::format(
+                &self.label,
+                "sink already failed or finished",
+            ));
         };
         if tx.send(frame.clone()).is_err() {
             // The worker stopped: it failed on an earlier frame. Report its error, clean up.
@@ -196,7 +211,10 @@ impl FrameSink for ThreadedSink {
                 inner.abort();
                 Err(e)
             }
-            None => Err(VideoError::format(&self.label, "writer thread panicked or already stopped")),
+            None => Err(VideoError::format(
+                &self.label,
+                "writer thread panicked or already stopped",
+            )),
         }
     }
 

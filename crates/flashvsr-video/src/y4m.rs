@@ -13,7 +13,9 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::yuv::{planar_to_rgb, rgb_to_planar_full, Subsampling, YuvRange};
-use crate::{ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo};
+use crate::{
+    ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
+};
 
 const MAGIC: &[u8] = b"YUV4MPEG2";
 const FRAME_MAGIC: &[u8] = b"FRAME";
@@ -51,14 +53,29 @@ impl Y4mHeader {
         for token in tokens {
             let (tag, value) = token.split_at(1);
             match tag {
-                "W" => width = Some(value.parse::<usize>().map_err(|_| bad(format!("bad y4m width `{value}`")))?),
-                "H" => height = Some(value.parse::<usize>().map_err(|_| bad(format!("bad y4m height `{value}`")))?),
-                "F" => fps = Some(Rational::parse(value).ok_or_else(|| bad(format!("bad y4m frame rate `{value}`")))?),
+                "W" => {
+                    width = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| bad(format!("bad y4m width `{value}`")))?,
+                    )
+                }
+                "H" => {
+                    height = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| bad(format!("bad y4m height `{value}`")))?,
+                    )
+                }
+                "F" => {
+                    fps = Some(
+                        Rational::parse(value)
+                            .ok_or_else(|| bad(format!("bad y4m frame rate `{value}`")))?,
+                    )
+                }
                 "C" => colorspace = value.to_string(),
-                "I" => {
-                    if !matches!(value, "p" | "?" | "t" | "b" | "m") {
-                        return Err(bad(format!("bad y4m interlacing `{value}`")));
-                    }
+                "I" if !matches!(value, "p" | "?" | "t" | "b" | "m") => {
+                    return Err(bad(format!("bad y4m interlacing `{value}`")));
                 }
                 "X" => {
                     if let Some(r) = value.strip_prefix("COLORRANGE=") {
@@ -89,7 +106,14 @@ impl Y4mHeader {
             }
             c => return Err(bad(format!("unsupported y4m colour space C{c}"))),
         };
-        Ok(Y4mHeader { width, height, fps: fps.unwrap_or(Rational::new(25, 1)), subsampling, range, colorspace })
+        Ok(Y4mHeader {
+            width,
+            height,
+            fps: fps.unwrap_or(Rational::new(25, 1)),
+            subsampling,
+            range,
+            colorspace,
+        })
     }
 
     /// The header line, newline included.
@@ -117,7 +141,10 @@ fn read_line<R: Read>(r: &mut R, path: &Path, what: &str) -> Result<Option<Vec<u
             Ok(_) => {
                 line.push(byte[0]);
                 if line.len() > MAX_HEADER_LINE {
-                    return Err(VideoError::format(path, format!("y4m {what} line too long (corrupt file?)")));
+                    return Err(VideoError::format(
+                        path,
+                        format!("y4m {what} line too long (corrupt file?)"),
+                    ));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -142,7 +169,13 @@ impl<R: Read> Y4mReader<R> {
         let line = read_line(&mut reader, &path, "header")?
             .ok_or_else(|| VideoError::format(&path, "empty file, expected a y4m header"))?;
         let header = Y4mHeader::parse(&line, &path)?;
-        Ok(Y4mReader { reader, header, path, planes: Vec::new(), frames_read: 0 })
+        Ok(Y4mReader {
+            reader,
+            header,
+            path,
+            planes: Vec::new(),
+            frames_read: 0,
+        })
     }
 
     pub fn header(&self) -> &Y4mHeader {
@@ -157,13 +190,19 @@ impl<R: Read> Y4mReader<R> {
         if !line.starts_with(FRAME_MAGIC) {
             return Err(VideoError::format(
                 &self.path,
-                format!("frame {}: expected a y4m FRAME marker (corrupt file?)", self.frames_read),
+                format!(
+                    "frame {}: expected a y4m FRAME marker (corrupt file?)",
+                    self.frames_read
+                ),
             ));
         }
         self.planes.resize(self.header.frame_bytes(), 0);
         self.reader.read_exact(&mut self.planes).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                VideoError::format(&self.path, format!("truncated y4m frame {}", self.frames_read))
+                VideoError::format(
+                    &self.path,
+                    format!("truncated y4m frame {}", self.frames_read),
+                )
             } else {
                 VideoError::io(&self.path, e)
             }
@@ -184,7 +223,14 @@ impl<R: Read> Y4mReader<R> {
         }
         let h = &self.header;
         let mut frame = RgbFrame::new(h.width, h.height);
-        planar_to_rgb(&self.planes, h.width, h.height, h.subsampling, h.range, &mut frame.data);
+        planar_to_rgb(
+            &self.planes,
+            h.width,
+            h.height,
+            h.subsampling,
+            h.range,
+            &mut frame.data,
+        );
         Ok(Some(frame))
     }
 }
@@ -198,7 +244,11 @@ pub(crate) struct Y4mSource<R: Read + Send> {
 }
 
 impl<R: Read + Send> Y4mSource<R> {
-    pub(crate) fn new(reader: Y4mReader<R>, total_frames: Option<u64>, opts: &SourceOptions) -> Self {
+    pub(crate) fn new(
+        reader: Y4mReader<R>,
+        total_frames: Option<u64>,
+        opts: &SourceOptions,
+    ) -> Self {
         let h = reader.header();
         let frame_count = total_frames.map(|t| opts.selected_count(t));
         let info = VideoInfo {
@@ -214,11 +264,23 @@ impl<R: Read + Send> Y4mSource<R> {
                 primaries: None,
                 transfer: None,
                 matrix: Some("bt470bg".into()),
-                range: Some(if h.range == YuvRange::Full { "pc" } else { "tv" }.into()),
+                range: Some(
+                    if h.range == YuvRange::Full {
+                        "pc"
+                    } else {
+                        "tv"
+                    }
+                    .into(),
+                ),
             },
             variable_frame_rate: false,
         };
-        Y4mSource { reader, info, opts: opts.clone(), next_index: 0 }
+        Y4mSource {
+            reader,
+            info,
+            opts: opts.clone(),
+            next_index: 0,
+        }
     }
 }
 
@@ -246,11 +308,17 @@ impl<R: Read + Send> FrameSource for Y4mSource<R> {
 }
 
 /// Opens a y4m file; the frame count comes from the file size when frames carry no parameters.
-pub(crate) fn open_file(path: &Path, opts: &SourceOptions) -> Result<Y4mSource<BufReader<File>>, VideoError> {
+pub(crate) fn open_file(
+    path: &Path,
+    opts: &SourceOptions,
+) -> Result<Y4mSource<BufReader<File>>, VideoError> {
     let file = File::open(path).map_err(|e| VideoError::io(path, e))?;
     let len = file.metadata().map_err(|e| VideoError::io(path, e))?.len();
     let mut reader = Y4mReader::new(BufReader::with_capacity(1 << 20, file), path)?;
-    let header_len = reader.reader.stream_position().map_err(|e| VideoError::io(path, e))?;
+    let header_len = reader
+        .reader
+        .stream_position()
+        .map_err(|e| VideoError::io(path, e))?;
     let per_frame = (FRAME_MAGIC.len() + 1 + reader.header.frame_bytes()) as u64;
     let body = len.saturating_sub(header_len);
     let total = (body % per_frame == 0).then_some(body / per_frame);
@@ -266,23 +334,47 @@ pub struct Y4mWriter<W: Write> {
 
 impl<W: Write> Y4mWriter<W> {
     /// Writes the header. `subsampling` must be 4:4:4 or 4:2:0; the range is always full.
-    pub fn new(mut writer: W, width: usize, height: usize, fps: Rational, subsampling: Subsampling) -> std::io::Result<Self> {
-        let colorspace = if subsampling == Subsampling::S444 { "444" } else { "420jpeg" };
+    pub fn new(
+        mut writer: W,
+        width: usize,
+        height: usize,
+        fps: Rational,
+        subsampling: Subsampling,
+    ) -> std::io::Result<Self> {
+        let colorspace = if subsampling == Subsampling::S444 {
+            "444"
+        } else {
+            "420jpeg"
+        };
         let header = Y4mHeader {
             width,
             height,
             fps,
-            subsampling: if subsampling == Subsampling::S444 { Subsampling::S444 } else { Subsampling::S420 },
+            subsampling: if subsampling == Subsampling::S444 {
+                Subsampling::S444
+            } else {
+                Subsampling::S420
+            },
             range: YuvRange::Full,
             colorspace: colorspace.into(),
         };
         writer.write_all(header.to_line().as_bytes())?;
-        Ok(Y4mWriter { writer, header, planes: Vec::new() })
+        Ok(Y4mWriter {
+            writer,
+            header,
+            planes: Vec::new(),
+        })
     }
 
     pub fn write_frame(&mut self, frame: &RgbFrame) -> std::io::Result<()> {
         let h = &self.header;
-        rgb_to_planar_full(&frame.data, h.width, h.height, h.subsampling, &mut self.planes);
+        rgb_to_planar_full(
+            &frame.data,
+            h.width,
+            h.height,
+            h.subsampling,
+            &mut self.planes,
+        );
         self.writer.write_all(b"FRAME\n")?;
         self.writer.write_all(&self.planes)
     }
@@ -297,7 +389,10 @@ impl<W: Write> Y4mWriter<W> {
 }
 
 /// Picks the y4m layout from an `EncodeOptions::pix_fmt`.
-pub(crate) fn subsampling_for_pix_fmt(pix_fmt: Option<&str>, path: &Path) -> Result<Subsampling, VideoError> {
+pub(crate) fn subsampling_for_pix_fmt(
+    pix_fmt: Option<&str>,
+    path: &Path,
+) -> Result<Subsampling, VideoError> {
     match pix_fmt {
         None | Some("yuv444p") | Some("yuvj444p") => Ok(Subsampling::S444),
         Some("yuv420p") | Some("yuvj420p") => Ok(Subsampling::S420),
@@ -329,20 +424,45 @@ impl Y4mSink {
         let tmp = crate::fs_util::temp_sibling(target, true);
         let file = File::create(&tmp).map_err(|e| VideoError::io(target, e))?;
         let out: Box<dyn Write + Send> = Box::new(file);
-        let mut sink = Y4mSink { writer: None, file: Some((tmp, target.to_path_buf(), overwrite)), label: target.into() };
-        match Y4mWriter::new(BufWriter::with_capacity(1 << 20, out), width, height, fps, sub) {
+        let mut sink = Y4mSink {
+            writer: None,
+            file: Some((tmp, target.to_path_buf(), overwrite)),
+            label: target.into(),
+        };
+        match Y4mWriter::new(
+            BufWriter::with_capacity(1 << 20, out),
+            width,
+            height,
+            fps,
+            sub,
+        ) {
             Ok(w) => sink.writer = Some(w),
             Err(e) => return Err(VideoError::io(target, e)), // Drop removes the temporary file.
         }
         Ok(sink)
     }
 
-    pub(crate) fn stdout(width: usize, height: usize, fps: Rational, sub: Subsampling) -> Result<Self, VideoError> {
+    pub(crate) fn stdout(
+        width: usize,
+        height: usize,
+        fps: Rational,
+        sub: Subsampling,
+    ) -> Result<Self, VideoError> {
         let label = PathBuf::from(crate::error::STDOUT_LABEL);
         let out: Box<dyn Write + Send> = Box::new(std::io::stdout());
-        let writer = Y4mWriter::new(BufWriter::with_capacity(1 << 20, out), width, height, fps, sub)
-            .map_err(|e| VideoError::io(&label, e))?;
-        Ok(Y4mSink { writer: Some(writer), file: None, label })
+        let writer = Y4mWriter::new(
+            BufWriter::with_capacity(1 << 20, out),
+            width,
+            height,
+            fps,
+            sub,
+        )
+        .map_err(|e| VideoError::io(&label, e))?;
+        Ok(Y4mSink {
+            writer: Some(writer),
+            file: None,
+            label,
+        })
     }
 
     fn discard(&mut self) {
@@ -355,15 +475,22 @@ impl Y4mSink {
 
 impl FrameSink for Y4mSink {
     fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
-        let w = self.writer.as_mut().ok_or_else(|| VideoError::format(&self.label, "sink already closed"))?;
-        w.write_frame(frame).map_err(|e| VideoError::io(&self.label, e))
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| VideoError::format(&self.label, "sink already closed"))?;
+        w.write_frame(frame)
+            .map_err(|e| VideoError::io(&self.label, e))
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
         let Some(writer) = self.writer.take() else {
             return Err(VideoError::format(&self.label, "sink already closed"));
         };
-        let flushed = writer.into_inner().into_inner().map_err(|e| VideoError::io(&self.label, e.into_error()));
+        let flushed = writer
+            .into_inner()
+            .into_inner()
+            .map_err(|e| VideoError::io(&self.label, e.into_error()));
         let mut inner = match flushed {
             Ok(inner) => inner,
             Err(e) => {

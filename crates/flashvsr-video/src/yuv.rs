@@ -76,13 +76,25 @@ pub struct Subsampling {
 }
 
 impl Subsampling {
-    pub const S444: Subsampling = Subsampling { shift_x: 0, shift_y: 0 };
-    pub const S422: Subsampling = Subsampling { shift_x: 1, shift_y: 0 };
-    pub const S420: Subsampling = Subsampling { shift_x: 1, shift_y: 1 };
+    pub const S444: Subsampling = Subsampling {
+        shift_x: 0,
+        shift_y: 0,
+    };
+    pub const S422: Subsampling = Subsampling {
+        shift_x: 1,
+        shift_y: 0,
+    };
+    pub const S420: Subsampling = Subsampling {
+        shift_x: 1,
+        shift_y: 1,
+    };
 
     /// Size of one chroma plane for a `width x height` picture.
     pub fn chroma_size(&self, width: usize, height: usize) -> (usize, usize) {
-        (width.div_ceil(1 << self.shift_x), height.div_ceil(1 << self.shift_y))
+        (
+            width.div_ceil(1 << self.shift_x),
+            height.div_ceil(1 << self.shift_y),
+        )
     }
 
     /// Bytes of one planar 8-bit Y + Cb + Cr picture.
@@ -95,7 +107,14 @@ impl Subsampling {
 /// Converts one planar 8-bit YCbCr picture (`planes` = Y, then Cb, then Cr, as in y4m) to RGB24.
 /// Subsampled chroma is replicated over the pixels it covers (nearest neighbour, whatever the
 /// chroma siting).
-pub fn planar_to_rgb(planes: &[u8], width: usize, height: usize, sub: Subsampling, range: YuvRange, rgb: &mut [u8]) {
+pub fn planar_to_rgb(
+    planes: &[u8],
+    width: usize,
+    height: usize,
+    sub: Subsampling,
+    range: YuvRange,
+    rgb: &mut [u8],
+) {
     let (cw, ch) = sub.chroma_size(width, height);
     let (luma, chroma) = planes.split_at(width * height);
     let (cb_plane, cr_plane) = chroma.split_at(cw * ch);
@@ -117,7 +136,13 @@ pub fn planar_to_rgb(planes: &[u8], width: usize, height: usize, sub: Subsamplin
 
 /// Converts RGB24 to a planar full range YCbCr picture (Y, Cb, Cr). Subsampled chroma is the
 /// rounded mean of the full resolution chroma over the pixels it covers.
-pub fn rgb_to_planar_full(rgb: &[u8], width: usize, height: usize, sub: Subsampling, planes: &mut Vec<u8>) {
+pub fn rgb_to_planar_full(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    sub: Subsampling,
+    planes: &mut Vec<u8>,
+) {
     let (cw, ch) = sub.chroma_size(width, height);
     planes.clear();
     planes.resize(sub.frame_bytes(width, height), 0);

@@ -5,53 +5,85 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use flashvsr_video::{
-    ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec, Rational, RgbFrame,
-    SourceOptions, VideoError,
+    ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec,
+    Rational, RgbFrame, SourceOptions, VideoError,
 };
 
 fn have_ffmpeg() -> bool {
     if ffmpeg_available() {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "ffmpeg/ffprobe missing on CI");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ffmpeg/ffprobe missing on CI"
+    );
     eprintln!("skipping: ffmpeg/ffprobe not installed");
     false
 }
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 fn make_clip(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let path = dir.join(name);
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(extra)
-        .args(["-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
-        .arg(&path);
+    cmd.args([
+        "-v",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x64:rate=24",
+    ])
+    .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+    .args(extra)
+    .args([
+        "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+    ])
+    .arg(&path);
     run(&mut cmd);
     path
 }
 
 /// `(frames counted by decoding, r_frame_rate, format duration)` of the first video stream.
 fn probe_counted(path: &Path) -> (u64, String, f64) {
-    let out = run(Command::new("ffprobe").args(["-v", "error", "-count_frames", "-select_streams", "v:0"]).args([
-        "-show_entries",
-        "stream=nb_read_frames,r_frame_rate:format=duration",
-        "-of",
-        "default=noprint_wrappers=1",
-    ]).arg(path));
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,r_frame_rate:format=duration",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(path));
     let text = String::from_utf8(out).unwrap();
-    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
-    (field("nb_read_frames").parse().unwrap(), field("r_frame_rate"), field("duration").parse().unwrap())
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_string()
+    };
+    (
+        field("nb_read_frames").parse().unwrap(),
+        field("r_frame_rate"),
+        field("duration").parse().unwrap(),
+    )
 }
 
 /// The packets of the audio streams, byte for byte.
 fn audio_packets(path: &Path) -> Vec<u8> {
-    run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", "0:a", "-c", "copy", "-f", "data", "-"]))
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:a", "-c", "copy", "-f", "data", "-"]))
 }
 
 fn upscale2(f: &RgbFrame) -> RgbFrame {
@@ -65,9 +97,25 @@ fn upscale2(f: &RgbFrame) -> RgbFrame {
     out
 }
 
+#[cfg(unix)]
+fn writable(mut perms: std::fs::Permissions) -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    perms.set_mode(0o755);
+    perms
+}
+
+#[cfg(not(unix))]
+#[allow(clippy::permissions_set_readonly_false)]
+fn writable(mut perms: std::fs::Permissions) -> std::fs::Permissions {
+    perms.set_readonly(false);
+    perms
+}
+
 fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -89,11 +137,21 @@ fn decode_upscale_encode_keeps_frames_fps_duration_and_audio() {
     assert_eq!(info.rotation, None);
 
     let out = dir.path().join("up.mp4");
-    let mut sink =
-        open_sink(&OutputSpec::detect(&out), 192, 128, info.fps, Some(&input), &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::detect(&out),
+        192,
+        128,
+        info.fps,
+        Some(&input),
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     let mut n = 0;
     while let Some(frame) = src.next_frame().unwrap() {
-        assert_eq!((frame.width, frame.height, frame.data.len()), (96, 64, 96 * 64 * 3));
+        assert_eq!(
+            (frame.width, frame.height, frame.data.len()),
+            (96, 64, 96 * 64 * 3)
+        );
         sink.write_frame(&upscale2(&frame)).unwrap();
         n += 1;
     }
@@ -106,7 +164,10 @@ fn decode_upscale_encode_keeps_frames_fps_duration_and_audio() {
     let (frames_out, rate_out, dur_out) = probe_counted(&out);
     assert_eq!(frames_out, frames_in);
     assert_eq!(rate_out, rate_in);
-    assert!((dur_out - dur_in).abs() < 1.0 / 24.0, "duration {dur_out} vs {dur_in}");
+    assert!(
+        (dur_out - dur_in).abs() < 1.0 / 24.0,
+        "duration {dur_out} vs {dur_in}"
+    );
     let audio = audio_packets(&clip);
     assert!(!audio.is_empty());
     assert!(audio == audio_packets(&out), "audio packets differ");
@@ -123,9 +184,16 @@ fn decode_upscale_encode_keeps_frames_fps_duration_and_audio() {
 
     // Without overwrite an existing output is refused and left untouched.
     let before = std::fs::read(&out).unwrap();
-    let err = open_sink(&OutputSpec::Container(out.clone()), 192, 128, info.fps, None, &EncodeOptions::default())
-        .err()
-        .expect("overwrite refused");
+    let err = open_sink(
+        &OutputSpec::Container(out.clone()),
+        192,
+        128,
+        info.fps,
+        None,
+        &EncodeOptions::default(),
+    )
+    .err()
+    .expect("overwrite refused");
     assert!(matches!(err, VideoError::OutputExists { .. }), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
 }
@@ -141,7 +209,11 @@ fn frame_range_selects_frames() {
         let mut s = open_source(&InputSpec::File(clip.clone()), &SourceOptions::default()).unwrap();
         std::iter::from_fn(|| s.next_frame().unwrap()).collect()
     };
-    let opts = SourceOptions { start_frame: 5, end_frame: Some(9), ..Default::default() };
+    let opts = SourceOptions {
+        start_frame: 5,
+        end_frame: Some(9),
+        ..Default::default()
+    };
     let mut s = open_source(&InputSpec::File(clip), &opts).unwrap();
     assert_eq!(s.info().frame_count, Some(4));
     let part: Vec<RgbFrame> = std::iter::from_fn(|| s.next_frame().unwrap()).collect();
@@ -152,7 +224,10 @@ fn frame_range_selects_frames() {
 fn feed(sink: &mut Box<dyn FrameSink>, n: usize, w: usize, h: usize) -> Result<(), VideoError> {
     for i in 0..n {
         let mut f = RgbFrame::new(w, h);
-        f.data.iter_mut().enumerate().for_each(|(j, v)| *v = (i * 31 + j) as u8);
+        f.data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, v)| *v = (i * 31 + j) as u8);
         sink.write_frame(&f)?;
     }
     Ok(())
@@ -165,15 +240,33 @@ fn failing_ffmpeg_reports_stderr_and_leaves_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bad.mp4");
-    let opts = EncodeOptions { codec: Some("no_such_encoder".into()), ..Default::default() };
-    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 32, 32, Rational::new(24, 1), None, &opts).unwrap();
+    let opts = EncodeOptions {
+        codec: Some("no_such_encoder".into()),
+        ..Default::default()
+    };
+    let mut sink = open_sink(
+        &OutputSpec::Container(out.clone()),
+        32,
+        32,
+        Rational::new(24, 1),
+        None,
+        &opts,
+    )
+    .unwrap();
     let err = match feed(&mut sink, 10, 32, 32) {
         Err(e) => e,
         Ok(()) => sink.finish().expect_err("ffmpeg must fail"),
     };
     let msg = err.to_string();
-    assert!(msg.contains("bad.mp4") && msg.contains("ffmpeg failed") && msg.contains("no_such_encoder"), "{msg}");
-    assert!(dir_names(dir.path()).is_empty(), "left behind: {:?}", dir_names(dir.path()));
+    assert!(
+        msg.contains("bad.mp4") && msg.contains("ffmpeg failed") && msg.contains("no_such_encoder"),
+        "{msg}"
+    );
+    assert!(
+        dir_names(dir.path()).is_empty(),
+        "left behind: {:?}",
+        dir_names(dir.path())
+    );
 
     // An output folder ffmpeg cannot write into.
     let ro = dir.path().join("ro");
@@ -184,17 +277,24 @@ fn failing_ffmpeg_reports_stderr_and_leaves_nothing() {
     let writable_anyway = std::fs::write(ro.join("probe"), b"").is_ok(); // root ignores permissions
     if !writable_anyway {
         let target = ro.join("x.mp4");
-        let result = open_sink(&OutputSpec::Container(target), 32, 32, Rational::new(24, 1), None, &Default::default())
-            .and_then(|mut s| {
-                feed(&mut s, 5, 32, 32)?;
-                s.finish()
-            });
+        let result = open_sink(
+            &OutputSpec::Container(target),
+            32,
+            32,
+            Rational::new(24, 1),
+            None,
+            &Default::default(),
+        )
+        .and_then(|mut s| {
+            feed(&mut s, 5, 32, 32)?;
+            s.finish()
+        });
         let msg = result.expect_err("unwritable folder must fail").to_string();
         assert!(msg.contains("x.mp4"), "{msg}");
         assert!(dir_names(&ro).is_empty());
     }
-    perms.set_readonly(false);
-    std::fs::set_permissions(&ro, perms).unwrap();
+    // Restore write permission so the temporary folder can be removed.
+    std::fs::set_permissions(&ro, writable(perms)).unwrap();
 }
 
 #[test]
@@ -204,15 +304,39 @@ fn abort_and_drop_leave_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a.mkv");
-    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 64, 48, Rational::new(30, 1), None, &Default::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Container(out.clone()),
+        64,
+        48,
+        Rational::new(30, 1),
+        None,
+        &Default::default(),
+    )
+    .unwrap();
     feed(&mut sink, 12, 64, 48).unwrap();
     sink.abort();
-    assert!(dir_names(dir.path()).is_empty(), "abort left {:?}", dir_names(dir.path()));
+    assert!(
+        dir_names(dir.path()).is_empty(),
+        "abort left {:?}",
+        dir_names(dir.path())
+    );
 
-    let mut sink = open_sink(&OutputSpec::Container(out), 64, 48, Rational::new(30, 1), None, &Default::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Container(out),
+        64,
+        48,
+        Rational::new(30, 1),
+        None,
+        &Default::default(),
+    )
+    .unwrap();
     feed(&mut sink, 12, 64, 48).unwrap();
     drop(sink);
-    assert!(dir_names(dir.path()).is_empty(), "drop left {:?}", dir_names(dir.path()));
+    assert!(
+        dir_names(dir.path()).is_empty(),
+        "drop left {:?}",
+        dir_names(dir.path())
+    );
 
     // Dropping a source early stops its ffmpeg (the test would hang otherwise).
     let clip = make_clip(dir.path(), "c.mp4", &[]);
@@ -231,30 +355,69 @@ fn subtitles_follow_the_container() {
     std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:00,800\nhello\n").unwrap();
     let srt_arg = srt.to_string_lossy().into_owned();
     // mp4 with a mov_text subtitle track.
-    let clip = make_clip(dir.path(), "subs.mp4", &["-i", &srt_arg, "-map", "0:v", "-map", "1:a", "-map", "2:s", "-c:s", "mov_text"]);
+    let clip = make_clip(
+        dir.path(),
+        "subs.mp4",
+        &[
+            "-i", &srt_arg, "-map", "0:v", "-map", "1:a", "-map", "2:s", "-c:s", "mov_text",
+        ],
+    );
     let input = InputSpec::File(clip.clone());
     let src = open_source(&input, &SourceOptions::default()).unwrap();
     assert!(src.info().has_subtitles && src.info().has_audio);
     drop(src);
-    for (name, sub_codec, audio_copied) in [("o.mkv", "subrip", true), ("o.mp4", "mov_text", true), ("o.webm", "webvtt", false)] {
+    for (name, sub_codec, audio_copied) in [
+        ("o.mkv", "subrip", true),
+        ("o.mp4", "mov_text", true),
+        ("o.webm", "webvtt", false),
+    ] {
         let out = dir.path().join(name);
-        let mut sink =
-            open_sink(&OutputSpec::Container(out.clone()), 96, 64, Rational::new(24, 1), Some(&input), &Default::default())
-                .unwrap();
+        let mut sink = open_sink(
+            &OutputSpec::Container(out.clone()),
+            96,
+            64,
+            Rational::new(24, 1),
+            Some(&input),
+            &Default::default(),
+        )
+        .unwrap();
         feed(&mut sink, 24, 96, 64).unwrap();
         sink.finish().unwrap_or_else(|e| panic!("{name}: {e}"));
         let codecs = String::from_utf8(run(Command::new("ffprobe")
-            .args(["-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "csv=p=0"])
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name",
+                "-of",
+                "csv=p=0",
+            ])
             .arg(&out)))
         .unwrap();
-        assert!(codecs.contains(&format!("{sub_codec},subtitle")), "{name}: {codecs}");
-        assert_eq!(audio_packets(&out) == audio_packets(&clip), audio_copied, "{name}: {codecs}");
+        assert!(
+            codecs.contains(&format!("{sub_codec},subtitle")),
+            "{name}: {codecs}"
+        );
+        assert_eq!(
+            audio_packets(&out) == audio_packets(&clip),
+            audio_copied,
+            "{name}: {codecs}"
+        );
     }
 }
 
 fn stream_entries(path: &Path, entries: &str) -> String {
     String::from_utf8(run(Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", entries, "-of", "default=nw=1"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            entries,
+            "-of",
+            "default=nw=1",
+        ])
         .arg(path)))
     .unwrap()
 }
@@ -270,29 +433,72 @@ fn rotation_vfr_and_colour_tags() {
 
     // Rotation: frames come upright (size swapped), reported, and the output is not re-tagged.
     let rot = d.join("rot.mp4");
-    run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&clip).args(["-c", "copy", "-metadata:s:v:0", "rotate=90"]).arg(&rot));
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&clip)
+        .args(["-c", "copy", "-metadata:s:v:0", "rotate=90"])
+        .arg(&rot));
     let input = InputSpec::File(rot.clone());
     let mut src = open_source(&input, &SourceOptions::default()).unwrap();
     assert_eq!(src.info().rotation, Some(90));
     assert_eq!((src.info().width, src.info().height), (64, 96));
     let first = src.next_frame().unwrap().unwrap();
-    assert_eq!((first.width, first.height, first.data.len()), (64, 96, 64 * 96 * 3));
+    assert_eq!(
+        (first.width, first.height, first.data.len()),
+        (64, 96, 64 * 96 * 3)
+    );
     let out = d.join("rot_out.mkv");
-    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 64, 96, src.info().fps, Some(&input), &Default::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Container(out.clone()),
+        64,
+        96,
+        src.info().fps,
+        Some(&input),
+        &Default::default(),
+    )
+    .unwrap();
     sink.write_frame(&first).unwrap();
     while let Some(f) = src.next_frame().unwrap() {
         sink.write_frame(&f).unwrap();
     }
     sink.finish().unwrap();
     let entries = stream_entries(&out, "stream=width,height:stream_side_data=rotation");
-    assert!(entries.contains("width=64") && entries.contains("height=96") && !entries.contains("rotation"), "{entries}");
+    assert!(
+        entries.contains("width=64")
+            && entries.contains("height=96")
+            && !entries.contains("rotation"),
+        "{entries}"
+    );
 
     // VFR: 24 frames spread over 1.5 s. They are passed as decoded, at the average rate 16/1.
     let vfr = d.join("vfr.mp4");
     run(Command::new("ffmpeg")
-        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=24"])
-        .args(["-vf", "setpts='if(lt(N,12),N,N+12)/24/TB'", "-frames:v", "24", "-fps_mode", "vfr"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-color_primaries", "bt709", "-color_trc", "bt709"])
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=96x64:rate=24",
+        ])
+        .args([
+            "-vf",
+            "setpts='if(lt(N,12),N,N+12)/24/TB'",
+            "-frames:v",
+            "24",
+            "-fps_mode",
+            "vfr",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+        ])
         .args(["-colorspace", "bt709", "-color_range", "tv"])
         .arg(&vfr));
     let input = InputSpec::File(vfr.clone());
@@ -303,7 +509,15 @@ fn rotation_vfr_and_colour_tags() {
     assert_eq!(info.color.matrix.as_deref(), Some("bt709"));
     assert_eq!(info.color.range.as_deref(), Some("tv"));
     let out = d.join("vfr_out.mp4");
-    let mut sink = open_sink(&OutputSpec::Container(out.clone()), 96, 64, info.fps, Some(&input), &Default::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Container(out.clone()),
+        96,
+        64,
+        info.fps,
+        Some(&input),
+        &Default::default(),
+    )
+    .unwrap();
     let mut n = 0;
     while let Some(f) = src.next_frame().unwrap() {
         sink.write_frame(&f).unwrap();
@@ -314,8 +528,16 @@ fn rotation_vfr_and_colour_tags() {
     let (frames, rate, duration) = probe_counted(&out);
     assert_eq!((frames, rate.as_str()), (24, "16/1"));
     assert!((duration - 1.5).abs() < 1.0 / 16.0, "{duration}");
-    let tags = stream_entries(&out, "stream=color_space,color_primaries,color_transfer,color_range");
-    for t in ["color_space=bt709", "color_primaries=bt709", "color_transfer=bt709", "color_range=tv"] {
+    let tags = stream_entries(
+        &out,
+        "stream=color_space,color_primaries,color_transfer,color_range",
+    );
+    for t in [
+        "color_space=bt709",
+        "color_primaries=bt709",
+        "color_transfer=bt709",
+        "color_range=tv",
+    ] {
         assert!(tags.contains(t), "{t} missing in {tags}");
     }
 }
@@ -343,21 +565,45 @@ fn colours_survive_a_lossless_round_trip() {
     // would show as a bias; only 8-bit rounding may remain.
     let dir = tempfile::tempdir().unwrap();
     let untagged = make_clip(dir.path(), "plain.mp4", &[]);
-    let full_601 = make_clip(dir.path(), "full601.mp4", &["-colorspace", "smpte170m", "-color_range", "pc"]);
+    let full_601 = make_clip(
+        dir.path(),
+        "full601.mp4",
+        &["-colorspace", "smpte170m", "-color_range", "pc"],
+    );
     for clip in [untagged, full_601] {
         let input = InputSpec::File(clip.clone());
         let mut src = open_source(&input, &SourceOptions::default()).unwrap();
         let frames: Vec<RgbFrame> = std::iter::from_fn(|| src.next_frame().unwrap()).collect();
-        let out = dir.path().join(format!("{}.mkv", clip.file_stem().unwrap().to_string_lossy()));
-        let opts = EncodeOptions { crf: Some(0), pix_fmt: Some("yuv444p".into()), ..Default::default() };
-        let mut sink = open_sink(&OutputSpec::Container(out.clone()), 96, 64, src.info().fps, Some(&input), &opts).unwrap();
+        let out = dir.path().join(format!(
+            "{}.mkv",
+            clip.file_stem().unwrap().to_string_lossy()
+        ));
+        let opts = EncodeOptions {
+            crf: Some(0),
+            pix_fmt: Some("yuv444p".into()),
+            ..Default::default()
+        };
+        let mut sink = open_sink(
+            &OutputSpec::Container(out.clone()),
+            96,
+            64,
+            src.info().fps,
+            Some(&input),
+            &opts,
+        )
+        .unwrap();
         for f in &frames {
             sink.write_frame(f).unwrap();
         }
         sink.finish().unwrap();
-        let mut back = open_source(&InputSpec::File(out.clone()), &SourceOptions::default()).unwrap();
+        let mut back =
+            open_source(&InputSpec::File(out.clone()), &SourceOptions::default()).unwrap();
         let again: Vec<RgbFrame> = std::iter::from_fn(|| back.next_frame().unwrap()).collect();
         let (mad, bias) = diff_stats(&frames, &again);
-        assert!(mad < 0.6 && bias.abs() < 0.1, "{}: mean abs diff {mad}, bias {bias}", clip.display());
+        assert!(
+            mad < 0.6 && bias.abs() < 0.1,
+            "{}: mean abs diff {mad}, bias {bias}",
+            clip.display()
+        );
     }
 }

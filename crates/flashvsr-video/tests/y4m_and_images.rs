@@ -4,12 +4,16 @@ use std::path::{Path, PathBuf};
 
 use flashvsr_video::image_dir::{list_images, read_rgb_image};
 use flashvsr_video::{
-    open_sink, open_source, EncodeOptions, FrameSource, InputSpec, OutputSpec, Rational, RgbFrame, SourceOptions,
-    VideoError,
+    open_sink, open_source, EncodeOptions, FrameSource, InputSpec, OutputSpec, Rational, RgbFrame,
+    SourceOptions, VideoError,
 };
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-v1.1")).join(rel)
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/tiny-v1.1"
+    ))
+    .join(rel)
 }
 
 fn read_all(source: &mut dyn FrameSource) -> Vec<RgbFrame> {
@@ -30,7 +34,11 @@ fn synthetic_frames(n: usize, w: usize, h: usize) -> Vec<RgbFrame> {
                     let i = 3 * (y * w + x);
                     f.data[i] = ((x * 255) / w.max(1) + t * 7) as u8;
                     f.data[i + 1] = ((y * 255) / h.max(1)) as u8;
-                    f.data[i + 2] = if (x / 3 + y / 5 + t) % 2 == 0 { 255 } else { (x * y % 256) as u8 };
+                    f.data[i + 2] = if (x / 3 + y / 5 + t) % 2 == 0 {
+                        255
+                    } else {
+                        (x * y % 256) as u8
+                    };
                 }
             }
             f
@@ -40,7 +48,11 @@ fn synthetic_frames(n: usize, w: usize, h: usize) -> Vec<RgbFrame> {
 
 #[test]
 fn fixture_y4m_matches_pngs_bit_for_bit() {
-    let mut src = open_source(&InputSpec::detect(fixture("input.y4m")), &SourceOptions::default()).unwrap();
+    let mut src = open_source(
+        &InputSpec::detect(fixture("input.y4m")),
+        &SourceOptions::default(),
+    )
+    .unwrap();
     let info = src.info().clone();
     assert_eq!((info.width, info.height), (64, 64));
     assert_eq!(info.fps, Rational::new(30, 1));
@@ -52,13 +64,22 @@ fn fixture_y4m_matches_pngs_bit_for_bit() {
     for (i, (frame, png)) in frames.iter().zip(&pngs).enumerate() {
         let expected = read_rgb_image(png).unwrap();
         assert_eq!((expected.width, expected.height), (64, 64));
-        assert!(frame.data == expected.data, "frame {i} differs from {}", png.display());
+        assert!(
+            frame.data == expected.data,
+            "frame {i} differs from {}",
+            png.display()
+        );
     }
 }
 
 #[test]
 fn fixture_png_folder_reads_in_order_and_range() {
-    let opts = SourceOptions { start_frame: 3, end_frame: Some(7), image_fps: Rational::new(24, 1), ..Default::default() };
+    let opts = SourceOptions {
+        start_frame: 3,
+        end_frame: Some(7),
+        image_fps: Rational::new(24, 1),
+        ..Default::default()
+    };
     let mut src = open_source(&InputSpec::detect(fixture("input")), &opts).unwrap();
     assert_eq!(src.info().frame_count, Some(4));
     assert_eq!(src.info().fps, Rational::new(24, 1));
@@ -94,16 +115,37 @@ fn y4m_write_read_round_trip() {
         })
         .collect();
     for (pix_fmt, frames, max_err) in [(None, &detailed, 2i32), (Some("yuv420p"), &blocky, 2)] {
-        let out = dir.path().join(format!("rt-{}.y4m", pix_fmt.unwrap_or("444")));
-        let opts = EncodeOptions { pix_fmt: pix_fmt.map(String::from), ..Default::default() };
-        let mut sink = open_sink(&OutputSpec::detect(&out), 18, 10, Rational::new(25, 1), None, &opts).unwrap();
+        let out = dir
+            .path()
+            .join(format!("rt-{}.y4m", pix_fmt.unwrap_or("444")));
+        let opts = EncodeOptions {
+            pix_fmt: pix_fmt.map(String::from),
+            ..Default::default()
+        };
+        let mut sink = open_sink(
+            &OutputSpec::detect(&out),
+            18,
+            10,
+            Rational::new(25, 1),
+            None,
+            &opts,
+        )
+        .unwrap();
         for f in frames {
             sink.write_frame(f).unwrap();
         }
         assert!(!out.exists(), "output must appear only on finish");
         sink.finish().unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(names.iter().all(|n| !n.to_string_lossy().contains("partial")), "temp file left: {names:?}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("partial")),
+            "temp file left: {names:?}"
+        );
 
         let mut src = open_source(&InputSpec::detect(&out), &SourceOptions::default()).unwrap();
         assert_eq!(src.info().fps, Rational::new(25, 1));
@@ -113,10 +155,18 @@ fn y4m_write_read_round_trip() {
         let worst = frames
             .iter()
             .zip(&back)
-            .flat_map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| (*x as i32 - *y as i32).abs()))
+            .flat_map(|(a, b)| {
+                a.data
+                    .iter()
+                    .zip(&b.data)
+                    .map(|(x, y)| (*x as i32 - *y as i32).abs())
+            })
             .max()
             .unwrap();
-        assert!(worst <= max_err, "{pix_fmt:?}: round trip error {worst} > {max_err}");
+        assert!(
+            worst <= max_err,
+            "{pix_fmt:?}: round trip error {worst} > {max_err}"
+        );
     }
 }
 
@@ -126,15 +176,28 @@ fn fixture_frames_survive_y4m_write() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f.y4m");
     let png = read_rgb_image(&fixture("input/frame_0000.png")).unwrap();
-    let mut sink =
-        open_sink(&OutputSpec::Y4m(out.clone()), 64, 64, Rational::new(30, 1), None, &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Y4m(out.clone()),
+        64,
+        64,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     sink.write_frame(&png).unwrap();
     sink.finish().unwrap();
     let text = std::fs::read(&out).unwrap();
     assert!(text.starts_with(b"YUV4MPEG2 W64 H64 F30:1 Ip A1:1 C444 XCOLORRANGE=FULL\nFRAME\n"));
     let mut src = open_source(&InputSpec::Y4m(out), &SourceOptions::default()).unwrap();
     let back = src.next_frame().unwrap().unwrap();
-    let worst = png.data.iter().zip(&back.data).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
+    let worst = png
+        .data
+        .iter()
+        .zip(&back.data)
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap();
     assert!(worst <= 2, "round trip error {worst}");
 }
 
@@ -149,7 +212,10 @@ fn y4m_error(bytes: &[u8]) -> String {
     match result {
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("bad.y4m"), "error does not name the file: {msg}");
+            assert!(
+                msg.contains("bad.y4m"),
+                "error does not name the file: {msg}"
+            );
             assert!(!msg.contains('\n'), "error is not one line: {msg}");
             msg
         }
@@ -166,7 +232,10 @@ fn corrupt_y4m_is_a_clear_error() {
     assert!(y4m_error(b"YUV4MPEG2 W2 H2 F25:1 Cmono\n").contains("monochrome"));
     assert!(y4m_error(b"YUV4MPEG2 W2 H2 Fx:1 C444\n").contains("frame rate"));
     assert!(y4m_error(b"YUV4MPEG2 W2 H2 F25:1 C444\nFRAME\n0123").contains("truncated y4m frame 0"));
-    assert!(y4m_error(b"YUV4MPEG2 W2 H2 F25:1 C444\nFRAME\n012345678901GARBAGE\n").contains("FRAME marker"));
+    assert!(
+        y4m_error(b"YUV4MPEG2 W2 H2 F25:1 C444\nFRAME\n012345678901GARBAGE\n")
+            .contains("FRAME marker")
+    );
 }
 
 #[test]
@@ -174,7 +243,11 @@ fn y4m_420_limited_range_reads() {
     // 2x2 C420 (default range: limited): Y=16/235 black/white, neutral chroma.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.y4m");
-    std::fs::write(&path, b"YUV4MPEG2 W2 H2 F25:1 C420mpeg2\nFRAME\n\x10\xeb\xeb\x10\x80\x80").unwrap();
+    std::fs::write(
+        &path,
+        b"YUV4MPEG2 W2 H2 F25:1 C420mpeg2\nFRAME\n\x10\xeb\xeb\x10\x80\x80",
+    )
+    .unwrap();
     let mut src = open_source(&InputSpec::Y4m(path), &SourceOptions::default()).unwrap();
     let f = src.next_frame().unwrap().unwrap();
     assert_eq!(f.data, [0, 0, 0, 255, 255, 255, 255, 255, 255, 0, 0, 0]);
@@ -185,11 +258,19 @@ fn y4m_420_limited_range_reads() {
 fn png_folder_natural_sort_and_conversions() {
     let dir = tempfile::tempdir().unwrap();
     // Written out of order, with mixed formats: gray, RGBA, 16-bit.
-    image::GrayImage::from_pixel(4, 2, image::Luma([10])).save(dir.path().join("f10.png")).unwrap();
-    image::RgbaImage::from_pixel(4, 2, image::Rgba([1, 2, 3, 0])).save(dir.path().join("f2.png")).unwrap();
-    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(4, 2, image::Rgb([65535, 0, 257 * 100]))
-        .save(dir.path().join("f1.png"))
+    image::GrayImage::from_pixel(4, 2, image::Luma([10]))
+        .save(dir.path().join("f10.png"))
         .unwrap();
+    image::RgbaImage::from_pixel(4, 2, image::Rgba([1, 2, 3, 0]))
+        .save(dir.path().join("f2.png"))
+        .unwrap();
+    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_pixel(
+        4,
+        2,
+        image::Rgb([65535, 0, 257 * 100]),
+    )
+    .save(dir.path().join("f1.png"))
+    .unwrap();
     std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
     let mut src = open_source(&InputSpec::detect(dir.path()), &SourceOptions::default()).unwrap();
     assert_eq!(src.info().fps, Rational::new(30, 1));
@@ -200,8 +281,14 @@ fn png_folder_natural_sort_and_conversions() {
     assert_eq!(&frames[2].data[..3], &[10, 10, 10]);
 
     // A frame of another size is an error naming that file.
-    image::RgbImage::new(3, 3).save(dir.path().join("f11.png")).unwrap();
-    let mut src = open_source(&InputSpec::ImageDir(dir.path().to_path_buf()), &SourceOptions::default()).unwrap();
+    image::RgbImage::new(3, 3)
+        .save(dir.path().join("f11.png"))
+        .unwrap();
+    let mut src = open_source(
+        &InputSpec::ImageDir(dir.path().to_path_buf()),
+        &SourceOptions::default(),
+    )
+    .unwrap();
     let err = loop {
         match src.next_frame() {
             Ok(Some(_)) => continue,
@@ -209,7 +296,10 @@ fn png_folder_natural_sort_and_conversions() {
             Err(e) => break e.to_string(),
         }
     };
-    assert!(err.contains("f11.png") && err.contains("same size"), "{err}");
+    assert!(
+        err.contains("f11.png") && err.contains("same size"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -219,7 +309,15 @@ fn png_sink_is_atomic_and_respects_overwrite() {
     let spec = OutputSpec::detect(format!("{}/", out.display()));
     assert!(matches!(spec, OutputSpec::PngDir(_)));
     let frames = synthetic_frames(3, 6, 4);
-    let mut sink = open_sink(&spec, 6, 4, Rational::new(30, 1), None, &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &spec,
+        6,
+        4,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     for f in &frames {
         sink.write_frame(f).unwrap();
     }
@@ -229,47 +327,99 @@ fn png_sink_is_atomic_and_respects_overwrite() {
     assert_eq!(written.len(), 3);
     assert!(written[0].ends_with("frame_000000.png"));
     assert_eq!(read_rgb_image(&written[2]).unwrap(), frames[2]);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary folder left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "temporary folder left behind"
+    );
 
     // Existing non-empty folder: refused without overwrite.
-    match open_sink(&spec, 6, 4, Rational::new(30, 1), None, &EncodeOptions::default()) {
+    match open_sink(
+        &spec,
+        6,
+        4,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    ) {
         Err(VideoError::OutputExists { .. }) => {}
         other => panic!("expected OutputExists, got {:?}", other.err()),
     }
     // With overwrite: old frames replaced, foreign files kept.
     std::fs::write(out.join("keep.txt"), "x").unwrap();
-    let opts = EncodeOptions { overwrite: true, ..Default::default() };
+    let opts = EncodeOptions {
+        overwrite: true,
+        ..Default::default()
+    };
     let mut sink = open_sink(&spec, 6, 4, Rational::new(30, 1), None, &opts).unwrap();
     sink.write_frame(&frames[1]).unwrap();
     sink.finish().unwrap();
     assert_eq!(list_images(&out).unwrap().len(), 1);
-    assert_eq!(read_rgb_image(&out.join("frame_000000.png")).unwrap(), frames[1]);
+    assert_eq!(
+        read_rgb_image(&out.join("frame_000000.png")).unwrap(),
+        frames[1]
+    );
     assert!(out.join("keep.txt").exists());
 
     // Abort and drop leave nothing.
     let fresh = OutputSpec::PngDir(dir.path().join("aborted"));
-    let mut sink = open_sink(&fresh, 6, 4, Rational::new(30, 1), None, &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &fresh,
+        6,
+        4,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     sink.write_frame(&frames[0]).unwrap();
     sink.abort();
-    let mut sink = open_sink(&fresh, 6, 4, Rational::new(30, 1), None, &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &fresh,
+        6,
+        4,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     sink.write_frame(&frames[0]).unwrap();
     drop(sink);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "abort/drop left files behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "abort/drop left files behind"
+    );
 }
 
 #[test]
 fn sink_rejects_wrong_frame_size_and_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.y4m");
-    let mut sink = open_sink(&OutputSpec::Y4m(out.clone()), 4, 4, Rational::new(30, 1), None, &EncodeOptions::default()).unwrap();
+    let mut sink = open_sink(
+        &OutputSpec::Y4m(out.clone()),
+        4,
+        4,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .unwrap();
     let err = sink.write_frame(&RgbFrame::new(4, 2)).unwrap_err();
     assert!(matches!(err, VideoError::FrameSize { .. }), "{err}");
     sink.write_frame(&RgbFrame::new(4, 4)).unwrap();
     sink.finish().unwrap();
     let before = std::fs::read(&out).unwrap();
-    let err = open_sink(&OutputSpec::Y4m(out.clone()), 2, 2, Rational::new(30, 1), None, &EncodeOptions::default())
-        .err()
-        .unwrap();
+    let err = open_sink(
+        &OutputSpec::Y4m(out.clone()),
+        2,
+        2,
+        Rational::new(30, 1),
+        None,
+        &EncodeOptions::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
 }
@@ -277,10 +427,22 @@ fn sink_rejects_wrong_frame_size_and_existing_file() {
 #[test]
 fn detect_specs() {
     assert_eq!(InputSpec::detect("-"), InputSpec::Stdin);
-    assert_eq!(InputSpec::detect("a/b.Y4M"), InputSpec::Y4m("a/b.Y4M".into()));
-    assert_eq!(InputSpec::detect("clip.mp4"), InputSpec::File("clip.mp4".into()));
+    assert_eq!(
+        InputSpec::detect("a/b.Y4M"),
+        InputSpec::Y4m("a/b.Y4M".into())
+    );
+    assert_eq!(
+        InputSpec::detect("clip.mp4"),
+        InputSpec::File("clip.mp4".into())
+    );
     assert_eq!(OutputSpec::detect("-"), OutputSpec::Stdout);
-    assert_eq!(OutputSpec::detect("out/"), OutputSpec::PngDir("out/".into()));
+    assert_eq!(
+        OutputSpec::detect("out/"),
+        OutputSpec::PngDir("out/".into())
+    );
     assert_eq!(OutputSpec::detect("o.y4m"), OutputSpec::Y4m("o.y4m".into()));
-    assert_eq!(OutputSpec::detect("o.mkv"), OutputSpec::Container("o.mkv".into()));
+    assert_eq!(
+        OutputSpec::detect("o.mkv"),
+        OutputSpec::Container("o.mkv".into())
+    );
 }

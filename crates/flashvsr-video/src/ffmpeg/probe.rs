@@ -35,7 +35,9 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn known_tag(v: &Value, key: &str) -> Option<String> {
-    str_field(v, key).filter(|s| !matches!(*s, "unknown" | "unspecified" | "reserved" | "")).map(str::to_string)
+    str_field(v, key)
+        .filter(|s| !matches!(*s, "unknown" | "unspecified" | "reserved" | ""))
+        .map(str::to_string)
 }
 
 fn parse_num<T: std::str::FromStr>(v: Option<&Value>) -> Option<T> {
@@ -48,28 +50,46 @@ fn parse_num<T: std::str::FromStr>(v: Option<&Value>) -> Option<T> {
 
 /// Rotation from the display matrix side data (ffprobe 5+) or the legacy `rotate` tag.
 fn rotation_of(stream: &Value) -> Option<i32> {
-    let from_side_data = stream.get("side_data_list").and_then(Value::as_array).and_then(|list| {
-        list.iter().find_map(|sd| parse_num::<f64>(sd.get("rotation")).map(|r| r.round() as i32))
-    });
+    let from_side_data = stream
+        .get("side_data_list")
+        .and_then(Value::as_array)
+        .and_then(|list| {
+            list.iter()
+                .find_map(|sd| parse_num::<f64>(sd.get("rotation")).map(|r| r.round() as i32))
+        });
     from_side_data
-        .or_else(|| parse_num::<f64>(stream.get("tags").and_then(|t| t.get("rotate"))).map(|r| r.round() as i32))
+        .or_else(|| {
+            parse_num::<f64>(stream.get("tags").and_then(|t| t.get("rotate")))
+                .map(|r| r.round() as i32)
+        })
         .filter(|r| *r != 0)
 }
 
 fn frame_count_of(stream: &Value) -> Option<u64> {
-    parse_num::<u64>(stream.get("nb_frames")).filter(|n| *n > 0).or_else(|| {
-        // Matroska statistics tags (`NUMBER_OF_FRAMES`, `NUMBER_OF_FRAMES-eng`).
-        stream.get("tags").and_then(Value::as_object).and_then(|tags| {
-            tags.iter().find(|(k, _)| k.starts_with("NUMBER_OF_FRAMES")).and_then(|(_, v)| parse_num::<u64>(Some(v)))
+    parse_num::<u64>(stream.get("nb_frames"))
+        .filter(|n| *n > 0)
+        .or_else(|| {
+            // Matroska statistics tags (`NUMBER_OF_FRAMES`, `NUMBER_OF_FRAMES-eng`).
+            stream
+                .get("tags")
+                .and_then(Value::as_object)
+                .and_then(|tags| {
+                    tags.iter()
+                        .find(|(k, _)| k.starts_with("NUMBER_OF_FRAMES"))
+                        .and_then(|(_, v)| parse_num::<u64>(Some(v)))
+                })
         })
-    })
 }
 
 /// Parses ffprobe's JSON output. `path` is for messages.
 pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoError> {
     let root: Value = serde_json::from_str(json)
         .map_err(|e| VideoError::format(path, format!("cannot parse ffprobe output: {e}")))?;
-    let streams = root.get("streams").and_then(Value::as_array).cloned().unwrap_or_default();
+    let streams = root
+        .get("streams")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut video = None;
     let (mut audio, mut subtitles) = (Vec::new(), Vec::new());
     for (pos, s) in streams.iter().enumerate() {
@@ -77,7 +97,11 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
         let codec = str_field(s, "codec_name").unwrap_or("unknown").to_string();
         match str_field(s, "codec_type") {
             Some("video") => {
-                let cover_art = s.get("disposition").and_then(|d| d.get("attached_pic")).and_then(Value::as_i64) == Some(1);
+                let cover_art = s
+                    .get("disposition")
+                    .and_then(|d| d.get("attached_pic"))
+                    .and_then(Value::as_i64)
+                    == Some(1);
                 if video.is_none() && !cover_art {
                     video = Some((index, s));
                 }
@@ -131,21 +155,38 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
         },
         variable_frame_rate,
     };
-    Ok(Probe { info, video_index, audio, subtitles })
+    Ok(Probe {
+        info,
+        video_index,
+        audio,
+        subtitles,
+    })
 }
 
 /// Runs ffprobe on `path`.
 pub(crate) fn probe(path: &Path) -> Result<Probe, VideoError> {
     super::require_ffmpeg()?;
     let out = Command::new(ffprobe_program())
-        .args(["-v", "error", "-of", "json", "-show_format", "-show_streams", "-i"])
+        .args([
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_format",
+            "-show_streams",
+            "-i",
+        ])
         .arg(ffmpeg_url(path, false))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| spawn_error(path, e))?;
     if !out.status.success() {
         let text = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        let tail: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
         let tail = &tail[tail.len().saturating_sub(6)..];
         return Err(VideoError::Ffmpeg {
             path: path.to_path_buf(),
@@ -191,12 +232,24 @@ mod tests {
         assert_eq!(p.info.color.matrix.as_deref(), Some("bt709"));
         assert_eq!(p.info.color.primaries, None);
         assert!(p.info.has_audio && p.info.has_subtitles);
-        assert_eq!(p.subtitles[0], StreamDesc { index: 3, codec: "mov_text".into() });
+        assert_eq!(
+            p.subtitles[0],
+            StreamDesc {
+                index: 3,
+                codec: "mov_text".into()
+            }
+        );
     }
 
     #[test]
     fn no_video_is_an_error() {
-        let err = parse_probe_json(r#"{"streams":[{"index":0,"codec_type":"audio"}]}"#, Path::new("a.m4a"));
-        assert!(err.unwrap_err().to_string().contains("a.m4a: no video stream"));
+        let err = parse_probe_json(
+            r#"{"streams":[{"index":0,"codec_type":"audio"}]}"#,
+            Path::new("a.m4a"),
+        );
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("a.m4a: no video stream"));
     }
 }

@@ -45,7 +45,11 @@ impl FfmpegSink {
             }
             Err(_) => None,
         };
-        let tail = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let tail = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         (status, tail)
     }
 
@@ -68,7 +72,11 @@ impl FrameSink for FfmpegSink {
             self.done = true;
             let (status, tail) = self.reap(true);
             let _ = std::fs::remove_file(&self.tmp);
-            let msg = if tail.is_empty() { format!("{e}") } else { failure_message(status, &tail) };
+            let msg = if tail.is_empty() {
+                format!("{e}")
+            } else {
+                failure_message(status, &tail)
+            };
             return Err(VideoError::ffmpeg(&self.target, msg));
         }
         Ok(())
@@ -81,7 +89,10 @@ impl FrameSink for FfmpegSink {
             Some(s) if s.success() => commit_file(&self.tmp, &self.target, self.overwrite),
             other => {
                 let _ = std::fs::remove_file(&self.tmp);
-                Err(VideoError::ffmpeg(&self.target, failure_message(other, &tail)))
+                Err(VideoError::ffmpeg(
+                    &self.target,
+                    failure_message(other, &tail),
+                ))
             }
         }
     }
@@ -100,7 +111,9 @@ impl Drop for FfmpegSink {
 }
 
 fn lower_ext(path: &Path) -> String {
-    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn default_codec(ext: &str) -> Option<&'static str> {
@@ -123,9 +136,11 @@ fn default_crf(codec: &str) -> Option<u32> {
 /// How one source audio stream goes into the container: `None` = copy, `Some(enc)` = re-encode.
 fn audio_plan(ext: &str, codec: &str) -> Option<&'static str> {
     match ext {
-        "mp4" | "m4v" => {
-            (!matches!(codec, "aac" | "mp3" | "ac3" | "eac3" | "opus" | "flac" | "alac" | "mp2")).then_some("aac")
-        }
+        "mp4" | "m4v" => (!matches!(
+            codec,
+            "aac" | "mp3" | "ac3" | "eac3" | "opus" | "flac" | "alac" | "mp2"
+        ))
+        .then_some("aac"),
         "mov" => matches!(codec, "opus" | "vorbis" | "flac").then_some("aac"),
         "webm" => (!matches!(codec, "opus" | "vorbis")).then_some("libopus"),
         _ => None,
@@ -134,7 +149,10 @@ fn audio_plan(ext: &str, codec: &str) -> Option<&'static str> {
 
 /// Subtitle handling per container: `Ok(None)` copy, `Ok(Some(enc))` convert, `Err(())` drop.
 fn subtitle_plan(ext: &str, codec: &str) -> Result<Option<&'static str>, ()> {
-    let text = matches!(codec, "subrip" | "srt" | "ass" | "ssa" | "webvtt" | "mov_text" | "text");
+    let text = matches!(
+        codec,
+        "subrip" | "srt" | "ass" | "ssa" | "webvtt" | "mov_text" | "text"
+    );
     match ext {
         // Matroska holds nearly everything, but not mov_text (ffmpeg 5.1 refuses it): use SubRip.
         "mkv" | "mka" if codec == "mov_text" => Ok(Some("srt")),
@@ -175,9 +193,18 @@ fn build_args(
     opts: &EncodeOptions,
 ) -> Result<Vec<String>, VideoError> {
     let ext = lower_ext(target);
-    let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-v", "error", "-y"].map(String::from).to_vec();
+    let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-v", "error", "-y"]
+        .map(String::from)
+        .to_vec();
     a.extend(["-f", "rawvideo", "-pix_fmt", "rgb24"].map(String::from));
-    a.extend(["-s".into(), format!("{width}x{height}"), "-framerate".into(), fps.to_string(), "-i".into(), "pipe:0".into()]);
+    a.extend([
+        "-s".into(),
+        format!("{width}x{height}"),
+        "-framerate".into(),
+        fps.to_string(),
+        "-i".into(),
+        "pipe:0".into(),
+    ]);
     // Inputs first (options before the file they belong to), then the output mapping.
     if let Some((src, _)) = source {
         if let Some(start) = opts.source_start_s.filter(|s| *s > 0.0) {
@@ -186,7 +213,10 @@ fn build_args(
         if let Some(dur) = opts.source_duration_s.filter(|d| *d > 0.0) {
             a.extend(["-t".into(), format!("{dur:.6}")]);
         }
-        a.extend(["-i".into(), ffmpeg_url(src, false).to_string_lossy().into_owned()]);
+        a.extend([
+            "-i".into(),
+            ffmpeg_url(src, false).to_string_lossy().into_owned(),
+        ]);
     }
     a.extend(["-map".into(), "0:v:0".into()]);
     if let Some((_, probed)) = source {
@@ -215,13 +245,24 @@ fn build_args(
         a.extend(["-map_metadata", "1", "-map_chapters", "1"].map(String::from));
     }
 
-    let codec = opts.codec.clone().or_else(|| default_codec(&ext).map(String::from));
+    let codec = opts
+        .codec
+        .clone()
+        .or_else(|| default_codec(&ext).map(String::from));
     let pix_fmt = opts.pix_fmt.clone().unwrap_or_else(|| "yuv420p".into());
-    let subsampled = pix_fmt.starts_with("yuv420") || pix_fmt.starts_with("yuv422") || pix_fmt.starts_with("nv") || pix_fmt.starts_with("p01");
-    if subsampled && (width % 2 != 0 || (height % 2 != 0 && !pix_fmt.starts_with("yuv422"))) {
+    let subsampled = pix_fmt.starts_with("yuv420")
+        || pix_fmt.starts_with("yuv422")
+        || pix_fmt.starts_with("nv")
+        || pix_fmt.starts_with("p01");
+    if subsampled
+        && (!width.is_multiple_of(2)
+            || (!height.is_multiple_of(2) && !pix_fmt.starts_with("yuv422")))
+    {
         return Err(VideoError::format(
             target,
-            format!("{width}x{height} cannot be encoded as {pix_fmt} (odd size); use pix_fmt yuv444p"),
+            format!(
+                "{width}x{height} cannot be encoded as {pix_fmt} (odd size); use pix_fmt yuv444p"
+            ),
         ));
     }
     if let Some(codec) = &codec {
@@ -240,8 +281,14 @@ fn build_args(
     }
 
     if pix_fmt_is_yuv(&pix_fmt) {
-        let src_color = source.map(|(_, p)| p.info.color.clone()).unwrap_or_default();
-        let (matrix_tag, matrix) = match src_color.matrix.as_deref().and_then(|m| scale_matrix(m).map(|s| (m, s))) {
+        let src_color = source
+            .map(|(_, p)| p.info.color.clone())
+            .unwrap_or_default();
+        let (matrix_tag, matrix) = match src_color
+            .matrix
+            .as_deref()
+            .and_then(|m| scale_matrix(m).map(|s| (m, s)))
+        {
             Some((tag, m)) => (tag.to_string(), m),
             None => ("bt709".to_string(), "bt709"),
         };
@@ -254,7 +301,12 @@ fn build_args(
             "-vf".into(),
             format!("scale=out_color_matrix={matrix}:out_range={scale_range}:flags=bicubic+accurate_rnd+full_chroma_int"),
         ]);
-        a.extend(["-colorspace".into(), matrix_tag, "-color_range".into(), range.into()]);
+        a.extend([
+            "-colorspace".into(),
+            matrix_tag,
+            "-color_range".into(),
+            range.into(),
+        ]);
         if let Some(p) = src_color.primaries {
             a.extend(["-color_primaries".into(), p]);
         }
@@ -286,7 +338,15 @@ pub(crate) fn open(
         _ => None,
     };
     let tmp = temp_sibling(target, true);
-    let args = build_args(&tmp, target, width, height, fps, probed.as_ref().map(|(p, pr)| (*p, pr)), opts)?;
+    let args = build_args(
+        &tmp,
+        target,
+        width,
+        height,
+        fps,
+        probed.as_ref().map(|(p, pr)| (*p, pr)),
+        opts,
+    )?;
     tracing::debug!("ffmpeg {}", args.join(" "));
     let mut child = Command::new(ffmpeg_program())
         .args(&args)
@@ -316,8 +376,19 @@ pub(crate) fn open(
         overwrite: opts.overwrite,
         done: false,
     };
-    let queue = if opts.queue_frames == 0 { 4 } else { opts.queue_frames };
-    Ok(Box::new(ThreadedSink::spawn(Box::new(sink), width, height, queue, target.to_path_buf(), Some(cancel))?))
+    let queue = if opts.queue_frames == 0 {
+        4
+    } else {
+        opts.queue_frames
+    };
+    Ok(Box::new(ThreadedSink::spawn(
+        Box::new(sink),
+        width,
+        height,
+        queue,
+        target.to_path_buf(),
+        Some(cancel),
+    )?))
 }
 
 #[cfg(test)]
@@ -339,7 +410,15 @@ mod tests {
 
     #[test]
     fn odd_size_420_is_refused() {
-        let err = build_args(Path::new(".t.mp4"), Path::new("o.mp4"), 5, 4, Rational::new(24, 1), None, &EncodeOptions::default());
+        let err = build_args(
+            Path::new(".t.mp4"),
+            Path::new("o.mp4"),
+            5,
+            4,
+            Rational::new(24, 1),
+            None,
+            &EncodeOptions::default(),
+        );
         assert!(err.unwrap_err().to_string().contains("odd size"));
     }
 }

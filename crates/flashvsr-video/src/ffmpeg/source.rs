@@ -53,9 +53,16 @@ impl FfmpegSource {
             Some(s) if s.success() && filled == 0 => Ok(false),
             Some(s) if s.success() => Err(VideoError::format(
                 &self.path,
-                format!("ffmpeg delivered a truncated frame {} ({filled} of {} bytes)", self.next_index, buf.len()),
+                format!(
+                    "ffmpeg delivered a truncated frame {} ({filled} of {} bytes)",
+                    self.next_index,
+                    buf.len()
+                ),
             )),
-            other => Err(VideoError::ffmpeg(&self.path, failure_message(other, &tail))),
+            other => Err(VideoError::ffmpeg(
+                &self.path,
+                failure_message(other, &tail),
+            )),
         }
     }
 
@@ -70,7 +77,11 @@ impl FfmpegSource {
             }
             Err(_) => None,
         };
-        let tail = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let tail = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         (status, tail)
     }
 }
@@ -130,7 +141,15 @@ pub(crate) fn open(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSou
         .args(["-nostdin", "-hide_banner", "-v", "error", "-i"])
         .arg(ffmpeg_url(path, false))
         .args(["-map", &format!("0:{}", probed.video_index)])
-        .args(["-an", "-sn", "-dn", "-fps_mode", "passthrough", "-vf", &filter])
+        .args([
+            "-an",
+            "-sn",
+            "-dn",
+            "-fps_mode",
+            "passthrough",
+            "-vf",
+            &filter,
+        ])
         .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -160,5 +179,10 @@ pub(crate) fn open(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSou
         done: false,
         scratch: Vec::new(),
     };
-    Ok(Box::new(ThreadedSource::spawn(Box::new(source), opts.queue_frames, path.to_path_buf(), Some(cancel))?))
+    Ok(Box::new(ThreadedSource::spawn(
+        Box::new(source),
+        opts.queue_frames,
+        path.to_path_buf(),
+        Some(cancel),
+    )?))
 }
