@@ -106,3 +106,96 @@ fn dit_matches_tiny_v1_steps_with_kv_eviction() -> Result<()> {
         t_mod_tol: 3e-6,
     })
 }
+
+/// Synthetic weights of the true Wan2.1-1.3B / LQ projection shapes (std 0.02, norms 1).
+fn synthetic_weights(cfg: &DitConfig, lq: &flashvsr_model::config::LqProjConfig) -> Result<std::collections::HashMap<String, Tensor>> {
+    use candle_core::Device;
+    let dev = Device::Cpu;
+    let mut m = std::collections::HashMap::new();
+    let mut put = |name: String, shape: &[usize], ones: bool| -> Result<()> {
+        let t = if ones {
+            Tensor::ones(shape, candle_core::DType::F32, &dev)?
+        } else {
+            (Tensor::randn(0f32, 1.0, shape, &dev)? * 0.02)?
+        };
+        m.insert(name, t);
+        Ok(())
+    };
+    let d = cfg.dim;
+    put("patch_embedding.weight".into(), &[d, 16, 1, 2, 2], false)?;
+    put("patch_embedding.bias".into(), &[d], false)?;
+    for (n, i, o) in [("text_embedding.0", cfg.text_dim, d), ("text_embedding.2", d, d), ("time_embedding.0", cfg.freq_dim, d), ("time_embedding.2", d, d), ("time_projection.1", d, 6 * d), ("head.head", d, 64)] {
+        put(format!("{n}.weight"), &[o, i], false)?;
+        put(format!("{n}.bias"), &[o], false)?;
+    }
+    put("head.modulation".into(), &[1, 2, d], false)?;
+    for b in 0..cfg.num_layers {
+        let p = format!("blocks.{b}");
+        put(format!("{p}.modulation"), &[1, 6, d], false)?;
+        for a in ["self_attn", "cross_attn"] {
+            for l in ["q", "k", "v", "o"] {
+                put(format!("{p}.{a}.{l}.weight"), &[d, d], false)?;
+                put(format!("{p}.{a}.{l}.bias"), &[d], false)?;
+            }
+            put(format!("{p}.{a}.norm_q.weight"), &[d], true)?;
+            put(format!("{p}.{a}.norm_k.weight"), &[d], true)?;
+        }
+        put(format!("{p}.norm3.weight"), &[d], true)?;
+        put(format!("{p}.norm3.bias"), &[d], false)?;
+        put(format!("{p}.ffn.0.weight"), &[cfg.ffn_dim, d], false)?;
+        put(format!("{p}.ffn.0.bias"), &[cfg.ffn_dim], false)?;
+        put(format!("{p}.ffn.2.weight"), &[d, cfg.ffn_dim], false)?;
+        put(format!("{p}.ffn.2.bias"), &[d], false)?;
+    }
+    put("lq.conv1.weight".into(), &[lq.hidden1, 768, 4, 3, 3], false)?;
+    put("lq.conv1.bias".into(), &[lq.hidden1], false)?;
+    put("lq.norm1.gamma".into(), &[lq.hidden1, 1, 1, 1], true)?;
+    put("lq.conv2.weight".into(), &[lq.hidden2, lq.hidden1, 4, 3, 3], false)?;
+    put("lq.conv2.bias".into(), &[lq.hidden2], false)?;
+    put("lq.norm2.gamma".into(), &[lq.hidden2, 1, 1, 1], true)?;
+    put("lq.linear_layers.0.weight".into(), &[lq.dim, lq.hidden2], false)?;
+    put("lq.linear_layers.0.bias".into(), &[lq.dim], false)?;
+    Ok(m)
+}
+
+/// Real dimensions (dim 1536, 12 heads, 30 layers; LQ projection 768→2048→3072→1536), random
+/// weights, one step-0 at 256×256 plus one steady step. Needs ~8 GiB RAM and a few minutes:
+/// `cargo test -p flashvsr-model --test dit_fixtures -- --ignored real_dims`
+#[test]
+#[ignore]
+fn real_dims_step_runs_and_is_finite() -> Result<()> {
+    use flashvsr_model::config::LqProjConfig;
+    use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjVariant};
+    let dev = candle_core::Device::Cpu;
+    let cfg0 = DitConfig::wan_1_3b();
+    let lqc = LqProjConfig::flashvsr();
+    let vb = candle_nn::VarBuilder::from_tensors(synthetic_weights(&cfg0, &lqc)?, candle_core::DType::F32, &dev);
+    let cfg = DitConfig::from_weights(&vb, None)?;
+    assert_eq!(cfg, cfg0);
+    assert_eq!(LqProjConfig::from_weights(&vb.pp("lq"))?, lqc);
+    let dit = Dit::new(vb.clone(), &cfg)?;
+    let lq = LqProj::new(vb.pp("lq"), &lqc, LqProjVariant::Causal)?;
+    let prompt = Tensor::randn(0f32, 1.0, (1, 512, 4096), &dev)?;
+    let consts = dit.constants(&prompt)?;
+    let video = Tensor::randn(0f32, 0.5, (1, 3, 33, 256, 256), &dev)?.clamp(-1f32, 1f32)?;
+    let noise = Tensor::randn(0f32, 1.0, (1, 16, 8, 32, 32), &dev)?;
+    let mut state = LqProjState::new();
+    let mut cache = KvCache::new(&cfg);
+    let params = LcsaParams::default();
+    assert!(lq.stream(&video.narrow(2, 0, 1)?, &mut state)?.is_none());
+    for step in 0..2 {
+        let (start, len, calls) = if step == 0 { (0, 6, 6) } else { (6, 2, 2) };
+        let first_frame = if step == 0 { 1 } else { 25 };
+        let feats = (0..calls)
+            .map(|c| Ok(lq.stream(&video.narrow(2, first_frame + 4 * c, 4)?, &mut state)?.expect("features")))
+            .collect::<Result<Vec<_>>>()?;
+        let lq_tokens = Tensor::cat(&feats, 1)?;
+        assert_eq!(lq_tokens.dims(), &[1, len * 16 * 16, 1536]);
+        let slice = noise.narrow(2, start, len)?;
+        let v = dit.step(&slice, &lq_tokens, start, &consts, &mut cache, &params, None)?;
+        assert_eq!(v.dims(), slice.dims());
+        let vals = v.flatten_all()?.to_vec1::<f32>()?;
+        assert!(vals.iter().all(|x| x.is_finite()), "step {step}: non-finite velocity");
+    }
+    Ok(())
+}
