@@ -44,6 +44,12 @@ pub trait FrameSink: Send {
     /// Queues one frame (must match the size the sink was opened with). An error from an earlier
     /// frame may surface here.
     fn write_frame(&mut self, f: &RgbFrame) -> Result<(), VideoError>;
+    /// Same as [`FrameSink::write_frame`] but takes the frame by value, which saves a copy of the
+    /// pixels when the sink queues frames for its writer thread (all sinks returned by
+    /// [`open_sink`] do).
+    fn write_frame_owned(&mut self, f: RgbFrame) -> Result<(), VideoError> {
+        self.write_frame(&f)
+    }
     /// Flushes everything, waits for the encoder and moves the output into place.
     fn finish(self: Box<Self>) -> Result<(), VideoError>;
     /// Stops and deletes everything written so far (also what dropping an unfinished sink does).

@@ -167,8 +167,8 @@ impl ThreadedSink {
     }
 }
 
-impl FrameSink for ThreadedSink {
-    fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
+impl ThreadedSink {
+    fn check_size(&self, frame: &RgbFrame) -> Result<(), VideoError> {
         if frame.width != self.width || frame.height != self.height || !frame.is_consistent() {
             return Err(VideoError::FrameSize {
                 path: self.label.clone(),
@@ -180,13 +180,17 @@ impl FrameSink for ThreadedSink {
                 got_len: frame.data.len(),
             });
         }
+        Ok(())
+    }
+
+    fn send(&mut self, frame: RgbFrame) -> Result<(), VideoError> {
         let Some(tx) = &self.tx else {
             return Err(VideoError::format(
                 &self.label,
                 "sink already failed or finished",
             ));
         };
-        if tx.send(frame.clone()).is_err() {
+        if tx.send(frame).is_err() {
             // The worker stopped: it failed on an earlier frame. Report its error, clean up.
             return Err(match self.join() {
                 Some((inner, Err(e))) => {
@@ -203,6 +207,18 @@ impl FrameSink for ThreadedSink {
         self.index += 1;
         Ok(())
     }
+}
+
+impl FrameSink for ThreadedSink {
+    fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
+        self.check_size(frame)?;
+        self.send(frame.clone())
+    }
+
+    fn write_frame_owned(&mut self, frame: RgbFrame) -> Result<(), VideoError> {
+        self.check_size(&frame)?;
+        self.send(frame)
+    }
 
     fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
         match self.join() {
@@ -213,7 +229,7 @@ impl FrameSink for ThreadedSink {
             }
             None => Err(VideoError::format(
                 &self.label,
-                "writer thread panicked or already stopped",
+                "writer already failed or stopped",
             )),
         }
     }

@@ -132,7 +132,7 @@ fn y4m_write_read_round_trip() {
         )
         .unwrap();
         for f in frames {
-            sink.write_frame(f).unwrap();
+            sink.write_frame_owned(f.clone()).unwrap();
         }
         assert!(!out.exists(), "output must appear only on finish");
         sink.finish().unwrap();
