@@ -446,3 +446,35 @@ fn detect_specs() {
         OutputSpec::Container("o.mkv".into())
     );
 }
+
+#[test]
+fn y4m_streams_in_memory() {
+    // What stdin/stdout use: the reader and writer over plain byte streams.
+    use flashvsr_video::y4m::{Y4mReader, Y4mWriter};
+    use flashvsr_video::yuv::Subsampling;
+    let frames = synthetic_frames(2, 5, 3);
+    let mut w = Y4mWriter::new(
+        Vec::new(),
+        5,
+        3,
+        Rational::new(24000, 1001),
+        Subsampling::S444,
+    )
+    .unwrap();
+    for f in &frames {
+        w.write_frame(f).unwrap();
+    }
+    let bytes = w.into_inner();
+    assert_eq!(
+        bytes.len(),
+        "YUV4MPEG2 W5 H3 F24000:1001 Ip A1:1 C444 XCOLORRANGE=FULL\n".len() + 2 * (6 + 45)
+    );
+    let mut r = Y4mReader::new(std::io::Cursor::new(bytes), "<stdin>").unwrap();
+    assert_eq!(r.header().fps, Rational::new(24000, 1001));
+    let mut n = 0;
+    while let Some(f) = r.read_frame().unwrap() {
+        assert_eq!((f.width, f.height), (5, 3));
+        n += 1;
+    }
+    assert_eq!(n, 2);
+}
