@@ -50,7 +50,8 @@ pub trait FrameSink: Send {
     fn write_frame_owned(&mut self, f: RgbFrame) -> Result<(), VideoError> {
         self.write_frame(&f)
     }
-    /// Flushes everything, waits for the encoder and moves the output into place.
+    /// Flushes everything, waits for the encoder and moves the output into place. Finishing a
+    /// sink that received no frame is an error and leaves nothing behind.
     fn finish(self: Box<Self>) -> Result<(), VideoError>;
     /// Stops and deletes everything written so far (also what dropping an unfinished sink does).
     fn abort(self: Box<Self>);

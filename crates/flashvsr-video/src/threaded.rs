@@ -221,6 +221,15 @@ impl FrameSink for ThreadedSink {
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
+        if self.index == 0 {
+            // An output without frames is never what was asked for (ffmpeg would happily
+            // write an empty mp4): keep nothing.
+            self.abort_now();
+            return Err(VideoError::format(
+                &self.label,
+                "no frames were written; nothing saved",
+            ));
+        }
         match self.join() {
             Some((inner, Ok(()))) => inner.finish(),
             Some((inner, Err(e))) => {

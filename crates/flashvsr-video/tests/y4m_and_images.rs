@@ -405,6 +405,26 @@ fn sink_rejects_wrong_frame_size_and_existing_file() {
         &EncodeOptions::default(),
     )
     .unwrap();
+    let empty = open_sink(
+        &OutputSpec::Y4m(dir.path().join("e.y4m")),
+        4,
+        4,
+        Rational::new(30, 1),
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    let msg = empty.finish().unwrap_err().to_string();
+    assert!(msg.contains("e.y4m") && msg.contains("no frames"), "{msg}");
+    // Only the other (still open) sink's temporary file may exist.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with(".o.partial")),
+        "{names:?}"
+    );
     let err = sink.write_frame(&RgbFrame::new(4, 2)).unwrap_err();
     assert!(matches!(err, VideoError::FrameSize { .. }), "{err}");
     sink.write_frame(&RgbFrame::new(4, 4)).unwrap();
