@@ -21,6 +21,8 @@ pub struct Progress {
     pos: u64,
     start: Instant,
     last_line: Instant,
+    /// Position of the last plain line (not repeated at the end).
+    last_pos: Option<u64>,
 }
 
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -64,6 +66,7 @@ impl Progress {
             pos: 0,
             start: now,
             last_line: now,
+            last_pos: None,
         }
     }
 
@@ -73,6 +76,7 @@ impl Progress {
             bar.set_position(pos);
         } else if self.plain && self.last_line.elapsed() >= PLAIN_EVERY {
             self.last_line = Instant::now();
+            self.last_pos = Some(pos);
             eprintln!("{}", self.line());
         }
     }
@@ -93,7 +97,8 @@ impl Progress {
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
-        } else if self.plain {
+        } else if self.plain && self.last_pos != Some(self.pos) {
+            self.last_pos = Some(self.pos);
             eprintln!("{}", self.line());
         }
     }

@@ -256,41 +256,103 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
 /// The model pipeline as this command uses it.
 mod engine {
     use super::*;
+    use flashvsr_model::color_fix::ColorFix;
+    use flashvsr_model::pipeline::{self as p, FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
+
+    use crate::weights::Role;
+    use crate::VersionArg;
 
     pub struct Model {
-        _private: (),
+        inner: FlashVsr,
     }
 
     pub struct Session<'a> {
-        _model: &'a Model,
+        inner: p::Session<'a>,
+    }
+
+    /// The pipeline's components from the resolved weight parts.
+    pub fn components(w: &Resolved, device: &Device, dtype: DType, head_dim: Option<usize>) -> Result<ModelComponents> {
+        let vb = |role: Role| w.part(role).map(|p| p.var_builder(dtype, device));
+        Ok(ModelComponents {
+            dit: vb(Role::Dit).ok_or_else(|| anyhow!("no DiT weights"))?,
+            lq_proj: vb(Role::LqProj).ok_or_else(|| anyhow!("no LQ projection weights"))?,
+            tc_decoder: vb(Role::TcDecoder),
+            vae: vb(Role::Vae),
+            prompt: w.prompt(dtype, device)?,
+            head_dim,
+        })
+    }
+
+    pub fn version(v: VersionArg) -> ModelVersion {
+        match v {
+            VersionArg::V1 => ModelVersion::V1,
+            VersionArg::V1_1 => ModelVersion::V1_1,
+        }
+    }
+
+    pub fn options(args: &UpscaleArgs, noise: Option<Tensor>) -> UpscaleOptions {
+        UpscaleOptions {
+            scale: args.scale,
+            mode: match args.mode {
+                ModeArg::Tiny => p::Mode::Tiny,
+                ModeArg::TinyLong => p::Mode::TinyLong,
+                ModeArg::Full => p::Mode::Full,
+            },
+            sparse_ratio: args.sparse_ratio,
+            kv_ratio: args.kv_ratio,
+            local_range: args.local_range,
+            color_fix: match args.color_fix {
+                ColorFixArg::Adain => ColorFix::AdaIn,
+                ColorFixArg::Wavelet => ColorFix::Wavelet,
+                ColorFixArg::None => ColorFix::None,
+            },
+            upstream_compat: args.upstream_compat,
+            seed: args.seed,
+            noise,
+            tile: args.tile.map(|size| p::TileOptions { size, overlap: args.tile_overlap }),
+        }
     }
 
     impl Model {
-        pub fn load(_w: &Resolved, _args: &UpscaleArgs, _device: &Device, _dtype: DType) -> Result<Model> {
-            let _ = (ColorFixArg::Adain,);
-            bail!("model pipeline not yet available")
+        pub fn load(w: &Resolved, args: &UpscaleArgs, device: &Device, dtype: DType) -> Result<Model> {
+            let c = components(w, device, dtype, args.head_dim)?;
+            let inner = FlashVsr::load(c, version(w.version), device, dtype)
+                .map_err(|e| anyhow!("cannot load the model from {}: {e}", w.origin))?;
+            Ok(Model { inner })
         }
 
-        pub fn session(&self, _w: usize, _h: usize, _args: &UpscaleArgs, _noise: Option<Tensor>) -> Result<Session<'_>> {
-            Ok(Session { _model: self })
+        pub fn session(&self, w: usize, h: usize, args: &UpscaleArgs, noise: Option<Tensor>) -> Result<Session<'_>> {
+            let inner = self
+                .inner
+                .session(w, h, &options(args, noise))
+                .map_err(|e| anyhow!("cannot upscale a {w}x{h} video with these settings: {e}"))?;
+            Ok(Session { inner })
         }
     }
 
     impl Session<'_> {
         pub fn output_size(&self) -> (usize, usize) {
-            (0, 0)
+            self.inner.output_size()
         }
 
-        pub fn push_frame(&mut self, _rgb: &[u8]) -> Result<Vec<Vec<u8>>> {
-            Ok(Vec::new())
+        pub fn push_frame(&mut self, rgb: &[u8]) -> Result<Vec<Vec<u8>>> {
+            Ok(self.inner.push_frame(rgb)?)
         }
 
         pub fn finish(&mut self) -> Result<Vec<Vec<u8>>> {
-            Ok(Vec::new())
+            Ok(self.inner.finish()?)
         }
 
         pub fn stage_times(&self, load_s: f64) -> StageTimes {
-            StageTimes { load_weights: load_s, ..StageTimes::default() }
+            let s = self.inner.stats();
+            StageTimes {
+                load_weights: load_s,
+                preprocess: s.preprocess_s,
+                lq_proj: s.lq_proj_s,
+                dit: s.dit_s,
+                decode: s.decode_s,
+                color_fix: s.color_fix_s,
+            }
         }
     }
 }
