@@ -5,6 +5,8 @@ pub mod convert;
 pub mod dequant;
 pub mod error;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 pub mod gguf_writer;
 pub mod inspect;

@@ -83,6 +83,10 @@ impl TensorInfo {
     }
 }
 
+/// Largest `data.pkl` accepted (the pickle of a state dict holds only names and shapes; the
+/// tensor data lives in separate records). Guards against decompression bombs.
+pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 /// A zip record of a torch archive.
 #[derive(Debug, Clone)]
 struct Record {
@@ -92,10 +96,26 @@ struct Record {
     size: u64,
 }
 
+/// The bytes of a file: memory-mapped, or owned (in-memory stores, fuzzing).
+pub(crate) enum Backing {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 pub(crate) struct Source {
     pub(crate) path: PathBuf,
     pub(crate) format: Format,
-    pub(crate) mmap: Mmap,
+    pub(crate) mmap: Backing,
     records: HashMap<String, Record>,
     pub(crate) gguf: Option<gguf::GgufHeader>,
 }
@@ -219,10 +239,26 @@ impl WeightStore {
         Ok(store)
     }
 
+    /// A store over one in-memory file (format detected from the bytes); `name` is used as
+    /// its path in messages and for naming a single-tensor pickle.
+    pub fn open_bytes(name: &str, bytes: Vec<u8>) -> Result<WeightStore> {
+        let mut store = WeightStore {
+            sources: Vec::new(),
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+        };
+        store.add_source(Path::new(name), Backing::Owned(bytes))?;
+        Ok(store)
+    }
+
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
         // SAFETY: the map is read-only; weight files are not expected to change while loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
+        self.add_source(path, Backing::Map(mmap))
+    }
+
+    fn add_source(&mut self, path: &Path, mmap: Backing) -> Result<()> {
         let format = detect_format(path, &mmap[..mmap.len().min(16)], mmap.len() as u64)?;
         let index = self.sources.len();
         let mut source = Source {
@@ -262,10 +298,6 @@ impl WeightStore {
             .iter()
             .map(|s| (s.path.as_path(), s.format))
             .collect()
-    }
-
-    pub(crate) fn sources(&self) -> &[Source] {
-        &self.sources
     }
 
     /// Tensor names, sorted.
@@ -397,7 +429,7 @@ impl WeightStore {
         device: &Device,
     ) -> Result<Tensor> {
         let info = self.get_info(name)?;
-        let want: usize = shape.iter().product();
+        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
         if want != info.elem_count() || shape.contains(&0) != info.shape.contains(&0) {
             return Err(LoadError::tensor(
                 &info.file,
@@ -435,7 +467,7 @@ impl WeightStore {
     /// last dim is a multiple of the block size.
     pub fn qtensor_as(&self, name: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
         let info = self.get_info(name)?;
-        let want: usize = shape.iter().product();
+        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
         if want != info.elem_count() {
             return Err(LoadError::tensor(
                 &info.file,
@@ -516,22 +548,8 @@ impl WeightStore {
             .records
             .get(record)
             .ok_or_else(|| terr(format!("storage record '{record}' is missing from the archive")))?;
-        let owned;
-        let data: &[u8] = match rec.stored_at {
-            Some(at) => {
-                let end = at
-                    .checked_add(rec.size)
-                    .filter(|&e| e <= src.mmap.len() as u64)
-                    .ok_or_else(|| terr(format!("storage record '{record}' runs past the end of the file")))?;
-                &src.mmap[at as usize..end as usize]
-            }
-            None => {
-                owned = read_record(src, rec).map_err(terr)?;
-                &owned
-            }
-        };
         let es = sdt.size();
-        let numel = (data.len() / es) as u64;
+        let numel = rec.size / es as u64;
         let shape = &info.shape;
         let count: usize = shape.iter().product();
         let cdtype = storage_candle_dtype(sdt).ok_or_else(|| {
@@ -540,7 +558,7 @@ impl WeightStore {
         if count == 0 {
             return Tensor::zeros(shape.as_slice(), cdtype, device).map_err(&err);
         }
-        // Highest element index touched, overflow-checked.
+        // Highest element index touched, overflow-checked, must lie inside the record.
         let mut last = offset;
         for (&d, &s) in shape.iter().zip(stride) {
             last = ((d as u64 - 1).checked_mul(s as u64))
@@ -549,9 +567,32 @@ impl WeightStore {
         }
         if last >= numel {
             return Err(terr(format!(
-                "tensor view (offset {offset}, shape {shape:?}, stride {stride:?}) reaches element {last} of a storage of {numel}"
+                "tensor view (offset {offset}, shape {shape:?}, stride {stride:?}) reaches element {last} of a storage record of {numel}"
             )));
         }
+        if count as u64 > numel {
+            return Err(terr(format!(
+                "tensor view {shape:?} has more elements than its storage ({numel}): overlapping views are not supported"
+            )));
+        }
+        let needed = (last + 1) * es as u64;
+        let owned;
+        let data: &[u8] = match rec.stored_at {
+            Some(at) => {
+                let end = at
+                    .checked_add(needed)
+                    .filter(|&e| e <= src.mmap.len() as u64)
+                    .ok_or_else(|| terr(format!("storage record '{record}' runs past the end of the file")))?;
+                &src.mmap[at as usize..end as usize]
+            }
+            None => {
+                owned = read_record(src, rec, needed).map_err(terr)?;
+                if (owned.len() as u64) < needed {
+                    return Err(terr(format!("storage record '{record}' is truncated")));
+                }
+                &owned
+            }
+        };
         let contiguous = {
             let mut expect = 1usize;
             let mut ok = true;
@@ -617,14 +658,14 @@ fn storage_candle_dtype(s: StorageDType) -> Option<DType> {
     })
 }
 
-fn read_record(src: &Source, rec: &Record) -> std::result::Result<Vec<u8>, String> {
+fn read_record(src: &Source, rec: &Record, limit: u64) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&src.mmap[..]))
         .map_err(|e| format!("zip: {e}"))?;
     let f = zip.by_index(rec.index).map_err(|e| format!("zip: {e}"))?;
     let mut out = Vec::new();
     // Never trust the declared size for the allocation: read with a cap.
-    f.take(rec.size)
+    f.take(rec.size.min(limit))
         .read_to_end(&mut out)
         .map_err(|e| format!("zip: {e}"))?;
     Ok(out)
@@ -805,8 +846,13 @@ fn read_torch_zip(src: &mut Source, index: usize) -> Result<Vec<TensorInfo>> {
         let f = zip
             .by_name(&pkl_name)
             .map_err(|e| ferr(format!("zip: {e}")))?;
-        let size = f.size();
-        f.take(size)
+        if f.size() > MAX_PICKLE_BYTES {
+            return Err(ferr(format!(
+                "data.pkl is {} bytes; more than the {MAX_PICKLE_BYTES}-byte limit for a state-dict pickle",
+                f.size()
+            )));
+        }
+        f.take(MAX_PICKLE_BYTES)
             .read_to_end(&mut pkl)
             .map_err(|e| ferr(format!("reading data.pkl: {e}")))?;
     }
