@@ -107,14 +107,15 @@ fn wan_vae_full_v11_whole_and_streamed() -> anyhow::Result<()> {
     assert_eq!(dec.frames_for(6, &state), 21);
     let all = dec.decode(&latents, &mut state)?;
     check_decoded(set, &all, &[0, 20], 1e-4)?;
-    // Streamed as the session would: step 0's 6 latents one by one.
+    // Streamed in pieces (1, 1, 2 latents: every cache transition, zero → 1 → 2 frames)
+    // gives the same first 13 frames.
     let mut state = WanVaeState::new();
     let mut parts = Vec::new();
-    for (start, len) in [(0, 1), (1, 1), (2, 3), (5, 1)] {
+    for (start, len) in [(0, 1), (1, 1), (2, 2)] {
         parts.push(dec.decode(&latents.narrow(2, start, len)?, &mut state)?);
     }
-    assert_eq!(state.latents_seen(), 6);
-    assert_eq!(max_abs_diff(&all, &Tensor::cat(&parts, 2)?)?, 0.0);
+    assert_eq!(state.latents_seen(), 4);
+    assert_eq!(max_abs_diff(&all.narrow(2, 0, 13)?, &Tensor::cat(&parts, 2)?)?, 0.0);
     // Colour fix of the last frame against final_float.npy.
     let fixed = ColorFix::AdaIn.apply(&all.narrow(2, 20, 1)?, &lq_video(set, 20, 21)?)?;
     let d = max_abs_diff(&fixed, &npy(set, "final_float.npy")?)?;
