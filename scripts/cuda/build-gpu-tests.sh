@@ -20,4 +20,6 @@ nice -n 19 cargo build -p flashvsr-kernels --features cuda --release --example b
 strip -o device/cuda_block_sparse "$test_bin"
 strip -o device/bench_block_sparse "$CARGO_TARGET_DIR/release/examples/bench_block_sparse"
 xz -6 -f -T2 device/cuda_block_sparse device/bench_block_sparse
+mkdir -p device/fixtures
+cp -r ../shared/fixtures/draft-mask device/fixtures/
 ls -la device/

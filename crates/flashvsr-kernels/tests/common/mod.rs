@@ -132,7 +132,14 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
     }
 }
 
-pub const DRAFT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/draft-mask");
+/// The draft-mask fixture folder; `FLASHVSR_FIXTURES` (the `fixtures` folder) overrides the
+/// checkout-relative default, for test binaries run on another machine.
+pub fn draft_fixtures() -> String {
+    match std::env::var("FLASHVSR_FIXTURES") {
+        Ok(dir) => format!("{dir}/draft-mask"),
+        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/draft-mask").to_string(),
+    }
+}
 
 /// (case name, heads, topk) of the draft-mask fixture cases (see its README / manifest.json).
 pub const DRAFT_CASES: [(&str, usize, usize); 4] = [
@@ -151,7 +158,7 @@ pub struct DraftCase {
 
 pub fn load_draft_case(name: &str, device: &Device) -> Result<DraftCase> {
     let load = |suffix: &str| -> Result<Tensor> {
-        let path = format!("{DRAFT_FIXTURES}/{name}_{suffix}.npy");
+        let path = format!("{}/{name}_{suffix}.npy", draft_fixtures());
         Tensor::read_npy(&path)
             .map_err(|e| candle_core::Error::Msg(format!("{path}: {e}")))?
             .to_device(device)
