@@ -185,3 +185,47 @@ fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
     let err = s.finish().err().expect("1 frame is too few upstream").to_string();
     assert!(err.contains("21"), "{err}");
 }
+
+#[test]
+fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
+    use flashvsr_model::pipeline::TileOptions;
+    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let (w, h, n) = (72, 56, 3);
+    let run = |tile: Option<TileOptions>| {
+        let opts = UpscaleOptions { tile, ..Default::default() };
+        let mut s = model.session(w, h, &opts).unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend(s.push_frame(&synthetic_frame(w, h, i)).unwrap());
+        }
+        out.extend(s.finish().unwrap());
+        (out, s.output_size(), s.tiles())
+    };
+    let (whole, size, tiles) = run(None);
+    assert_eq!((size, tiles), ((288, 224), 1));
+    let (tiled, tsize, ntiles) = run(Some(TileOptions { size: 40, overlap: 8 }));
+    assert_eq!(tsize, size);
+    assert_eq!(ntiles, 4);
+    assert_eq!(tiled.len(), n);
+    assert!(tiled.iter().all(|f| f.len() == 288 * 224 * 3));
+    // Where only the first tile covers the output (left of the second column of tiles, above
+    // the second row), the blend is exactly that tile's own upscale of its crop.
+    let opts = UpscaleOptions::default();
+    let mut alone = model.session(40, 40, &opts).unwrap();
+    let mut first_tile = Vec::new();
+    for i in 0..n {
+        let frame = synthetic_frame(w, h, i);
+        let crop: Vec<u8> = (0..40).flat_map(|y| frame[y * w * 3..(y * w + 40) * 3].to_vec()).collect();
+        first_tile.extend(alone.push_frame(&crop).unwrap());
+    }
+    first_tile.extend(alone.finish().unwrap());
+    for (blended, own) in tiled.iter().zip(&first_tile) {
+        for y in 0..16 * 4 {
+            for x in 0..32 * 4 {
+                let (b, o) = ((y * 288 + x) * 3, (y * 160 + x) * 3);
+                assert_eq!(blended[b..b + 3], own[o..o + 3], "pixel ({x}, {y})");
+            }
+        }
+    }
+    assert_eq!(whole.len(), n);
+}
