@@ -79,6 +79,9 @@ enum Command {
         /// Component to check against (see the error message for the list).
         #[arg(long, value_name = "COMPONENT")]
         against: String,
+        /// Check names and ranks only (reduced test models), not the real dims.
+        #[arg(long)]
+        structure: bool,
         #[arg(long)]
         json: bool,
     },
@@ -318,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SynthWeights(args) => synth::run(&args, quiet),
         Command::Bench(args) => bench::run(&args, quiet),
         Command::Inspect { paths, json } => tools::inspect(&paths, json),
-        Command::Validate { paths, against, json } => tools::validate(&paths, &against, json),
+        Command::Validate { paths, against, structure, json } => tools::validate(&paths, &against, structure, json),
         Command::Convert(args) => tools::convert(&args, quiet),
     }
 }

@@ -1,30 +1,92 @@
 //! `inspect`, `validate`, `convert`: thin wrappers over the loader.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use flashvsr_loader::convert::{self, ConvertOptions, Quant};
+use flashvsr_loader::{inspect as loader_inspect, layout};
+
+use crate::VersionArg;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
-    /// Input files, then the output file.
+    /// Input files or folders, then the output file (.gguf or .safetensors).
     #[arg(required = true, num_args = 2.., value_name = "IN... OUT")]
     pub paths: Vec<PathBuf>,
-    #[arg(long, default_value = "none")]
-    pub quant: String,
+    /// Target type: f32, f16, bf16, q8_0, q6_k, q5_k, q4_k, q4_0 (only 2-D weights are
+    /// quantized; norms, biases and embeddings stay in float) [default: keep each tensor's type].
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<Quant>,
+    /// Model version recorded in the output's metadata (`flashvsr.version`).
+    #[arg(long, value_enum)]
+    pub model_version: Option<VersionArg>,
+    /// Component recorded in the metadata (dit, lq_proj, tc_decoder, wan_vae, prompt).
+    #[arg(long)]
+    pub component: Option<String>,
+    /// Replace the output if it exists.
     #[arg(short = 'y', long)]
     pub overwrite: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn inspect(_paths: &[PathBuf], _json: bool) -> Result<()> {
-    bail!("inspect is not available yet in this build")
+fn parse_quant(s: &str) -> Result<Quant, String> {
+    s.parse()
 }
 
-pub fn validate(_paths: &[PathBuf], _against: &str, _json: bool) -> Result<()> {
-    bail!("validate is not available yet in this build")
+pub fn inspect(paths: &[PathBuf], json: bool) -> Result<()> {
+    let report = loader_inspect::inspect(paths).map_err(|e| anyhow!("cannot inspect: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
-pub fn convert(_args: &ConvertArgs, _quiet: bool) -> Result<()> {
-    let _ = Path::new("");
-    bail!("convert is not available yet in this build")
+fn check_component(component: &str) -> Result<()> {
+    if !layout::components().contains(&component) {
+        bail!("unknown component '{component}' (known: {})", layout::components().join(", "));
+    }
+    Ok(())
+}
+
+/// Exit status 1 when the files do not match (the report says why).
+pub fn validate(paths: &[PathBuf], against: &str, structure: bool, json: bool) -> Result<()> {
+    check_component(against)?;
+    let mode = if structure { layout::CheckMode::Structure } else { layout::CheckMode::Exact };
+    let report = layout::validate_with(paths, against, mode).map_err(|e| anyhow!("cannot validate: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if !report.is_ok() {
+        bail!("the files do not match the {against} layout (details above)");
+    }
+    Ok(())
+}
+
+pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
+    let (output, inputs) = args.paths.split_last().ok_or_else(|| anyhow!("convert needs inputs and an output"))?;
+    if output.exists() && !args.overwrite {
+        bail!("output {} already exists; pass -y/--overwrite to replace it", output.display());
+    }
+    if let Some(c) = &args.component {
+        check_component(c)?;
+    }
+    let opts = ConvertOptions {
+        quant: args.quant,
+        flashvsr_version: args.model_version.map(|v| v.as_str().trim_start_matches('v').to_string()),
+        component: args.component.clone(),
+        ..ConvertOptions::default()
+    };
+    let report = convert::convert(inputs, output, &opts).map_err(|e| anyhow!("cannot convert: {e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !quiet {
+        print!("{report}");
+    }
+    Ok(())
 }
