@@ -16,7 +16,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::color_fix::{self, ColorFix};
+use crate::color_fix;
+pub use crate::color_fix::ColorFix;
 use crate::config::{DitConfig, LqProjConfig};
 use crate::decoders::tc::{TcDecoder, TcState};
 use crate::decoders::wan_vae::{WanVaeDecoder, WanVaeState};
