@@ -281,8 +281,10 @@ impl Resample {
 }
 
 #[derive(Debug, Clone)]
+// A handful of layers per model: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum UpLayer {
-    Res(Box<ResidualBlock>),
+    Res(ResidualBlock),
     Resample(Resample),
 }
 
@@ -339,7 +341,7 @@ impl WanVaeDecoder {
         for i in 0.. {
             let vb = vb.pp("upsamples").pp(i);
             if vb.contains_tensor("residual.0.gamma") {
-                upsamples.push(UpLayer::Res(Box::new(ResidualBlock::new(&vb, &mut slots)?)));
+                upsamples.push(UpLayer::Res(ResidualBlock::new(&vb, &mut slots)?));
             } else if vb.contains_tensor("resample.1.weight") {
                 let r = Resample::new(&vb, &mut slots)?;
                 temporal_upsamples += r.time_conv.is_some() as usize;
