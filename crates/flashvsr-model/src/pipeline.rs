@@ -133,6 +133,13 @@ pub struct FlashVsr {
 impl FlashVsr {
     /// Builds every module from `components` on `device` in `dtype`.
     pub fn load(c: ModelComponents, version: ModelVersion, device: &Device, dtype: DType) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            // Candle's CPU backend has no bf16 convolution (and widens bf16 matmuls to f32).
+            candle_core::bail!("bf16 is not supported on the CPU; use --dtype f32 (or f16) there, bf16 on a GPU")
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            candle_core::bail!("unsupported compute dtype {dtype:?}: use f32, f16 or bf16")
+        }
         let dit_cfg = DitConfig::from_weights(&c.dit, c.head_dim)?;
         let dit = Dit::new(c.dit, &dit_cfg)?;
         let lq_cfg = LqProjConfig::from_weights(&c.lq_proj)?;
