@@ -174,7 +174,7 @@ impl std::str::FromStr for FrameRange {
     }
 }
 
-fn parse_scale(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_scale(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("scale {s:?} is not a number"))?;
     if !v.is_finite() || v < 1.0 {
         return Err(format!("scale must be a number >= 1 (got {s})"));

@@ -197,7 +197,11 @@ pub fn classify(found: &Found, full_mode: bool) -> Result<BTreeMap<Role, Part>> 
         }
     }
     let mut unrecognised = Vec::new();
+    let still_missing = |parts: &BTreeMap<Role, Part>| Role::ALL.into_iter().any(|r| r.needed_for(full_mode) && !parts.contains_key(&r));
     for path in &found.other {
+        if !still_missing(&parts) {
+            break;
+        }
         let ps = parts_of(path, None)?;
         if ps.is_empty() {
             unrecognised.push(path.clone());

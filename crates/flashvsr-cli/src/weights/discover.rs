@@ -130,17 +130,20 @@ pub fn scan_dir(dir: &Path, loose: bool) -> std::io::Result<Found> {
             found.named.push((*role, p.clone()));
         }
     }
-    if found.named.is_empty() {
-        let candidates = entries.iter().filter(|p| is_weight_ext(p));
-        if loose {
-            found.other.extend(candidates.cloned());
-        } else {
-            // Auto-discovery: only files that say they are FlashVSR (all-in-one repacks, GGUF).
-            found.other.extend(
-                candidates.filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().to_ascii_lowercase().contains("flashvsr"))).cloned(),
-            );
-        }
-    }
+    // Files with other names are kept for classification by content; they are only opened when
+    // the named files leave a part missing. Auto-discovery keeps only files that say FlashVSR.
+    let named: Vec<PathBuf> = found.named.iter().map(|(_, p)| p.clone()).collect();
+    let says_flashvsr = |p: &PathBuf| {
+        p.file_name().is_some_and(|f| f.to_string_lossy().to_ascii_lowercase().contains("flashvsr"))
+            || p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    };
+    found.other.extend(
+        entries
+            .iter()
+            .filter(|p| is_weight_ext(p) && !named.contains(p) && role_by_name(p).is_none())
+            .filter(|p| loose || says_flashvsr(p))
+            .cloned(),
+    );
     found.version_hint = version_hint(dir).or_else(|| found.named.iter().find_map(|(_, p)| version_hint(p)));
     Ok(found)
 }
@@ -204,7 +207,7 @@ pub fn search(hf_repo: &str, full_mode: bool, tried: &mut Vec<String>) -> Option
         if found.is_empty() {
             continue;
         }
-        if found.missing(full_mode).is_empty() || (!found.other.is_empty() && found.named.is_empty()) {
+        if found.missing(full_mode).is_empty() || !found.other.is_empty() {
             return Some(found);
         }
         if found.has(Role::Dit) && partial.is_none() {
@@ -295,7 +298,9 @@ mod tests {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
         let f = scan_dir(dir.path(), true).unwrap();
-        assert!(f.other.is_empty());
+        // Kept for content classification only if a part is missing; never non-weight files.
+        assert_eq!(f.other, vec![dir.path().join("LQ_proj_in.fp32.ckpt")]);
+        assert!(scan_dir(dir.path(), false).unwrap().other.is_empty());
         assert_eq!(f.missing(false), Vec::<Role>::new());
         assert_eq!(f.missing(true), vec![Role::Vae]);
         let lq = f.named.iter().find(|(r, _)| *r == Role::LqProj).unwrap();
