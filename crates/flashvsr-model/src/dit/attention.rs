@@ -124,15 +124,30 @@ impl SelfAttention {
                 .transpose(0, 1)?
                 .reshape((nw, dim))
         };
-        let draft = lcsa::draft_mask(
-            &heads_means(&q, nq)?,
-            &heads_means(&k_all, nk)?,
-            self.num_heads,
-            ctx.nb,
-            &ctx.local,
-            ctx.topk,
-        )?;
-        let attn = block_sparse(&q, &k_all, &v_all, &draft.mask, 1.0 / (hd as f64).sqrt())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (attn, draft) = if q.device().is_cuda() && !want_draft {
+            // GPU: draft mask and attention stay on the device (no host round trip per block).
+            let local: Vec<u8> = ctx.local.iter().map(|&b| b as u8).collect();
+            let local = Tensor::from_vec(local, (ctx.nb, ctx.nb), q.device())?;
+            let mask = flashvsr_kernels::draft_block_mask(
+                &heads_means(&q, nq)?,
+                &heads_means(&k_all, nk)?,
+                &local,
+                self.num_heads,
+                ctx.topk.max(0) as usize,
+            )?;
+            (flashvsr_kernels::block_sparse_attention(&q, &k_all, &v_all, &mask, scale as f32)?, None)
+        } else {
+            let draft = lcsa::draft_mask(
+                &heads_means(&q, nq)?,
+                &heads_means(&k_all, nk)?,
+                self.num_heads,
+                ctx.nb,
+                &ctx.local,
+                ctx.topk,
+            )?;
+            (block_sparse(&q, &k_all, &v_all, &draft.mask, scale)?, Some(draft))
+        };
         let attn = attn.transpose(0, 1)?.reshape((n, dim))?;
         let attn = lcsa::window_reverse(&attn, ctx.grid)?;
         let out = self.o.forward(&attn)?.unsqueeze(0)?;
@@ -146,11 +161,17 @@ impl SelfAttention {
         } else {
             (k_all, v_all)
         });
-        Ok((out, want_draft.then_some(draft)))
+        Ok((out, draft.filter(|_| want_draft)))
     }
 }
 
+/// Block-sparse attention with a host-side mask: our CUDA kernel on a GPU, the CPU path elsewhere.
 fn block_sparse(q: &Tensor, k: &Tensor, v: &Tensor, mask: &BlockMask, scale: f64) -> Result<Tensor> {
+    if q.device().is_cuda() {
+        let m: Vec<u8> = mask.data.iter().map(|&b| b as u8).collect();
+        let m = Tensor::from_vec(m, (mask.heads, mask.nq, mask.nk), q.device())?;
+        return flashvsr_kernels::block_sparse_attention(q, k, v, &m, scale as f32);
+    }
     lcsa::block_sparse_attention(q, k, v, mask, scale)
 }
 
