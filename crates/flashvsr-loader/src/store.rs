@@ -116,6 +116,8 @@ pub(crate) struct Source {
     pub(crate) path: PathBuf,
     pub(crate) format: Format,
     pub(crate) mmap: Backing,
+    /// The open file, for direct reads into tensor buffers.
+    file: Option<File>,
     records: HashMap<String, Record>,
     pub(crate) gguf: Option<gguf::GgufHeader>,
 }
@@ -247,7 +249,7 @@ impl WeightStore {
             tensors: BTreeMap::new(),
             metadata: BTreeMap::new(),
         };
-        store.add_source(Path::new(name), Backing::Owned(bytes))?;
+        store.add_source(Path::new(name), Backing::Owned(bytes), None)?;
         Ok(store)
     }
 
@@ -255,16 +257,17 @@ impl WeightStore {
         let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
         // SAFETY: the map is read-only; weight files are not expected to change while loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
-        self.add_source(path, Backing::Map(mmap))
+        self.add_source(path, Backing::Map(mmap), Some(file))
     }
 
-    fn add_source(&mut self, path: &Path, mmap: Backing) -> Result<()> {
+    fn add_source(&mut self, path: &Path, mmap: Backing, file: Option<File>) -> Result<()> {
         let format = detect_format(path, &mmap[..mmap.len().min(16)], mmap.len() as u64)?;
         let index = self.sources.len();
         let mut source = Source {
             path: path.to_path_buf(),
             format,
             mmap,
+            file,
             records: HashMap::new(),
             gguf: None,
         };
@@ -360,6 +363,84 @@ impl WeightStore {
         }
     }
 
+    /// Drops the mapped pages of a tensor from this process once its data has been copied out:
+    /// they stay in the page cache, but no longer count twice in our resident memory.
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let (Backing::Map(m), Some(off), Some(n)) =
+            (&self.sources[info.source].mmap, info.offset, info.nbytes)
+        {
+            const PAGE: u64 = 4096;
+            let start = off.next_multiple_of(PAGE);
+            let end = (off + n) / PAGE * PAGE;
+            if end > start && end <= m.len() as u64 {
+                // SAFETY: a read-only shared file mapping; DONTNEED only drops our page-table
+                // entries and later reads fault the same file data back in.
+                let _ = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start as usize,
+                        (end - start) as usize,
+                    )
+                };
+            }
+        }
+    }
+
+    /// CPU fast path for F32/F16/BF16: one positioned read straight into the tensor's buffer
+    /// (the same work as reading the bytes from the page cache; no page faults on the map).
+    #[cfg(unix)]
+    fn read_plain_cpu(&self, info: &TensorInfo, stored: DType, device: &Device) -> Result<Option<Tensor>> {
+        use std::os::unix::fs::FileExt;
+        let src = &self.sources[info.source];
+        let (Some(file), Some(off), Some(n), true) = (&src.file, info.offset, info.nbytes, device.is_cpu()) else {
+            return Ok(None);
+        };
+        if off.checked_add(n).is_none_or(|e| e > src.mmap.len() as u64) {
+            return Ok(None);
+        }
+        let err = Self::candle_err(info);
+        let ioerr = |e| LoadError::io(&info.file, e);
+        let shape = info.shape.as_slice();
+        // Zeroed allocations of primitive types come from calloc: no extra pass over memory.
+        let t = match stored {
+            DType::F32 => {
+                let mut v = vec![0f32; n as usize / 4];
+                // SAFETY: f32 has no invalid bit patterns; the slice covers exactly `v`.
+                let b = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4) };
+                file.read_exact_at(b, off).map_err(ioerr)?;
+                Tensor::from_vec(v, shape, device)
+            }
+            DType::F16 | DType::BF16 => {
+                let mut v = vec![0u16; n as usize / 2];
+                // SAFETY: as above, u16 accepts any bit pattern.
+                let b = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) };
+                file.read_exact_at(b, off).map_err(ioerr)?;
+                if cfg!(target_endian = "big") {
+                    v.iter_mut().for_each(|x| *x = u16::from_le(*x));
+                }
+                let mut v = std::mem::ManuallyDrop::new(v);
+                let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+                if stored == DType::F16 {
+                    // SAFETY: half::f16 is repr(transparent) over u16 (same size and alignment).
+                    let v = unsafe { Vec::from_raw_parts(ptr as *mut half::f16, len, cap) };
+                    Tensor::from_vec(v, shape, device)
+                } else {
+                    // SAFETY: half::bf16 is repr(transparent) over u16 (same size and alignment).
+                    let v = unsafe { Vec::from_raw_parts(ptr as *mut half::bf16, len, cap) };
+                    Tensor::from_vec(v, shape, device)
+                }
+            }
+            _ => return Ok(None),
+        };
+        t.map(Some).map_err(err)
+    }
+
+    #[cfg(not(unix))]
+    fn read_plain_cpu(&self, _: &TensorInfo, _: DType, _: &Device) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     fn candle_err(info: &TensorInfo) -> impl Fn(candle_core::Error) -> LoadError + '_ {
         move |e| LoadError::Candle {
             path: info.file.clone(),
@@ -377,8 +458,13 @@ impl WeightStore {
         let shape = info.shape.as_slice();
         let t = match &info.layout {
             Layout::Plain(stored) => {
+                if let Some(t) = self.read_plain_cpu(info, *stored, device)? {
+                    return if t.dtype() == dtype { Ok(t) } else { t.to_dtype(dtype).map_err(&err) };
+                }
                 let bytes = self.span(info)?;
-                Tensor::from_raw_buffer(bytes, *stored, shape, device).map_err(&err)?
+                let t = Tensor::from_raw_buffer(bytes, *stored, shape, device).map_err(&err)?;
+                self.release(info);
+                t
             }
             Layout::Ggml(g) => {
                 if let Some(cdt) = g.candle() {
@@ -529,6 +615,7 @@ impl WeightStore {
             QStorage::from_data(std::borrow::Cow::Borrowed(&buf[..bytes.len()]), device, cdt)
         }
         .map_err(&err)?;
+        self.release(info);
         QTensor::new(storage, shape).map_err(&err)
     }
 
