@@ -287,6 +287,26 @@ fn hostile_tensor_views_in_pickles() {
     let v = flashvsr_loader::pickle::unpickle(p).unwrap();
     let t = flashvsr_loader::pickle::tensors_of(&v).unwrap();
     assert_eq!(t[0].1.shape, vec![1 << 20]);
+    let zip_with = |pkl: &[u8]| {
+        use std::io::Write;
+        let mut buf = std::io::Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("x/data.pkl", o).unwrap();
+        z.write_all(pkl).unwrap();
+        z.start_file("x/data/0", o).unwrap();
+        z.write_all(&1f32.to_le_bytes()).unwrap();
+        z.finish().unwrap();
+        buf.into_inner()
+    };
+    let st = WeightStore::open_bytes("expand.pt", zip_with(p)).unwrap();
+    let e = st.tensor("expand", DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("expand.pt") && e.contains("more elements than its storage"), "{e}");
+    // A view reaching past its storage record.
+    let past = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\0\0\0storagectorch\nFloatStorage\nX\x01\0\0\0\x30X\x03\0\0\0cpuK\x01tQK\x00K\x04\x85K\x01\x85\x89)tR.";
+    let st = WeightStore::open_bytes("past.pt", zip_with(past)).unwrap();
+    let e = st.tensor("past", DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("past.pt") && e.contains("reaches element 3"), "{e}");
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for the mutation test.
