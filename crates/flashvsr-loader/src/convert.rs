@@ -319,7 +319,7 @@ pub fn convert_store(store: &WeightStore, output: &Path, opts: &ConvertOptions) 
         let cerr = |e: candle_core::Error| LoadError::Candle {
             path: info.file.clone(),
             name: info.name.clone(),
-            source: e,
+            source: Box::new(e),
         };
         if let Some(dt) = candle_float(target) {
             // Same float type in and out of GGUF/safetensors: copy the bytes.

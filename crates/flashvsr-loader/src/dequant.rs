@@ -24,7 +24,7 @@ pub fn supports(t: GgmlType) -> bool {
 /// Decodes `data` (whole blocks) of type `t` to f32. `None` when the type is not handled here.
 pub fn dequantize(t: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
     let (block, size) = t.block()?;
-    if !supports(t) || data.len() % size != 0 {
+    if !supports(t) || !data.len().is_multiple_of(size) {
         return None;
     }
     let mut out = Vec::with_capacity(data.len() / size * block);

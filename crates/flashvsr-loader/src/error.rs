@@ -34,7 +34,7 @@ pub enum LoadError {
         path: PathBuf,
         name: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("{0}")]
     Other(String),

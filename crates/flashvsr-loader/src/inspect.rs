@@ -72,8 +72,8 @@ impl std::fmt::Display for InspectReport {
         let w = self.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
         writeln!(
             f,
-            "{:<w$}  {:<22} {:<22} {:<7} {:>12} {:>12}  {:<11} {}",
-            "name", "shape", "stored", "type", "bytes", "offset", "shape from", "file"
+            "{:<w$}  {:<22} {:<22} {:<7} {:>12} {:>12}  {:<11} file",
+            "name", "shape", "stored", "type", "bytes", "offset", "shape from"
         )?;
         for t in &self.tensors {
             writeln!(

@@ -245,7 +245,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> PResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("pickle SETITEMS with an odd number of items".into());
         }
         self.charge(items.len())?;
@@ -624,10 +624,9 @@ pub fn tensors_of(v: &Value) -> Result<Vec<(String, TensorRef)>, String> {
                 let Value::Str(name) = k else {
                     return Err(format!("state dict key is a {}, expected a string", kind(k)));
                 };
-                match v {
-                    Value::Tensor(t) => out.push((name.clone(), (**t).clone())),
-                    // Non-tensor entries (epoch counters, config) are not weights.
-                    _ => {}
+                // Non-tensor entries (epoch counters, config) are not weights.
+                if let Value::Tensor(t) = v {
+                    out.push((name.clone(), (**t).clone()));
                 }
             }
             Ok(out)

@@ -445,7 +445,7 @@ impl WeightStore {
         move |e| LoadError::Candle {
             path: info.file.clone(),
             name: info.name.clone(),
-            source: e,
+            source: Box::new(e),
         }
     }
 
@@ -606,7 +606,7 @@ impl WeightStore {
             return Err(LoadError::tensor(&info.file, &info.name, "data is not whole blocks"));
         }
         // candle casts the bytes to block structs: give it an 8-byte aligned buffer.
-        let storage = if (bytes.as_ptr() as usize) % 8 == 0 {
+        let storage = if (bytes.as_ptr() as usize).is_multiple_of(8) {
             QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, cdt)
         } else {
             let mut words = vec![0u64; bytes.len().div_ceil(8)];

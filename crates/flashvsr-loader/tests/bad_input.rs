@@ -33,7 +33,7 @@ impl G {
         let off = self.data.len() as u64;
         let n: u64 = ne.iter().product();
         self.data.extend((0..n).flat_map(|i| (i as f32).to_le_bytes()));
-        while self.data.len() as u64 % self.alignment != 0 {
+        while !(self.data.len() as u64).is_multiple_of(self.alignment) {
             self.data.push(0);
         }
         self.tensors.push((name.into(), ne.to_vec(), 0, off));
@@ -62,7 +62,7 @@ impl G {
             b.extend(ty.to_le_bytes());
             b.extend(off.to_le_bytes());
         }
-        while b.len() as u64 % self.alignment != 0 {
+        while !(b.len() as u64).is_multiple_of(self.alignment) {
             b.push(0);
         }
         b.extend(&self.data);
@@ -389,13 +389,13 @@ fn randomized_mutations_never_panic() {
         let k = rng.below(gguf_seeds.len());
         let g = mutate(&mut rng, &gguf_seeds[k]);
         fuzzing::parse_gguf(&g);
-        if runs % 8 == 0 {
+        if runs.is_multiple_of(8) {
             fuzzing::load_all(&g);
         }
         let k = rng.below(pickle_seeds.len());
         let p = mutate(&mut rng, &pickle_seeds[k]);
         fuzzing::parse_pickle(&p);
-        if runs % 16 == 0 {
+        if runs.is_multiple_of(16) {
             let k = rng.below(file_seeds.len());
             let f = mutate(&mut rng, &file_seeds[k]);
             fuzzing::load_all(&f);
