@@ -14,14 +14,15 @@
 //! - `real-full-256` real dims with the real-size Wan VAE decoder, full mode, 64×64 → 256×256
 //!
 //! The real-dims configurations build the weights in memory from the loader's layouts (the
-//! exact upstream names and shapes): weights ~ N(0, 1/fan_in), biases 0, norm scales 1,
-//! modulations and prompt N(0, 0.1²), so activations keep a realistic scale (no denormals).
+//! exact upstream names and shapes): weights uniform with std 1/√fan_in, biases 0, norm scales
+//! 1, modulations and prompt std 0.1, so activations keep a realistic scale (no denormals).
 //! They need ~8 GiB of RAM; `real-512` takes several minutes on 2 cores.
 //!
 //! Each line has the wall time of the session (first push to end of `finish`), frames/s of
 //! output, the per-stage seconds of `SessionStats`, the seconds of each push that ran a DiT step
 //! (`step_push_s`: the first is the 6-latent-frame step 0, the rest steady 2-latent-frame steps),
-//! the peak RSS of the configuration (VmHWM, reset before each one through
+//! the process CPU seconds of the session and `cores_used` = CPU s / wall s (on a shared machine
+//! this shows how much of the CPU the run actually got), the peak RSS of the configuration (VmHWM, reset before each one through
 //! /proc/self/clear_refs) and the load average before and after (the machine may be shared).
 
 use std::collections::HashMap;
@@ -156,10 +157,10 @@ fn synthetic_component(component: &str, rng_seed: u64) -> Result<HashMap<String,
         } else if last == "bias" {
             vec![0f32; n]
         } else if spec.name.contains("modulation") || component == "prompt" {
-            rng.normals(n, 0.1)
+            rng.uniform_with_std(n, 0.1)
         } else {
             let fan_in: usize = spec.shape.iter().skip(1).product::<usize>().max(1);
-            rng.normals(n, 1.0 / (fan_in as f32).sqrt())
+            rng.uniform_with_std(n, 1.0 / (fan_in as f32).sqrt())
         };
         map.insert(spec.name, Tensor::from_vec(values, spec.shape, &Device::Cpu)?);
     }
@@ -183,28 +184,24 @@ fn real_components(mode: Mode, seed: u64, device: &Device, dtype: DType) -> Resu
     })
 }
 
-/// SplitMix64 + Box–Muller: fast, seedable normals for synthetic weights.
+/// SplitMix64 giving uniform values of a chosen standard deviation: the timings do not depend
+/// on the distribution, only on the scale (which keeps activations finite and normal), and
+/// this fills the 1.6 G real-size values in seconds.
 struct SplitMix(u64);
 
 impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
+    fn next_unit(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let r = (-2.0 * (1.0 - self.next_f64()).ln()).sqrt();
-            let theta = std::f64::consts::TAU * self.next_f64();
-            out.push((r * theta.cos()) as f32 * std);
-            out.push((r * theta.sin()) as f32 * std);
-        }
-        out.truncate(n);
-        out
+    /// Uniform on [-√3·std, √3·std] (variance std²).
+    fn uniform_with_std(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let half_width = 3f32.sqrt() * std;
+        (0..n).map(|_| (2.0 * self.next_unit() - 1.0) * half_width).collect()
     }
 }
 
@@ -230,6 +227,17 @@ fn load_average() -> Option<String> {
     std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
+/// CPU seconds used by this process so far, all threads (utime + stime of /proc/self/stat,
+/// in the 100 Hz clock ticks of Linux's USER_HZ).
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// Peak resident memory so far, in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let kb: f64 = proc_field("/proc/self/status", "VmHWM")?.trim_end_matches("kB").trim().parse().ok()?;
@@ -250,12 +258,15 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let model = FlashVsr::load(components, ModelVersion::V1_1, &args.device, args.dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
+    let peak_rss_load = peak_rss_mib();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 
     let (w, h) = config.input;
     let opts = UpscaleOptions { mode: config.mode, seed: args.seed, ..Default::default() };
     let clip: Vec<Vec<u8>> = (0..config.frames).map(|i| synthetic_frame(w, h, i)).collect();
     let mut session = model.session(w, h, &opts)?;
 
+    let cpu_before = process_cpu_s();
     let start = Instant::now();
     let (mut frames_out, mut first_output) = (0, None);
     let mut step_push_s = Vec::new();
@@ -275,6 +286,7 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
     frames_out += session.finish()?.len();
     let finish_s = t.elapsed().as_secs_f64();
     let wall_s = start.elapsed().as_secs_f64();
+    let cpu_s = cpu_before.zip(process_cpu_s()).map(|(a, b)| b - a);
     let stats = session.stats();
     let (ow, oh) = session.output_size();
 
@@ -293,6 +305,8 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
         "load_s": round3(load_s),
         "wall_s": round3(wall_s),
         "fps": round3(frames_out as f64 / wall_s),
+        "cpu_s": cpu_s.map(round3),
+        "cores_used": cpu_s.map(|c| round3(c / wall_s)),
         "first_output": first_output,
         "step_push_s": step_push_s,
         "finish_s": round3(finish_s),
@@ -303,7 +317,8 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
             "decode": round3(stats.decode_s),
             "color_fix": round3(stats.color_fix_s),
         },
-        "peak_rss_mib": peak_rss_mib().map(|m| m.round()),
+        "peak_rss_load_mib": peak_rss_load.map(|m| m.round()),
+        "peak_rss_session_mib": peak_rss_mib().map(|m| m.round()),
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }))
