@@ -201,7 +201,9 @@ impl CausalConv3d {
             .contiguous()?
             .reshape((b * t_out, kt * c, hp, wp))?;
         let w = self.weight2d.to_dtype(frames.dtype())?;
-        let mut y = frames.conv2d(&w, conv_pad, 1, 1, 1)?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let chunk = crate::frame_conv::items_per_call(&frames, kh, kw)?;
+        let mut y = crate::frame_conv::in_chunks(&frames, chunk, |f| f.conv2d(&w, conv_pad, 1, 1, 1))?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
         }

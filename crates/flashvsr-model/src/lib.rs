@@ -10,6 +10,7 @@ pub mod config;
 pub mod conv3d;
 pub mod decoders;
 pub mod dit;
+pub mod frame_conv;
 pub mod linear;
 pub mod lq_proj;
 pub mod noise;

@@ -118,6 +118,17 @@ pub struct ModelComponents {
     pub head_dim: Option<usize>,
 }
 
+/// The dtype the tiny decoder computes in for a given compute dtype: f16 instead of bf16
+/// (same tensor-core speed, 3 more mantissa bits; in bf16 its conv chain drifts by 2.6e-2
+/// relative, in f16 by 4e-3, and its activations stay far inside f16's range).
+pub fn tiny_decoder_dtype(compute: DType) -> DType {
+    if compute == DType::BF16 {
+        DType::F16
+    } else {
+        compute
+    }
+}
+
 /// A loaded FlashVSR model.
 pub struct FlashVsr {
     dit: Dit,
@@ -151,7 +162,8 @@ impl FlashVsr {
             )
         }
         let lq_proj = LqProj::new(c.lq_proj, &lq_cfg, version.lq_proj_variant())?;
-        let tc_decoder = c.tc_decoder.map(TcDecoder::new).transpose()?;
+        let tc_dtype = tiny_decoder_dtype(dtype);
+        let tc_decoder = c.tc_decoder.map(|vb| TcDecoder::new(vb.set_dtype(tc_dtype))).transpose()?;
         if let Some(tc) = &tc_decoder {
             if tc.config().latent_channels != dit_cfg.out_channels {
                 candle_core::bail!(
@@ -417,7 +429,8 @@ impl<'m> StreamSession<'m> {
             DecoderState::Tiny(state) => {
                 let lq = decoder_lq.expect("built above for the tiny decoder");
                 let tc = model.tc_decoder.as_ref().expect("checked in Session::new");
-                tc.decode(&x0, &lq, state)?
+                let dt = tiny_decoder_dtype(model.dtype);
+                tc.decode(&x0.to_dtype(dt)?, &lq.to_dtype(dt)?, state)?
             }
             DecoderState::Full(state) => {
                 let vae = model.vae.as_ref().expect("checked in Session::new");

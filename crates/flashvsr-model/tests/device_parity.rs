@@ -21,6 +21,7 @@ use flashvsr_model::decoders::wan_vae::{WanVaeDecoder, WanVaeState};
 use flashvsr_model::dit::lcsa::LcsaParams;
 use flashvsr_model::dit::{Dit, KvCache, StepTaps};
 use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjVariant};
+use flashvsr_model::pipeline::tiny_decoder_dtype;
 use flashvsr_model::preprocess::{frames_to_tensor, RgbFrame};
 use flashvsr_model::schedule::step_plan;
 
@@ -156,9 +157,12 @@ fn decoders_match_the_fixtures() {
     let t = target();
     // Tiny decoder, step 0 of tiny-v1.1: frames 0, 1 and 20 are stored.
     let dir = fixture("tiny-v1.1");
-    let tc = TcDecoder::new(vb(dir.join("TCDecoder.ckpt"), &t)).unwrap();
+    // The tiny decoder computes in the dtype the pipeline gives it (f16 for bf16).
+    let tc_dtype = tiny_decoder_dtype(t.dtype);
+    let tc = TcDecoder::new(vb(dir.join("TCDecoder.ckpt"), &t).set_dtype(tc_dtype)).unwrap();
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap().to_dtype(t.dtype).unwrap();
-    let decoded = tc.decode(&latents, &lq_frames(&dir, 0..21, &t), &mut TcState::new()).unwrap();
+    let lq = lq_frames(&dir, 0..21, &t).to_dtype(tc_dtype).unwrap();
+    let decoded = tc.decode(&latents.to_dtype(tc_dtype).unwrap(), &lq, &mut TcState::new()).unwrap();
     let pick = |v: &Tensor, idx: &[u32]| {
         let idx = Tensor::new(idx, v.device()).unwrap();
         v.index_select(&idx, 2).unwrap()

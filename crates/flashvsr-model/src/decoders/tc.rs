@@ -18,6 +18,7 @@
 //! Each call returns as many frames as LQ frames it was given: `4T-3`, then `4T`.
 
 use candle_core::{Module, Result, Tensor};
+use crate::frame_conv::FrameConv2d;
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// Layer kinds at each `decoder.<i>` index of the upstream `nn.Sequential`.
@@ -48,7 +49,7 @@ pub const FRAMES_PER_LATENT: usize = 4;
 pub const SPATIAL_FACTOR: usize = 8;
 
 /// Loads a 2-D conv `<vb>.weight` (+ `.bias` if present) with "same" zero padding.
-fn conv2d(vb: &VarBuilder) -> Result<Conv2d> {
+fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
     let weight = vb.get_unchecked("weight")?;
     let (out_c, _in_c, kh, kw) = weight.dims4().map_err(|_| {
         candle_core::Error::Msg(format!(
@@ -66,14 +67,14 @@ fn conv2d(vb: &VarBuilder) -> Result<Conv2d> {
         None
     };
     let cfg = Conv2dConfig { padding: kh / 2, ..Default::default() };
-    Ok(Conv2d::new(weight, bias, cfg))
+    Ok(FrameConv2d::new(Conv2d::new(weight, bias, cfg)))
 }
 
-fn in_channels(conv: &Conv2d) -> usize {
+fn in_channels(conv: &FrameConv2d) -> usize {
     conv.weight().dim(1).unwrap_or(0)
 }
 
-fn out_channels(conv: &Conv2d) -> usize {
+fn out_channels(conv: &FrameConv2d) -> usize {
     conv.weight().dim(0).unwrap_or(0)
 }
 
@@ -81,8 +82,8 @@ fn out_channels(conv: &Conv2d) -> usize {
 /// one time step earlier.
 #[derive(Debug, Clone)]
 struct MemBlock {
-    convs: [Conv2d; 3],
-    skip: Option<Conv2d>,
+    convs: [FrameConv2d; 3],
+    skip: Option<FrameConv2d>,
     span: tracing::Span,
 }
 
@@ -130,7 +131,7 @@ impl MemBlock {
 /// 1×1 conv to `stride·C` channels; channel block s becomes time step `stride·t + s`.
 #[derive(Debug, Clone)]
 struct TGrow {
-    conv: Conv2d,
+    conv: FrameConv2d,
     stride: usize,
 }
 
@@ -153,7 +154,7 @@ impl TGrow {
 #[derive(Debug, Clone)]
 enum Layer {
     Clamp,
-    Conv(Conv2d),
+    Conv(FrameConv2d),
     Relu,
     Mem(MemBlock),
     Upsample,

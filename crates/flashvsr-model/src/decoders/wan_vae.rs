@@ -13,6 +13,7 @@
 
 use crate::conv3d::{CausalConv3d, Padding};
 use candle_core::{DType, Module, Result, Tensor};
+use crate::frame_conv::FrameConv2d;
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// Wan2.1 latent channel means (un-normalisation `z * std + mean`).
@@ -50,7 +51,7 @@ fn causal_conv(vb: &VarBuilder) -> Result<CausalConv3d> {
 }
 
 /// Loads a 2-D conv with "same" zero padding.
-fn conv2d(vb: &VarBuilder) -> Result<Conv2d> {
+fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
     let weight = vb.get_unchecked("weight")?;
     let (o, _i, kh, _kw) = weight.dims4().map_err(|_| {
         candle_core::Error::Msg(format!(
@@ -60,7 +61,7 @@ fn conv2d(vb: &VarBuilder) -> Result<Conv2d> {
         ))
     })?;
     let bias = if vb.contains_tensor("bias") { Some(vb.get(o, "bias")?) } else { None };
-    Ok(Conv2d::new(weight, bias, Conv2dConfig { padding: kh / 2, ..Default::default() }))
+    Ok(FrameConv2d::new(Conv2d::new(weight, bias, Conv2dConfig { padding: kh / 2, ..Default::default() })))
 }
 
 /// `F.normalize(x, dim=1) * sqrt(C) * gamma`, computed in f32.
@@ -196,8 +197,8 @@ impl ResidualBlock {
 #[derive(Debug, Clone)]
 struct AttentionBlock {
     norm: RmsNorm,
-    to_qkv: Conv2d,
-    proj: Conv2d,
+    to_qkv: FrameConv2d,
+    proj: FrameConv2d,
     span: tracing::Span,
 }
 
@@ -236,7 +237,7 @@ impl AttentionBlock {
 #[derive(Debug, Clone)]
 struct Resample {
     time_conv: Option<CachedConv>,
-    conv: Conv2d,
+    conv: FrameConv2d,
     span: tracing::Span,
 }
 

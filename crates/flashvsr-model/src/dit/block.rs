@@ -98,18 +98,23 @@ impl DitBlock {
         want_taps: bool,
     ) -> Result<(Tensor, Option<BlockTaps>)> {
         let _enter = self.span.enter();
-        let m = self.modulation.to_dtype(t_mod.dtype())?.broadcast_add(t_mod)?;
+        // The residual stream and the modulation arithmetic stay in f32 (no-ops in f32): in bf16
+        // they lose ~1e-2 over a block; the linears and attention run in the weights' dtype.
+        let dt = self.modulation.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let m = self.modulation.to_dtype(DType::F32)?.broadcast_add(&t_mod.to_dtype(DType::F32)?)?;
         let chunk = |i: usize| m.narrow(1, i, 1);
         let (shift1, scale1, gate1) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift2, scale2, gate2) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let a = self.norm.forward(x)?.broadcast_mul(&(scale1 + 1.0)?)?.broadcast_add(&shift1)?;
-        let (sa, draft) = self.self_attn.forward(&a, ctx, cache, want_taps)?;
-        let x = (x + sa.broadcast_mul(&gate1)?)?;
-        let x = (&x + self.cross_attn.forward(&self.norm3.forward(&x)?, &cross.k, &cross.v)?)?;
+        let a = self.norm.forward(&x)?.broadcast_mul(&(scale1 + 1.0)?)?.broadcast_add(&shift1)?;
+        let (sa, draft) = self.self_attn.forward(&a.to_dtype(dt)?, ctx, cache, want_taps)?;
+        let x = (x + sa.to_dtype(DType::F32)?.broadcast_mul(&gate1)?)?;
+        let cross = self.cross_attn.forward(&self.norm3.forward(&x)?.to_dtype(dt)?, &cross.k, &cross.v)?;
+        let x = (&x + cross.to_dtype(DType::F32)?)?;
         let b = self.norm.forward(&x)?.broadcast_mul(&(scale2 + 1.0)?)?.broadcast_add(&shift2)?;
-        let ffn = self.ffn2.forward(&self.ffn0.forward(&b)?.gelu()?)?;
-        let x = (x + ffn.broadcast_mul(&gate2)?)?;
+        let ffn = self.ffn2.forward(&self.ffn0.forward(&b.to_dtype(dt)?)?.gelu()?)?;
+        let x = (x + ffn.to_dtype(DType::F32)?.broadcast_mul(&gate2)?)?;
         let taps = match draft {
             Some(draft) => Some(BlockTaps { draft, self_attn_out: sa, out: x.clone() }),
             None => None,

@@ -21,7 +21,7 @@ pub mod embeddings;
 pub mod lcsa;
 pub mod rope;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use attention::{BlockKv, LcsaContext};
@@ -167,10 +167,11 @@ impl Dit {
         }
 
         // Head: (head.modulation + t) → shift, scale (note: t, not t_mod).
-        let m = self.head_modulation.broadcast_add(&consts.t.unsqueeze(1)?)?;
+        let dt = self.head_modulation.dtype();
+        let m = self.head_modulation.to_dtype(DType::F32)?.broadcast_add(&consts.t.to_dtype(DType::F32)?.unsqueeze(1)?)?;
         let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
         let y = self.head_norm.forward(&x)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
-        let y = self.head.forward(&y)?;
+        let y = self.head.forward(&y.to_dtype(dt)?)?;
         self.unpatchify(&y, grid)
     }
 
