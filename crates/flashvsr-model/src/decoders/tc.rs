@@ -50,7 +50,7 @@ pub const SPATIAL_FACTOR: usize = 8;
 
 /// Loads a 2-D conv `<vb>.weight` (+ `.bias` if present) with "same" zero padding.
 fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
-    let weight = vb.get_unchecked("weight")?;
+    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
     let (out_c, _in_c, kh, kw) = weight.dims4().map_err(|_| {
         candle_core::Error::Msg(format!(
             "{}.weight: expected a 4-D conv weight, got {:?}",

@@ -35,7 +35,7 @@ const NORM_EPS: f64 = 1e-12;
 /// Loads a causal conv `<vb>.weight` `[O, I, kT, kH, kW]` (+ bias) with the VAE's zero padding:
 /// `kT - 1` frames in front, `kH / 2` pixels around.
 fn causal_conv(vb: &VarBuilder) -> Result<CausalConv3d> {
-    let weight = vb.get_unchecked("weight")?;
+    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
     let (o, _i, kt, kh, kw) = weight.dims5().map_err(|_| {
         candle_core::Error::Msg(format!(
             "{}.weight: expected a 5-D conv weight, got {:?}",
@@ -52,7 +52,7 @@ fn causal_conv(vb: &VarBuilder) -> Result<CausalConv3d> {
 
 /// Loads a 2-D conv with "same" zero padding.
 fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
-    let weight = vb.get_unchecked("weight")?;
+    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
     let (o, _i, kh, _kw) = weight.dims4().map_err(|_| {
         candle_core::Error::Msg(format!(
             "{}.weight: expected a 4-D conv weight, got {:?}",
@@ -73,7 +73,7 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(vb: &VarBuilder) -> Result<Self> {
-        let gamma = vb.get_unchecked("gamma")?.flatten_all()?.to_dtype(DType::F32)?;
+        let gamma = vb.get_unchecked_dtype("gamma", DType::F32)?.flatten_all()?;
         let c = gamma.dim(0)?;
         Ok(Self { gamma, scale: (c as f64).sqrt() })
     }
