@@ -9,7 +9,7 @@
 //! - `fixture`       tiny-v1.1 fixture weights (reduced dims), tiny mode, 64×64 → 256×256, 41 frames
 //! - `fixture-full`  full-v1.1 fixture weights (reduced Wan VAE), full mode, 64×64 → 256×256, 41 frames
 //! - `real-256`      real dims (DiT 1536×30, LQ 2048/3072, TCDecoder 512..128), random weights,
-//!                   tiny mode, 64×64 → 256×256, 29 frames (two DiT steps, every output real)
+//!   tiny mode, 64×64 → 256×256, 29 frames (two DiT steps, every output real)
 //! - `real-512`      the same at 128×128 → 512×512
 //! - `real-full-256` real dims with the real-size Wan VAE decoder, full mode, 64×64 → 256×256
 //!
@@ -67,7 +67,13 @@ fn preset(name: &str) -> Result<Config> {
         "real-full-256" => ("real-full-256", Weights::Real, Mode::Full, 64, 29),
         other => bail!("unknown configuration {other:?}: fixture, fixture-full, real-256, real-512 or real-full-256"),
     };
-    Ok(Config { name, weights, mode, input: (side, side), frames })
+    Ok(Config {
+        name,
+        weights,
+        mode,
+        input: (side, side),
+        frames,
+    })
 }
 
 struct Args {
@@ -79,7 +85,8 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut names = Vec::new();
-    let (mut frames, mut input, mut device, mut dtype, mut seed) = (None, None, Device::Cpu, DType::F32, 0);
+    let (mut frames, mut input, mut device, mut dtype, mut seed) =
+        (None, None, Device::Cpu, DType::F32, 0);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{arg} needs a value"));
@@ -87,8 +94,13 @@ fn parse_args() -> Result<Args> {
             "--frames" => frames = Some(value()?.parse::<usize>().context("--frames")?),
             "--input" => {
                 let v = value()?;
-                let (w, h) = v.split_once('x').ok_or_else(|| anyhow!("--input {v:?}: expected WxH"))?;
-                input = Some((w.parse::<usize>().context("--input width")?, h.parse::<usize>().context("--input height")?));
+                let (w, h) = v
+                    .split_once('x')
+                    .ok_or_else(|| anyhow!("--input {v:?}: expected WxH"))?;
+                input = Some((
+                    w.parse::<usize>().context("--input width")?,
+                    h.parse::<usize>().context("--input height")?,
+                ));
             }
             "--device" => {
                 device = match value()?.as_str() {
@@ -117,28 +129,51 @@ fn parse_args() -> Result<Args> {
     if names.is_empty() {
         names.push("fixture".into());
     }
-    let mut configs = names.iter().map(|n| preset(n)).collect::<Result<Vec<_>>>()?;
+    let mut configs = names
+        .iter()
+        .map(|n| preset(n))
+        .collect::<Result<Vec<_>>>()?;
     for c in &mut configs {
         c.frames = frames.unwrap_or(c.frames);
         c.input = input.unwrap_or(c.input);
     }
-    Ok(Args { configs, device, dtype, seed })
+    Ok(Args {
+        configs,
+        device,
+        dtype,
+        seed,
+    })
 }
 
 /// Loads a fixture folder's upstream files.
-fn fixture_components(set: &str, mode: Mode, device: &Device, dtype: DType) -> Result<ModelComponents> {
+fn fixture_components(
+    set: &str,
+    mode: Mode,
+    device: &Device,
+    dtype: DType,
+) -> Result<ModelComponents> {
     let dir = Path::new(FIXTURES).join(set);
     let open = |file: &str| -> Result<Arc<WeightStore>> {
         let path = dir.join(file);
-        Ok(Arc::new(WeightStore::open(&[&path]).with_context(|| format!("loading {}", path.display()))?))
+        Ok(Arc::new(
+            WeightStore::open(&[&path]).with_context(|| format!("loading {}", path.display()))?,
+        ))
     };
     let prompt = open("posi_prompt.pth")?.tensor("posi_prompt", DType::F32, device)?;
     let full = mode == Mode::Full;
     Ok(ModelComponents {
         dit: open("diffusion_pytorch_model_streaming_dmd.safetensors")?.var_builder(dtype, device),
         lq_proj: open("LQ_proj_in.ckpt")?.var_builder(dtype, device),
-        tc_decoder: if full { None } else { Some(open("TCDecoder.ckpt")?.var_builder(dtype, device)) },
-        vae: if full { Some(open("Wan2.1_VAE.pth")?.var_builder(dtype, device)) } else { None },
+        tc_decoder: if full {
+            None
+        } else {
+            Some(open("TCDecoder.ckpt")?.var_builder(dtype, device))
+        },
+        vae: if full {
+            Some(open("Wan2.1_VAE.pth")?.var_builder(dtype, device))
+        } else {
+            None
+        },
         prompt,
         head_dim: Some(32),
     })
@@ -146,8 +181,9 @@ fn fixture_components(set: &str, mode: Mode, device: &Device, dtype: DType) -> R
 
 /// Random tensors of one component's real layout (required tensors only), f32 on the CPU.
 fn synthetic_component(component: &str, rng_seed: u64) -> Result<HashMap<String, Tensor>> {
-    let layout = component_layout(component).ok_or_else(|| anyhow!("no layout for component {component}"))?;
-    let mut rng = SplitMix(rng_seed ^ component.len() as u64 * 0x9E37_79B9);
+    let layout = component_layout(component)
+        .ok_or_else(|| anyhow!("no layout for component {component}"))?;
+    let mut rng = SplitMix(rng_seed ^ ((component.len() as u64) * 0x9E37_79B9));
     let mut map = HashMap::new();
     for spec in layout.into_iter().filter(|s| !s.optional) {
         let n: usize = spec.shape.iter().product();
@@ -162,17 +198,31 @@ fn synthetic_component(component: &str, rng_seed: u64) -> Result<HashMap<String,
             let fan_in: usize = spec.shape.iter().skip(1).product::<usize>().max(1);
             rng.uniform_with_std(n, 1.0 / (fan_in as f32).sqrt())
         };
-        map.insert(spec.name, Tensor::from_vec(values, spec.shape, &Device::Cpu)?);
+        map.insert(
+            spec.name,
+            Tensor::from_vec(values, spec.shape, &Device::Cpu)?,
+        );
     }
     Ok(map)
 }
 
-fn real_components(mode: Mode, seed: u64, device: &Device, dtype: DType) -> Result<ModelComponents> {
+fn real_components(
+    mode: Mode,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<ModelComponents> {
     let vb = |component: &str| -> Result<VarBuilder<'static>> {
-        Ok(VarBuilder::from_tensors(synthetic_component(component, seed)?, dtype, device))
+        Ok(VarBuilder::from_tensors(
+            synthetic_component(component, seed)?,
+            dtype,
+            device,
+        ))
     };
     let mut prompt = synthetic_component("prompt", seed)?;
-    let prompt = prompt.remove("posi_prompt").ok_or_else(|| anyhow!("prompt layout has no posi_prompt"))?;
+    let prompt = prompt
+        .remove("posi_prompt")
+        .ok_or_else(|| anyhow!("prompt layout has no posi_prompt"))?;
     let full = mode == Mode::Full;
     Ok(ModelComponents {
         dit: vb("dit")?,
@@ -201,7 +251,9 @@ impl SplitMix {
     /// Uniform on [-√3·std, √3·std] (variance std²).
     fn uniform_with_std(&mut self, n: usize, std: f32) -> Vec<f32> {
         let half_width = 3f32.sqrt() * std;
-        (0..n).map(|_| (2.0 * self.next_unit() - 1.0) * half_width).collect()
+        (0..n)
+            .map(|_| (2.0 * self.next_unit() - 1.0) * half_width)
+            .collect()
     }
 }
 
@@ -210,9 +262,17 @@ fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
     let mut rgb = Vec::with_capacity(width * height * 3);
     for y in 0..height {
         for x in 0..width {
-            let noise = ((x * 7919 + y * 104_729 + i * 1_299_709) % 17) as usize;
-            let band = if (x + 2 * y + 3 * i) % 24 < 6 { 200 } else { 40 };
-            rgb.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, (band + noise) as u8]);
+            let noise = (x * 7919 + y * 104_729 + i * 1_299_709) % 17;
+            let band = if (x + 2 * y + 3 * i) % 24 < 6 {
+                200
+            } else {
+                40
+            };
+            rgb.extend_from_slice(&[
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                (band + noise) as u8,
+            ]);
         }
     }
     rgb
@@ -220,11 +280,15 @@ fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
 
 fn proc_field(file: &str, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim_start_matches([':', ' ', '\t']).trim().to_string())
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim_start_matches([':', ' ', '\t']).trim().to_string())
 }
 
 fn load_average() -> Option<String> {
-    std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 /// CPU seconds used by this process so far, all threads (utime + stime of /proc/self/stat,
@@ -240,7 +304,11 @@ fn process_cpu_s() -> Option<f64> {
 
 /// Peak resident memory so far, in MiB.
 fn peak_rss_mib() -> Option<f64> {
-    let kb: f64 = proc_field("/proc/self/status", "VmHWM")?.trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = proc_field("/proc/self/status", "VmHWM")?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -262,8 +330,14 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 
     let (w, h) = config.input;
-    let opts = UpscaleOptions { mode: config.mode, seed: args.seed, ..Default::default() };
-    let clip: Vec<Vec<u8>> = (0..config.frames).map(|i| synthetic_frame(w, h, i)).collect();
+    let opts = UpscaleOptions {
+        mode: config.mode,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let clip: Vec<Vec<u8>> = (0..config.frames)
+        .map(|i| synthetic_frame(w, h, i))
+        .collect();
     let mut session = model.session(w, h, &opts)?;
 
     let cpu_before = process_cpu_s();
@@ -278,7 +352,9 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
             step_push_s.push(round3(t.elapsed().as_secs_f64()));
         }
         if !out.is_empty() && first_output.is_none() {
-            first_output = Some(json!({ "after_frames": i + 1, "seconds": round3(start.elapsed().as_secs_f64()) }));
+            first_output = Some(
+                json!({ "after_frames": i + 1, "seconds": round3(start.elapsed().as_secs_f64()) }),
+            );
         }
         frames_out += out.len();
     }
@@ -333,11 +409,17 @@ fn main() -> Result<()> {
     eprintln!(
         "cpu: {} ({} threads)",
         proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     for config in &args.configs {
-        eprintln!("running {} ({} frames of {}x{})", config.name, config.frames, config.input.0, config.input.1);
-        let report = run(config, &args).with_context(|| format!("configuration {}", config.name))?;
+        eprintln!(
+            "running {} ({} frames of {}x{})",
+            config.name, config.frames, config.input.0, config.input.1
+        );
+        let report =
+            run(config, &args).with_context(|| format!("configuration {}", config.name))?;
         println!("{report}");
     }
     Ok(())

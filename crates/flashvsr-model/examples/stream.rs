@@ -23,7 +23,10 @@ use candle_core::{DType, Device};
 use flashvsr_loader::WeightStore;
 use flashvsr_model::pipeline::{FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-v1.1");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/tiny-v1.1"
+);
 
 /// Loads the upstream files of `dir` (f32 on the CPU). `head_dim` is `None` for the real
 /// model (128); the fixture's reduced DiT uses 32.
@@ -31,21 +34,28 @@ fn load_model(dir: &Path, head_dim: Option<usize>) -> Result<FlashVsr> {
     let device = Device::Cpu;
     let open = |file: &str| -> Result<Arc<WeightStore>> {
         let path = dir.join(file);
-        let store = WeightStore::open(&[&path]).with_context(|| format!("loading {}", path.display()))?;
+        let store =
+            WeightStore::open(&[&path]).with_context(|| format!("loading {}", path.display()))?;
         Ok(Arc::new(store))
     };
     let prompt = open("posi_prompt.pth")?
         .tensor("posi_prompt", DType::F32, &device)
         .context("reading the prompt tensor `posi_prompt` from posi_prompt.pth")?;
     let components = ModelComponents {
-        dit: open("diffusion_pytorch_model_streaming_dmd.safetensors")?.var_builder(DType::F32, &device),
+        dit: open("diffusion_pytorch_model_streaming_dmd.safetensors")?
+            .var_builder(DType::F32, &device),
         lq_proj: open("LQ_proj_in.ckpt")?.var_builder(DType::F32, &device),
         tc_decoder: Some(open("TCDecoder.ckpt")?.var_builder(DType::F32, &device)),
         vae: None,
         prompt,
         head_dim,
     };
-    Ok(FlashVsr::load(components, ModelVersion::V1_1, &device, DType::F32)?)
+    Ok(FlashVsr::load(
+        components,
+        ModelVersion::V1_1,
+        &device,
+        DType::F32,
+    )?)
 }
 
 /// Frame `i` of a synthetic clip: gradients with a diagonal band moving 3 px per frame (RGB24).
@@ -67,7 +77,9 @@ fn main() -> Result<()> {
         None => (PathBuf::from(FIXTURE), Some(32)),
     };
     let frames: usize = match args.next() {
-        Some(n) => n.parse().with_context(|| format!("frame count {n:?} is not a number"))?,
+        Some(n) => n
+            .parse()
+            .with_context(|| format!("frame count {n:?} is not a number"))?,
         None => 40,
     };
     let model = load_model(&dir, head_dim)?;
@@ -82,11 +94,18 @@ fn main() -> Result<()> {
     for i in 0..frames {
         let out = session.push_frame(&synthetic_frame(width, height, i))?;
         total += out.len();
-        println!("push frame {:3}: {:2} frames back ({total} so far)", i + 1, out.len());
+        println!(
+            "push frame {:3}: {:2} frames back ({total} so far)",
+            i + 1,
+            out.len()
+        );
     }
     let rest = session.finish()?;
     total += rest.len();
-    println!("finish:          {:2} frames back ({total} in all for {frames} input frames)", rest.len());
+    println!(
+        "finish:          {:2} frames back ({total} in all for {frames} input frames)",
+        rest.len()
+    );
 
     let s = session.stats();
     println!(
