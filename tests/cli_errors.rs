@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
 }
 
 fn tiny() -> PathBuf {
@@ -49,8 +52,11 @@ fn assert_error(o: &Output, needles: &[&str]) {
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -58,10 +64,22 @@ fn names_in(dir: &Path) -> Vec<String> {
 #[test]
 fn help_shows_examples_and_defaults() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale", "--help"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale", "--help"])
+        .output()
+        .unwrap();
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["Examples:", "--scale", "--mode", "--tile", "--weights", "--model-version", "default: v1.1", "--frames"] {
+    for needle in [
+        "Examples:",
+        "--scale",
+        "--mode",
+        "--tile",
+        "--weights",
+        "--model-version",
+        "default: v1.1",
+        "--frames",
+    ] {
         assert!(text.contains(needle), "help lacks {needle}: {text}");
     }
     assert!(!text.contains("--head-dim"), "hidden test option shown");
@@ -86,7 +104,10 @@ fn usage_errors_exit_2() {
 #[test]
 fn missing_input_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale", "nope.y4m", "out.y4m"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale", "nope.y4m", "out.y4m"])
+        .output()
+        .unwrap();
     assert_error(&o, &["nope.y4m", "does not exist"]);
     assert!(!tmp.path().join("out.y4m").exists());
 }
@@ -132,19 +153,34 @@ fn corrupt_inputs_are_reported_without_output() {
     let tmp = tempfile::tempdir().unwrap();
     let bad_y4m = tmp.path().join("bad.y4m");
     std::fs::write(&bad_y4m, b"YUV4MPEG2 W64 H64 garbage\nFRAME\n\x01\x02").unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale", "bad.y4m", "out.y4m"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale", "bad.y4m", "out.y4m"])
+        .output()
+        .unwrap();
     assert_error(&o, &["bad.y4m"]);
     let bad_mp4 = tmp.path().join("bad.mp4");
     std::fs::write(&bad_mp4, vec![0x42u8; 4096]).unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale", "bad.mp4", "out.mp4"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale", "bad.mp4", "out.mp4"])
+        .output()
+        .unwrap();
     assert_error(&o, &["bad.mp4"]);
-    assert_eq!(names_in(tmp.path()), vec!["bad.mp4", "bad.y4m"], "something was left behind");
+    assert_eq!(
+        names_in(tmp.path()),
+        vec!["bad.mp4", "bad.y4m"],
+        "something was left behind"
+    );
 }
 
 #[test]
 fn no_weights_and_no_download_says_how_to_fix() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale"]).arg(tiny().join("input.y4m")).arg("out.y4m").output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale"])
+        .arg(tiny().join("input.y4m"))
+        .arg("out.y4m")
+        .output()
+        .unwrap();
     assert_error(&o, &["no FlashVSR weights found", "--weights"]);
     assert!(!tmp.path().join("out.y4m").exists());
 }
@@ -153,7 +189,13 @@ fn no_weights_and_no_download_says_how_to_fix() {
 fn missing_weight_paths_and_parts_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tiny().join("input.y4m");
-    let o = flashvsr(tmp.path()).args(["upscale"]).arg(&input).arg("o.y4m").args(["--weights", "/no/such/weights"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale"])
+        .arg(&input)
+        .arg("o.y4m")
+        .args(["--weights", "/no/such/weights"])
+        .output()
+        .unwrap();
     assert_error(&o, &["/no/such/weights", "does not exist"]);
 
     // The full-mode fixture has no TCDecoder: tiny mode must say so.
@@ -207,19 +249,50 @@ fn weights_of_another_model_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tiny().join("input.y4m");
     let other = tmp.path().join("sd15.safetensors");
-    write_safetensors(&other, &[("model.diffusion_model.input_blocks.0.0.weight", &[4, 4]), ("first_stage_model.x", &[2])]);
-    let o = flashvsr(tmp.path()).args(["upscale"]).arg(&input).arg("o.y4m").arg("--weights").arg(&other).output().unwrap();
+    write_safetensors(
+        &other,
+        &[
+            ("model.diffusion_model.input_blocks.0.0.weight", &[4, 4]),
+            ("first_stage_model.x", &[2]),
+        ],
+    );
+    let o = flashvsr(tmp.path())
+        .args(["upscale"])
+        .arg(&input)
+        .arg("o.y4m")
+        .arg("--weights")
+        .arg(&other)
+        .output()
+        .unwrap();
     assert_error(&o, &["not FlashVSR weights", "sd15.safetensors"]);
 
     // A VAE saved under the TCDecoder's name.
     let mixed = tmp.path().join("mixed");
     std::fs::create_dir(&mixed).unwrap();
-    for f in ["diffusion_pytorch_model_streaming_dmd.safetensors", "LQ_proj_in.ckpt", "posi_prompt.pth"] {
+    for f in [
+        "diffusion_pytorch_model_streaming_dmd.safetensors",
+        "LQ_proj_in.ckpt",
+        "posi_prompt.pth",
+    ] {
         std::fs::copy(tiny().join(f), mixed.join(f)).unwrap();
     }
-    std::fs::copy(fixtures().join("full-v1.1/Wan2.1_VAE.pth"), mixed.join("TCDecoder.ckpt")).unwrap();
-    let o = flashvsr(tmp.path()).args(["upscale"]).arg(&input).arg("o.y4m").arg("--weights").arg(&mixed).output().unwrap();
-    assert_error(&o, &["TCDecoder.ckpt", "does not hold its tensors", "Wan VAE"]);
+    std::fs::copy(
+        fixtures().join("full-v1.1/Wan2.1_VAE.pth"),
+        mixed.join("TCDecoder.ckpt"),
+    )
+    .unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["upscale"])
+        .arg(&input)
+        .arg("o.y4m")
+        .arg("--weights")
+        .arg(&mixed)
+        .output()
+        .unwrap();
+    assert_error(
+        &o,
+        &["TCDecoder.ckpt", "does not hold its tensors", "Wan VAE"],
+    );
     assert!(!tmp.path().join("o.y4m").exists());
 }
 
@@ -252,9 +325,14 @@ fn without_ffmpeg_containers_fail_with_install_hint() {
 #[test]
 fn devices_lists_cpu() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = flashvsr(tmp.path()).args(["devices", "--json"]).output().unwrap();
+    let o = flashvsr(tmp.path())
+        .args(["devices", "--json"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let list = v.as_array().unwrap();
-    assert!(list.iter().any(|d| d["name"] == "cpu" && d["usable"] == true));
+    assert!(list
+        .iter()
+        .any(|d| d["name"] == "cpu" && d["usable"] == true));
 }

@@ -12,7 +12,10 @@ use std::process::{Command, Output, Stdio};
 use support::hub::{sha256_hex, Fault, HubEmulator, COMMIT};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
 }
 
 fn tiny() -> PathBuf {
@@ -48,12 +51,25 @@ fn upscale(home: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) {
-    assert!(o.status.success(), "flashvsr failed ({:?}): {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "flashvsr failed ({:?}): {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn ffmpeg(args: &[&str]) {
-    let o = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().expect("ffmpeg is installed");
-    assert!(o.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg is installed");
+    assert!(
+        o.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn ffprobe_json(path: &Path, args: &[&str]) -> serde_json::Value {
@@ -63,7 +79,11 @@ fn ffprobe_json(path: &Path, args: &[&str]) -> serde_json::Value {
         .arg(path)
         .output()
         .expect("ffprobe is installed");
-    assert!(o.status.success(), "ffprobe: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -75,17 +95,26 @@ fn audio_md5(path: &Path) -> String {
         .args(["-map", "0:a:0", "-c", "copy", "-f", "md5", "-"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "ffmpeg md5: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ffmpeg md5: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn png_rgb(path: &Path) -> (u32, u32, Vec<u8>) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
     (img.width(), img.height(), img.into_raw())
 }
 
 fn sorted_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -108,7 +137,10 @@ fn assert_matches_fixture_output(out_dir: &Path) {
         }
         total += gd.len();
     }
-    assert!(off * 1000 <= total, "{off} of {total} values off by one (> 0.1%)");
+    assert!(
+        off * 1000 <= total,
+        "{off} of {total} values off by one (> 0.1%)"
+    );
 }
 
 #[test]
@@ -119,11 +151,17 @@ fn y4m_upstream_compat_with_noise_reproduces_the_fixture() {
         tmp.path(),
         &tiny().join("input.y4m"),
         &out,
-        &["--upstream-compat", "--noise", tiny().join("noise.npy").to_str().unwrap(), "--json"],
+        &[
+            "--upstream-compat",
+            "--noise",
+            tiny().join("noise.npy").to_str().unwrap(),
+            "--json",
+        ],
     );
     ok(&o);
     assert_matches_fixture_output(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON on stdout");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("--json prints JSON on stdout");
     assert_eq!(summary["input_frames"], 25);
     assert_eq!(summary["output_frames"], 21);
     assert_eq!(summary["output_size"], serde_json::json!([256, 256]));
@@ -140,10 +178,19 @@ fn png_folder_upstream_compat_with_noise_reproduces_the_fixture() {
         tmp.path(),
         &tiny().join("input"),
         &Path::new(&format!("{}/", out.display())),
-        &["--upstream-compat", "--noise", tiny().join("noise.npy").to_str().unwrap(), "--quiet"],
+        &[
+            "--upstream-compat",
+            "--noise",
+            tiny().join("noise.npy").to_str().unwrap(),
+            "--quiet",
+        ],
     );
     ok(&o);
-    assert!(o.stderr.is_empty(), "--quiet printed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "--quiet printed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_matches_fixture_output(&out);
 }
 
@@ -153,26 +200,73 @@ fn mp4_with_audio_keeps_frames_rate_duration_and_audio() {
     let input = tmp.path().join("in.mp4");
     let output = tmp.path().join("out.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=24:duration=1",
-        "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x48:rate=24:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
         input.to_str().unwrap(),
     ]);
-    let o = upscale(tmp.path(), &input, &output, &["--crf", "23", "--preset", "ultrafast"]);
+    let o = upscale(
+        tmp.path(),
+        &input,
+        &output,
+        &["--crf", "23", "--preset", "ultrafast"],
+    );
     ok(&o);
     let count = |p: &Path| {
-        let v = ffprobe_json(p, &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames,r_frame_rate,width,height,duration"]);
+        let v = ffprobe_json(
+            p,
+            &[
+                "-count_frames",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=nb_read_frames,r_frame_rate,width,height,duration",
+            ],
+        );
         v["streams"][0].clone()
     };
     let (a, b) = (count(&input), count(&output));
     assert_eq!(b["nb_read_frames"], a["nb_read_frames"], "frame count");
     assert_eq!(b["r_frame_rate"], a["r_frame_rate"], "frame rate");
-    assert_eq!((b["width"].as_u64(), b["height"].as_u64()), (Some(256), Some(192)), "exactly 4x");
-    let dur = |v: &serde_json::Value| v["duration"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap();
-    assert!((dur(&a) - dur(&b)).abs() < 0.5 / 24.0, "duration {} vs {}", dur(&a), dur(&b));
-    assert_eq!(audio_md5(&output), audio_md5(&input), "audio must be copied bit for bit");
+    assert_eq!(
+        (b["width"].as_u64(), b["height"].as_u64()),
+        (Some(256), Some(192)),
+        "exactly 4x"
+    );
+    let dur = |v: &serde_json::Value| {
+        v["duration"]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap()
+    };
+    assert!(
+        (dur(&a) - dur(&b)).abs() < 0.5 / 24.0,
+        "duration {} vs {}",
+        dur(&a),
+        dur(&b)
+    );
+    assert_eq!(
+        audio_md5(&output),
+        audio_md5(&input),
+        "audio must be copied bit for bit"
+    );
     // Nothing but the output in the folder: no temporary files left.
-    let names: Vec<String> = sorted_files(tmp.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = sorted_files(tmp.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["in.mp4", "out.mp4"]);
 }
 
@@ -181,7 +275,11 @@ fn write_png_clip(dir: &Path, w: u32, h: u32, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let img = image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x * 7 + i as u32 * 13) as u8, (y * 11 + x) as u8, ((x ^ y) * 5 + i as u32) as u8])
+            image::Rgb([
+                (x * 7 + i as u32 * 13) as u8,
+                (y * 11 + x) as u8,
+                ((x ^ y) * 5 + i as u32) as u8,
+            ])
         });
         img.save(dir.join(format!("f{i}.png"))).unwrap();
     }
@@ -204,7 +302,12 @@ fn odd_size_five_frames_give_exactly_scale_times_size() {
     // Non-integer scale: round(37*2.2) x round(29*2.2) = 81x64 (no .5 ties, which upstream rounds
     // to even).
     let out2 = tmp.path().join("out2/");
-    let o = upscale(tmp.path(), &input, &out2, &["--scale", "2.2", "--frames", "1:3"]);
+    let o = upscale(
+        tmp.path(),
+        &input,
+        &out2,
+        &["--scale", "2.2", "--frames", "1:3"],
+    );
     ok(&o);
     let frames = sorted_files(&out2);
     assert_eq!(frames.len(), 2, "--frames 1:3 selects two frames");
@@ -220,7 +323,11 @@ fn y4m_bytes(w: usize, h: usize, n: usize) -> Vec<u8> {
         for plane in 0..3 {
             for y in 0..h {
                 for x in 0..w {
-                    v.push(if plane == 0 { (x * 3 + y * 5 + i * 9) as u8 } else { 128 + ((x + y) % 16) as u8 });
+                    v.push(if plane == 0 {
+                        (x * 3 + y * 5 + i * 9) as u8
+                    } else {
+                        128 + ((x + y) % 16) as u8
+                    });
                 }
             }
         }
@@ -244,9 +351,16 @@ fn one_frame_through_stdin_and_stdout() {
     child.stdin.take().unwrap().write_all(&input).unwrap();
     let o = child.wait_with_output().unwrap();
     ok(&o);
-    let header_end = o.stdout.iter().position(|&b| b == b'\n').expect("y4m header on stdout");
+    let header_end = o
+        .stdout
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("y4m header on stdout");
     let header = String::from_utf8_lossy(&o.stdout[..header_end]).to_string();
-    assert!(header.starts_with("YUV4MPEG2 ") && header.contains(" W96 ") && header.contains(" H80 "), "header: {header}");
+    assert!(
+        header.starts_with("YUV4MPEG2 ") && header.contains(" W96 ") && header.contains(" H80 "),
+        "header: {header}"
+    );
     let frames = o.stdout.windows(6).filter(|w| w == b"FRAME\n").count();
     assert_eq!(frames, 1);
     // With the video on stdout, the JSON summary goes to stderr.
@@ -266,7 +380,9 @@ fn overwrite_needs_y_and_then_replaces() {
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
     let o = upscale(tmp.path(), &input, &out, &["-y"]);
     ok(&o);
-    assert!(std::fs::read(&out).unwrap().starts_with(b"YUV4MPEG2 W64 H64"));
+    assert!(std::fs::read(&out)
+        .unwrap()
+        .starts_with(b"YUV4MPEG2 W64 H64"));
 }
 
 #[test]
@@ -282,7 +398,9 @@ fn weights_are_downloaded_when_none_are_found() {
     ] {
         let bytes = std::fs::read(tiny().join(name)).unwrap();
         let sha = hub.add_hub_file(repo, name, bytes.clone(), Fault::default());
-        files.push(serde_json::json!({"path": name, "role": role, "bytes": bytes.len(), "sha256": sha}));
+        files.push(
+            serde_json::json!({"path": name, "role": role, "bytes": bytes.len(), "sha256": sha}),
+        );
     }
     // The full-mode VAE is listed but must not be fetched for tiny mode.
     files.push(serde_json::json!({"path": "Wan2.1_VAE.pth", "role": "vae", "bytes": 1, "sha256": "0".repeat(64)}));
@@ -317,9 +435,15 @@ fn weights_are_downloaded_when_none_are_found() {
         .unwrap();
     ok(&o);
     assert!(out.exists());
-    let snap = tmp.path().join("hf/hub/models--Test--FlashVSR-v1.1/snapshots").join(COMMIT);
+    let snap = tmp
+        .path()
+        .join("hf/hub/models--Test--FlashVSR-v1.1/snapshots")
+        .join(COMMIT);
     assert!(snap.join("TCDecoder.ckpt").exists() && snap.join("posi_prompt.pth").exists());
-    assert!(!snap.join("Wan2.1_VAE.pth").exists(), "tiny mode fetched the VAE");
+    assert!(
+        !snap.join("Wan2.1_VAE.pth").exists(),
+        "tiny mode fetched the VAE"
+    );
 
     // Next run: found in the cache, offline is fine.
     let out2 = tmp.path().join("out2.y4m");

@@ -16,7 +16,14 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "CUDA_COMPUTE_CAP", "PATH"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "CUDA_ROOT",
+        "CUDA_COMPUTE_CAP",
+        "PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if let Err(e) = build_ptx() {
@@ -61,7 +68,9 @@ fn compute_cap() -> Result<String, String> {
     let cap = cap.trim().trim_start_matches("sm_").to_string();
     let digits = cap.trim_end_matches('a');
     if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("CUDA_COMPUTE_CAP={cap:?} is not a compute capability like 80 or 90"));
+        return Err(format!(
+            "CUDA_COMPUTE_CAP={cap:?} is not a compute capability like 80 or 90"
+        ));
     }
     Ok(cap)
 }

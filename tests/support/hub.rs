@@ -56,7 +56,10 @@ pub struct HubEmulator {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl HubEmulator {
@@ -81,13 +84,27 @@ impl HubEmulator {
 
     pub fn add_hub_file(&self, repo: &str, path: &str, bytes: Vec<u8>, fault: Fault) -> String {
         let sha = sha256_hex(&bytes);
-        self.state.lock().unwrap().hub.insert(format!("{repo}/{path}"), Entry { bytes, sha256: sha.clone(), fault });
+        self.state.lock().unwrap().hub.insert(
+            format!("{repo}/{path}"),
+            Entry {
+                bytes,
+                sha256: sha.clone(),
+                fault,
+            },
+        );
         sha
     }
 
     pub fn add_raw_file(&self, name: &str, bytes: Vec<u8>, fault: Fault) -> String {
         let sha = sha256_hex(&bytes);
-        self.state.lock().unwrap().raw.insert(name.to_string(), Entry { bytes, sha256: sha.clone(), fault });
+        self.state.lock().unwrap().raw.insert(
+            name.to_string(),
+            Entry {
+                bytes,
+                sha256: sha.clone(),
+                fault,
+            },
+        );
         sha
     }
 
@@ -124,13 +141,25 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, base: &str) -> std::io::Result
     }
     let range = headers.get("range").cloned();
     let path = target.split('?').next().unwrap_or("").to_string();
-    st.lock().unwrap().log.push(Logged { method: method.clone(), path: path.clone(), range: range.clone() });
+    st.lock().unwrap().log.push(Logged {
+        method: method.clone(),
+        path: path.clone(),
+        range: range.clone(),
+    });
 
     // /raw/<name>: plain file (GitHub raw).
     if let Some(name) = path.strip_prefix("/raw/") {
         let entry = st.lock().unwrap().raw.get(name).cloned();
         return match entry {
-            Some(e) => send_body(&mut conn, st, &format!("raw/{name}"), &e, &method, range.as_deref(), &[]),
+            Some(e) => send_body(
+                &mut conn,
+                st,
+                &format!("raw/{name}"),
+                &e,
+                &method,
+                range.as_deref(),
+                &[],
+            ),
             None => send(&mut conn, "404 Not Found", &[], b"not found"),
         };
     }
@@ -140,7 +169,15 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, base: &str) -> std::io::Result
         return match entry {
             Some(e) => {
                 let etag = format!("\"{}\"", "f".repeat(64)); // not the file's sha256, as on the real CDN
-                send_body(&mut conn, st, key, &e, &method, range.as_deref(), &[("ETag", etag)])
+                send_body(
+                    &mut conn,
+                    st,
+                    key,
+                    &e,
+                    &method,
+                    range.as_deref(),
+                    &[("ETag", etag)],
+                )
             }
             None => send(&mut conn, "404 Not Found", &[], b"not found"),
         };
@@ -151,7 +188,12 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, base: &str) -> std::io::Result
         let repo = format!("{}/{}", segs[0], segs[1]);
         let key = format!("{repo}/{}", segs[4]);
         let entry = st.lock().unwrap().hub.get(&key).cloned();
-        let known_repo = st.lock().unwrap().hub.keys().any(|k| k.starts_with(&format!("{repo}/")));
+        let known_repo = st
+            .lock()
+            .unwrap()
+            .hub
+            .keys()
+            .any(|k| k.starts_with(&format!("{repo}/")));
         return match entry {
             Some(e) => {
                 let headers = vec![
@@ -163,16 +205,33 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, base: &str) -> std::io::Result
                 send(&mut conn, "302 Found", &headers, b"")
             }
             None => {
-                let code = if known_repo { "EntryNotFound" } else { "RepoNotFound" };
-                send(&mut conn, "404 Not Found", &[("X-Error-Code", code.to_string())], b"")
+                let code = if known_repo {
+                    "EntryNotFound"
+                } else {
+                    "RepoNotFound"
+                };
+                send(
+                    &mut conn,
+                    "404 Not Found",
+                    &[("X-Error-Code", code.to_string())],
+                    b"",
+                )
             }
         };
     }
     send(&mut conn, "404 Not Found", &[], b"")
 }
 
-fn send(conn: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+fn send(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -191,12 +250,19 @@ fn send_body(
     range: Option<&str>,
     extra: &[(&str, String)],
 ) -> std::io::Result<()> {
-    let bytes = e.fault.wrong_bytes.clone().unwrap_or_else(|| e.bytes.clone());
+    let bytes = e
+        .fault
+        .wrong_bytes
+        .clone()
+        .unwrap_or_else(|| e.bytes.clone());
     let total = bytes.len();
     let start = if e.fault.ignore_range {
         None
     } else {
-        range.and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split('-').next()).and_then(|s| s.parse::<usize>().ok())
+        range
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.parse::<usize>().ok())
     };
     let mut headers: Vec<(&str, String)> = extra.to_vec();
     let (status, body) = match start {
@@ -211,7 +277,10 @@ fn send_body(
         None => ("200 OK", &bytes[..]),
     };
     if method == "HEAD" {
-        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in &headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -227,7 +296,10 @@ fn send_body(
     };
     if n <= e.fault.truncate_first {
         // Promise the whole body, send part of it, hang up.
-        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in &headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -41,9 +41,17 @@ pub struct BenchArgs {
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("size {s:?} must be WxH, e.g. 512x512"))?;
-    let w: usize = w.trim().parse().map_err(|_| format!("bad width in {s:?}"))?;
-    let h: usize = h.trim().parse().map_err(|_| format!("bad height in {s:?}"))?;
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("size {s:?} must be WxH, e.g. 512x512"))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
     if w < 8 || h < 8 {
         return Err(format!("size {s:?} is too small"));
     }
@@ -76,7 +84,11 @@ fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
     for y in 0..h {
         for x in 0..w {
             let inside = (x + 2 * t) % w < w / 4 && (y + t) % h < h / 4;
-            v.push(if inside { 240 } else { ((x * 255) / w.max(1)) as u8 });
+            v.push(if inside {
+                240
+            } else {
+                ((x * 255) / w.max(1)) as u8
+            });
             v.push(((y * 255) / h.max(1)) as u8);
             v.push(((x + y + 3 * t) % 256) as u8);
         }
@@ -89,7 +101,10 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         bail!("--frames must be at least 1");
     }
     let device = devices::open(args.device)?;
-    let dtype = args.dtype.map(|d| d.dtype()).unwrap_or_else(|| devices::default_dtype(&device));
+    let dtype = args
+        .dtype
+        .map(|d| d.dtype())
+        .unwrap_or_else(|| devices::default_dtype(&device));
     let small = args.dims == "small";
     let full = args.mode == ModeArg::Full;
 
@@ -107,7 +122,11 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let components = ModelComponents {
         dit: vb(Role::Dit)?,
         lq_proj: vb(Role::LqProj)?,
-        tc_decoder: if full { None } else { Some(vb(Role::TcDecoder)?) },
+        tc_decoder: if full {
+            None
+        } else {
+            Some(vb(Role::TcDecoder)?)
+        },
         vae: if full { Some(vb(Role::Vae)?) } else { None },
         prompt,
         head_dim: None,
@@ -115,7 +134,8 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let weights_build_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let model = FlashVsr::load(components, ModelVersion::V1_1, &device, dtype).context("cannot build the model")?;
+    let model = FlashVsr::load(components, ModelVersion::V1_1, &device, dtype)
+        .context("cannot build the model")?;
     let model_load_s = t1.elapsed().as_secs_f64();
 
     let (ow, oh) = args.size;
@@ -198,8 +218,14 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         );
         println!(
             "peak RAM {}{}",
-            report.peak_ram_bytes.map(summary::format_bytes).unwrap_or_else(|| "n/a".into()),
-            report.peak_vram_bytes.map(|b| format!(", device memory {}", summary::format_bytes(b))).unwrap_or_default()
+            report
+                .peak_ram_bytes
+                .map(summary::format_bytes)
+                .unwrap_or_else(|| "n/a".into()),
+            report
+                .peak_vram_bytes
+                .map(|b| format!(", device memory {}", summary::format_bytes(b)))
+                .unwrap_or_default()
         );
         println!("weights are random: this measures speed and memory only");
     }

@@ -21,7 +21,8 @@ impl std::str::FromStr for DeviceChoice {
             if rest.is_empty() {
                 Ok(0)
             } else {
-                rest.parse().map_err(|_| format!("bad device index in {s:?} (expected e.g. cuda:0)"))
+                rest.parse()
+                    .map_err(|_| format!("bad device index in {s:?} (expected e.g. cuda:0)"))
             }
         };
         match s.as_str() {
@@ -33,7 +34,9 @@ impl std::str::FromStr for DeviceChoice {
                 } else if let Some(rest) = s.strip_prefix("metal") {
                     Ok(DeviceChoice::Metal(index(rest.trim_start_matches(':'))?))
                 } else {
-                    Err(format!("unknown device {s:?}: use cpu, cuda, cuda:N, metal or auto"))
+                    Err(format!(
+                        "unknown device {s:?}: use cpu, cuda, cuda:N, metal or auto"
+                    ))
                 }
             }
         }
@@ -48,13 +51,17 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("this flashvsr was built without CUDA; rebuild with `cargo install --features cuda` or use --device cpu");
             }
-            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}; `flashvsr devices` lists usable ones"))
+            Device::new_cuda(n).with_context(|| {
+                format!("cannot open CUDA device {n}; `flashvsr devices` lists usable ones")
+            })
         }
         DeviceChoice::Metal(n) => {
             if !candle_core::utils::metal_is_available() {
                 bail!("this flashvsr was built without Metal; rebuild with `cargo install --features metal` or use --device cpu");
             }
-            Device::new_metal(n).with_context(|| format!("cannot open Metal device {n}; `flashvsr devices` lists usable ones"))
+            Device::new_metal(n).with_context(|| {
+                format!("cannot open Metal device {n}; `flashvsr devices` lists usable ones")
+            })
         }
         DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available() {
@@ -109,7 +116,12 @@ pub fn list() -> Vec<DeviceEntry> {
         name: "cpu".into(),
         kind: "cpu",
         usable: true,
-        note: format!("{} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        note: format!(
+            "{} threads",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        ),
     }];
     if candle_core::utils::cuda_is_available() {
         let mut found = false;
@@ -117,26 +129,56 @@ pub fn list() -> Vec<DeviceEntry> {
             match Device::new_cuda(i) {
                 Ok(_) => {
                     found = true;
-                    out.push(DeviceEntry { name: format!("cuda:{i}"), kind: "cuda", usable: true, note: String::new() });
+                    out.push(DeviceEntry {
+                        name: format!("cuda:{i}"),
+                        kind: "cuda",
+                        usable: true,
+                        note: String::new(),
+                    });
                 }
                 Err(e) => {
                     if !found {
-                        out.push(DeviceEntry { name: "cuda:0".into(), kind: "cuda", usable: false, note: one_line(&e) });
+                        out.push(DeviceEntry {
+                            name: "cuda:0".into(),
+                            kind: "cuda",
+                            usable: false,
+                            note: one_line(&e),
+                        });
                     }
                     break;
                 }
             }
         }
     } else {
-        out.push(DeviceEntry { name: "cuda".into(), kind: "cuda", usable: false, note: "not compiled in (build with --features cuda)".into() });
+        out.push(DeviceEntry {
+            name: "cuda".into(),
+            kind: "cuda",
+            usable: false,
+            note: "not compiled in (build with --features cuda)".into(),
+        });
     }
     if candle_core::utils::metal_is_available() {
         match Device::new_metal(0) {
-            Ok(_) => out.push(DeviceEntry { name: "metal".into(), kind: "metal", usable: true, note: String::new() }),
-            Err(e) => out.push(DeviceEntry { name: "metal".into(), kind: "metal", usable: false, note: one_line(&e) }),
+            Ok(_) => out.push(DeviceEntry {
+                name: "metal".into(),
+                kind: "metal",
+                usable: true,
+                note: String::new(),
+            }),
+            Err(e) => out.push(DeviceEntry {
+                name: "metal".into(),
+                kind: "metal",
+                usable: false,
+                note: one_line(&e),
+            }),
         }
     } else {
-        out.push(DeviceEntry { name: "metal".into(), kind: "metal", usable: false, note: "not compiled in (build with --features metal)".into() });
+        out.push(DeviceEntry {
+            name: "metal".into(),
+            kind: "metal",
+            usable: false,
+            note: "not compiled in (build with --features metal)".into(),
+        });
     }
     out
 }

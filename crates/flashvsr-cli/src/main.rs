@@ -162,12 +162,30 @@ pub struct FrameRange {
 impl std::str::FromStr for FrameRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once(':').ok_or_else(|| format!("frame range {s:?} must be START:END (e.g. 0:100 or 50:)"))?;
-        let start = if a.trim().is_empty() { 0 } else { a.trim().parse().map_err(|_| format!("bad start frame {a:?}"))? };
-        let end = if b.trim().is_empty() { None } else { Some(b.trim().parse().map_err(|_| format!("bad end frame {b:?}"))?) };
+        let (a, b) = s
+            .split_once(':')
+            .ok_or_else(|| format!("frame range {s:?} must be START:END (e.g. 0:100 or 50:)"))?;
+        let start = if a.trim().is_empty() {
+            0
+        } else {
+            a.trim()
+                .parse()
+                .map_err(|_| format!("bad start frame {a:?}"))?
+        };
+        let end = if b.trim().is_empty() {
+            None
+        } else {
+            Some(
+                b.trim()
+                    .parse()
+                    .map_err(|_| format!("bad end frame {b:?}"))?,
+            )
+        };
         if let Some(e) = end {
             if e <= start {
-                return Err(format!("frame range {s:?} is empty (END must be greater than START)"));
+                return Err(format!(
+                    "frame range {s:?} is empty (END must be greater than START)"
+                ));
             }
         }
         Ok(FrameRange { start, end })
@@ -175,7 +193,9 @@ impl std::str::FromStr for FrameRange {
 }
 
 pub(crate) fn parse_scale(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("scale {s:?} is not a number"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("scale {s:?} is not a number"))?;
     if !v.is_finite() || v < 1.0 {
         return Err(format!("scale must be a number >= 1 (got {s})"));
     }
@@ -312,7 +332,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for d in list {
                     let state = if d.usable { "usable" } else { "unavailable" };
-                    let note = if d.note.is_empty() { String::new() } else { format!(" ({})", d.note) };
+                    let note = if d.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", d.note)
+                    };
                     println!("{:<8} {state}{note}", d.name);
                 }
             }
@@ -321,7 +345,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SynthWeights(args) => synth::run(&args, quiet),
         Command::Bench(args) => bench::run(&args, quiet),
         Command::Inspect { paths, json } => tools::inspect(&paths, json),
-        Command::Validate { paths, against, structure, json } => tools::validate(&paths, &against, structure, json),
+        Command::Validate {
+            paths,
+            against,
+            structure,
+            json,
+        } => tools::validate(&paths, &against, structure, json),
         Command::Convert(args) => tools::convert(&args, quiet),
     }
 }
@@ -356,9 +385,27 @@ mod tests {
 
     #[test]
     fn frame_range_and_scale() {
-        assert_eq!("10:20".parse::<FrameRange>(), Ok(FrameRange { start: 10, end: Some(20) }));
-        assert_eq!(":5".parse::<FrameRange>(), Ok(FrameRange { start: 0, end: Some(5) }));
-        assert_eq!("7:".parse::<FrameRange>(), Ok(FrameRange { start: 7, end: None }));
+        assert_eq!(
+            "10:20".parse::<FrameRange>(),
+            Ok(FrameRange {
+                start: 10,
+                end: Some(20)
+            })
+        );
+        assert_eq!(
+            ":5".parse::<FrameRange>(),
+            Ok(FrameRange {
+                start: 0,
+                end: Some(5)
+            })
+        );
+        assert_eq!(
+            "7:".parse::<FrameRange>(),
+            Ok(FrameRange {
+                start: 7,
+                end: None
+            })
+        );
         assert!("5:5".parse::<FrameRange>().is_err());
         assert!("5".parse::<FrameRange>().is_err());
         assert_eq!(parse_scale("2.5"), Ok(2.5));
@@ -369,7 +416,9 @@ mod tests {
     #[test]
     fn upscale_defaults() {
         let cli = Cli::try_parse_from(["flashvsr", "upscale", "a.mp4", "b.mp4"]).unwrap();
-        let Command::Upscale(a) = cli.command else { panic!("not upscale") };
+        let Command::Upscale(a) = cli.command else {
+            panic!("not upscale")
+        };
         assert_eq!(a.scale, 4.0);
         assert_eq!(a.mode, ModeArg::Tiny);
         assert_eq!(a.sparse_ratio, 2.0);
@@ -378,10 +427,22 @@ mod tests {
         assert_eq!(a.device, DeviceChoice::Auto);
         assert!(a.weights.model_version.is_none());
         let cli = Cli::try_parse_from([
-            "flashvsr", "upscale", "a", "b", "--model-version", "v1", "--weights", "x", "y", "--head-dim", "32",
+            "flashvsr",
+            "upscale",
+            "a",
+            "b",
+            "--model-version",
+            "v1",
+            "--weights",
+            "x",
+            "y",
+            "--head-dim",
+            "32",
         ])
         .unwrap();
-        let Command::Upscale(a) = cli.command else { panic!("not upscale") };
+        let Command::Upscale(a) = cli.command else {
+            panic!("not upscale")
+        };
         assert_eq!(a.weights.model_version, Some(VersionArg::V1));
         assert_eq!(a.weights.weights.len(), 2);
         assert_eq!(a.head_dim, Some(32));

@@ -46,7 +46,9 @@ impl Progress {
             let template = match (unit, total.is_some()) {
                 (Unit::Frames, true) => "{msg} [{bar:30}] {pos}/{len} frames, {per_sec}, ETA {eta}",
                 (Unit::Frames, false) => "{msg} {spinner} {pos} frames, {per_sec}",
-                (Unit::Bytes, true) => "{msg} [{bar:30}] {bytes}/{total_bytes}, {bytes_per_sec}, ETA {eta}",
+                (Unit::Bytes, true) => {
+                    "{msg} [{bar:30}] {bytes}/{total_bytes}, {bytes_per_sec}, ETA {eta}"
+                }
                 (Unit::Bytes, false) => "{msg} {spinner} {bytes}, {bytes_per_sec}",
             };
             if let Ok(style) = ProgressStyle::with_template(template) {
@@ -121,7 +123,11 @@ impl Progress {
         match (total, self.total) {
             (Some(t), Some(tn)) if rate > 0.0 => {
                 let eta = tn.saturating_sub(self.pos) as f64 / rate;
-                format!("{}: {pos}/{t}, {rate_s}, ETA {}", self.label, format_secs(eta))
+                format!(
+                    "{}: {pos}/{t}, {rate_s}, ETA {}",
+                    self.label,
+                    format_secs(eta)
+                )
             }
             (Some(t), _) => format!("{}: {pos}/{t}, {rate_s}", self.label),
             _ => format!("{}: {pos}, {rate_s}", self.label),

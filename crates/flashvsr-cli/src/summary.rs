@@ -60,7 +60,13 @@ impl Settings {
             tile: a.tile,
             tile_overlap: a.tile.map(|_| a.tile_overlap),
             upstream_compat: a.upstream_compat,
-            frames: a.frames.map(|r| format!("{}:{}", r.start, r.end.map(|e| e.to_string()).unwrap_or_default())),
+            frames: a.frames.map(|r| {
+                format!(
+                    "{}:{}",
+                    r.start,
+                    r.end.map(|e| e.to_string()).unwrap_or_default()
+                )
+            }),
             codec: a.codec.clone(),
             crf: a.crf,
             preset: a.preset.clone(),
@@ -118,7 +124,9 @@ impl Summary {
                 self.output_size[1],
                 crate::progress::format_secs(self.wall_s),
                 self.processing_fps,
-                self.peak_ram_bytes.map(format_bytes).unwrap_or_else(|| "n/a".into())
+                self.peak_ram_bytes
+                    .map(format_bytes)
+                    .unwrap_or_else(|| "n/a".into())
             );
         }
     }

@@ -69,16 +69,25 @@ fn small_map(role: Role) -> &'static [(usize, usize)] {
 const SMALL_DIT_LAYERS: usize = 2;
 
 /// Name and shape of every tensor of a part.
-pub fn layout_of(role: Role, version: VersionArg, small: bool) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn layout_of(
+    role: Role,
+    version: VersionArg,
+    small: bool,
+) -> Result<Vec<(String, Vec<usize>)>> {
     let comp = component(role, version);
-    let specs = layout::component_layout(comp).ok_or_else(|| anyhow!("the loader has no layout for {comp}"))?;
+    let specs = layout::component_layout(comp)
+        .ok_or_else(|| anyhow!("the loader has no layout for {comp}"))?;
     let mut out = Vec::new();
     for s in specs.into_iter().filter(|s| !s.optional) {
         let mut shape = s.shape.clone();
         if small {
             if role == Role::Dit {
                 if let Some(rest) = s.name.strip_prefix("blocks.") {
-                    let n: usize = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let n: usize = rest
+                        .split('.')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
                     if n >= SMALL_DIT_LAYERS {
                         continue;
                     }
@@ -129,7 +138,12 @@ impl Normal {
 
 /// Random tensors for one part: weights ~ N(0, 1/fan_in), biases 0, norm scales 1,
 /// modulations and the prompt small.
-pub fn synth_part(role: Role, version: VersionArg, small: bool, seed: u64) -> Result<Vec<(String, Tensor)>> {
+pub fn synth_part(
+    role: Role,
+    version: VersionArg,
+    small: bool,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
     let mut rng = Normal(seed ^ (role as u64).wrapping_mul(0x1234_5678_9ABC_DEF1));
     let mut out = Vec::new();
     for (name, shape) in layout_of(role, version, small)? {
@@ -162,15 +176,26 @@ fn write_part(dir: &Path, role: Role, tensors: Vec<(String, Tensor)>) -> Result<
                 candle_core::safetensors::save(&map, &tmp)?;
             }
             Role::Prompt => {
-                let t = tensors.into_iter().next().ok_or_else(|| anyhow!("empty prompt layout"))?.1;
-                flashvsr_loader::torch_writer::write_single_tensor(&tmp, &t.to_dtype(DType::BF16)?)?;
+                let t = tensors
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow!("empty prompt layout"))?
+                    .1;
+                flashvsr_loader::torch_writer::write_single_tensor(
+                    &tmp,
+                    &t.to_dtype(DType::BF16)?,
+                )?;
             }
             Role::LqProj => {
-                let t: Vec<(String, Tensor)> =
-                    tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::BF16)?))).collect::<Result<_>>()?;
+                let t: Vec<(String, Tensor)> = tensors
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.to_dtype(DType::BF16)?)))
+                    .collect::<Result<_>>()?;
                 flashvsr_loader::torch_writer::write_state_dict(&tmp, &t)?;
             }
-            Role::TcDecoder | Role::Vae => flashvsr_loader::torch_writer::write_state_dict(&tmp, &tensors)?,
+            Role::TcDecoder | Role::Vae => {
+                flashvsr_loader::torch_writer::write_state_dict(&tmp, &tensors)?
+            }
         }
         std::fs::rename(&tmp, &path)?;
         Ok(())
@@ -184,12 +209,16 @@ fn write_part(dir: &Path, role: Role, tensors: Vec<(String, Tensor)>) -> Result<
 
 pub fn run(args: &SynthArgs, quiet: bool) -> Result<()> {
     let small = args.dims == "small";
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
     if !args.overwrite {
         for role in Role::ALL {
             let p = args.dir.join(role.upstream_file());
             if p.exists() {
-                bail!("{} already exists; pass -y/--overwrite to replace it", p.display());
+                bail!(
+                    "{} already exists; pass -y/--overwrite to replace it",
+                    p.display()
+                );
             }
         }
     }
@@ -216,8 +245,13 @@ mod tests {
     #[test]
     fn small_layouts_keep_structure() {
         let dit = layout_of(Role::Dit, VersionArg::V1_1, true).unwrap();
-        let get = |v: &[(String, Vec<usize>)], n: &str| v.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
-        assert_eq!(get(&dit, "patch_embedding.weight"), Some(vec![256, 16, 1, 2, 2]));
+        let get = |v: &[(String, Vec<usize>)], n: &str| {
+            v.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone())
+        };
+        assert_eq!(
+            get(&dit, "patch_embedding.weight"),
+            Some(vec![256, 16, 1, 2, 2])
+        );
         assert_eq!(get(&dit, "time_projection.1.weight"), Some(vec![1536, 256]));
         assert!(get(&dit, "blocks.2.self_attn.q.weight").is_none());
         let tc = layout_of(Role::TcDecoder, VersionArg::V1_1, true).unwrap();
@@ -234,6 +268,9 @@ mod tests {
         assert_eq!(a, b);
         let mean = a.iter().sum::<f32>() / 1000.0;
         let var = a.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / 1000.0;
-        assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.1 && (var - 1.0).abs() < 0.15,
+            "mean {mean} var {var}"
+        );
     }
 }

@@ -47,7 +47,10 @@ pub fn inspect(paths: &[PathBuf], json: bool) -> Result<()> {
 
 fn check_component(component: &str) -> Result<()> {
     if !layout::components().contains(&component) {
-        bail!("unknown component '{component}' (known: {})", layout::components().join(", "));
+        bail!(
+            "unknown component '{component}' (known: {})",
+            layout::components().join(", ")
+        );
     }
     Ok(())
 }
@@ -55,8 +58,13 @@ fn check_component(component: &str) -> Result<()> {
 /// Exit status 1 when the files do not match (the report says why).
 pub fn validate(paths: &[PathBuf], against: &str, structure: bool, json: bool) -> Result<()> {
     check_component(against)?;
-    let mode = if structure { layout::CheckMode::Structure } else { layout::CheckMode::Exact };
-    let report = layout::validate_with(paths, against, mode).map_err(|e| anyhow!("cannot validate: {e}"))?;
+    let mode = if structure {
+        layout::CheckMode::Structure
+    } else {
+        layout::CheckMode::Exact
+    };
+    let report =
+        layout::validate_with(paths, against, mode).map_err(|e| anyhow!("cannot validate: {e}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -69,20 +77,29 @@ pub fn validate(paths: &[PathBuf], against: &str, structure: bool, json: bool) -
 }
 
 pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
-    let (output, inputs) = args.paths.split_last().ok_or_else(|| anyhow!("convert needs inputs and an output"))?;
+    let (output, inputs) = args
+        .paths
+        .split_last()
+        .ok_or_else(|| anyhow!("convert needs inputs and an output"))?;
     if output.exists() && !args.overwrite {
-        bail!("output {} already exists; pass -y/--overwrite to replace it", output.display());
+        bail!(
+            "output {} already exists; pass -y/--overwrite to replace it",
+            output.display()
+        );
     }
     if let Some(c) = &args.component {
         check_component(c)?;
     }
     let opts = ConvertOptions {
         quant: args.quant,
-        flashvsr_version: args.model_version.map(|v| v.as_str().trim_start_matches('v').to_string()),
+        flashvsr_version: args
+            .model_version
+            .map(|v| v.as_str().trim_start_matches('v').to_string()),
         component: args.component.clone(),
         ..ConvertOptions::default()
     };
-    let report = convert::convert(inputs, output, &opts).map_err(|e| anyhow!("cannot convert: {e}"))?;
+    let report =
+        convert::convert(inputs, output, &opts).map_err(|e| anyhow!("cannot convert: {e}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !quiet {

@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use flashvsr_video::{
-    ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec, RgbFrame, SourceOptions,
-    VideoError,
+    ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec,
+    RgbFrame, SourceOptions, VideoError,
 };
 
 use crate::progress::Progress;
@@ -25,7 +25,10 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     preflight(&input, &output, args)?;
 
     let device = devices::open(args.device)?;
-    let dtype = args.dtype.map(|d| d.dtype()).unwrap_or_else(|| devices::default_dtype(&device));
+    let dtype = args
+        .dtype
+        .map(|d| d.dtype())
+        .unwrap_or_else(|| devices::default_dtype(&device));
 
     // The input header next: a corrupt file fails here, before gigabytes of weights are read.
     let src_opts = SourceOptions {
@@ -38,7 +41,10 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     // Decode the first frame now too: corrupt frame data also fails before the weights load.
     let first = source.next_frame().map_err(video_err)?;
     if first.is_none() {
-        bail!("{}: no frames to upscale (empty input or frame range)", input.display_path().display());
+        bail!(
+            "{}: no frames to upscale (empty input or frame range)",
+            input.display_path().display()
+        );
     }
     let mut pending = first;
     if info.variable_frame_rate && !quiet {
@@ -69,8 +75,13 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         preset: args.preset.clone(),
         pix_fmt: args.pix_fmt.clone(),
         overwrite: args.overwrite,
-        source_start_s: args.frames.filter(|r| r.start > 0 || r.end.is_some()).map(|r| r.start as f64 / fps.as_f64()),
-        source_duration_s: args.frames.and_then(|r| r.end.map(|e| (e - r.start) as f64 / fps.as_f64())),
+        source_start_s: args
+            .frames
+            .filter(|r| r.start > 0 || r.end.is_some())
+            .map(|r| r.start as f64 / fps.as_f64()),
+        source_duration_s: args
+            .frames
+            .and_then(|r| r.end.map(|e| (e - r.start) as f64 / fps.as_f64())),
         queue_frames: 0,
     };
     let mut sink = open_sink(&output, out_w, out_h, fps, Some(&input), &enc).map_err(video_err)?;
@@ -99,9 +110,14 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             peak_vram = max_opt(peak_vram, devices::device_memory_used(&device));
         }
         if frames_in == 0 {
-            bail!("{}: no frames to upscale (empty input or frame range)", input.display_path().display());
+            bail!(
+                "{}: no frames to upscale (empty input or frame range)",
+                input.display_path().display()
+            );
         }
-        let ready = session.finish().context("model failed while flushing the last frames")?;
+        let ready = session
+            .finish()
+            .context("model failed while flushing the last frames")?;
         write_frames(&mut sink, ready, out_w, out_h, &mut frames_out)?;
         progress.set_position(frames_out);
         Ok(())
@@ -131,7 +147,11 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         variable_frame_rate: info.variable_frame_rate,
         audio_copied: info.has_audio && matches!(output, OutputSpec::Container(_)),
         wall_s: started.elapsed().as_secs_f64(),
-        processing_fps: if model_s > 0.0 { frames_out as f64 / model_s } else { 0.0 },
+        processing_fps: if model_s > 0.0 {
+            frames_out as f64 / model_s
+        } else {
+            0.0
+        },
         stages_s: stages,
         peak_ram_bytes: summary::peak_rss_bytes(),
         peak_vram_bytes: peak_vram,
@@ -152,9 +172,20 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-fn write_frames(sink: &mut Box<dyn FrameSink>, frames: Vec<Vec<u8>>, w: usize, h: usize, count: &mut u64) -> Result<()> {
+fn write_frames(
+    sink: &mut Box<dyn FrameSink>,
+    frames: Vec<Vec<u8>>,
+    w: usize,
+    h: usize,
+    count: &mut u64,
+) -> Result<()> {
     for data in frames {
-        sink.write_frame(&RgbFrame { width: w, height: h, data }).map_err(video_err)?;
+        sink.write_frame(&RgbFrame {
+            width: w,
+            height: h,
+            data,
+        })
+        .map_err(video_err)?;
         *count += 1;
     }
     Ok(())
@@ -176,10 +207,14 @@ fn preflight(input: &InputSpec, output: &OutputSpec, args: &UpscaleArgs) -> Resu
     }
     if let (Some(i), Some(o)) = (input_path(input), output_path(output)) {
         if same_file(i, o) {
-            bail!("input and output are the same path ({}); choose another output", o.display());
+            bail!(
+                "input and output are the same path ({}); choose another output",
+                o.display()
+            );
         }
     }
-    let needs_ffmpeg = matches!(input, InputSpec::File(_)) || matches!(output, OutputSpec::Container(_));
+    let needs_ffmpeg =
+        matches!(input, InputSpec::File(_)) || matches!(output, OutputSpec::Container(_));
     if needs_ffmpeg && !ffmpeg_available() {
         return Err(anyhow!(VideoError::FfmpegNotFound));
     }
@@ -187,7 +222,10 @@ fn preflight(input: &InputSpec, output: &OutputSpec, args: &UpscaleArgs) -> Resu
         check_output(o, matches!(output, OutputSpec::PngDir(_)), args.overwrite)?;
     }
     if args.tile.is_some_and(|t| t <= args.tile_overlap * 2) {
-        bail!("--tile must be more than twice --tile-overlap ({} px)", args.tile_overlap);
+        bail!(
+            "--tile must be more than twice --tile-overlap ({} px)",
+            args.tile_overlap
+        );
     }
     if matches!(output, OutputSpec::Stdout) && args.json {
         // stdout carries the video; the summary goes to stderr instead (see Summary::emit).
@@ -220,12 +258,17 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// (a probe file, removed at once) so that a long run does not fail at the very end.
 fn check_output(path: &Path, png_dir: bool, overwrite: bool) -> Result<()> {
     let exists = if png_dir {
-        std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false)
+        std::fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
     } else {
         path.exists()
     };
     if exists && !overwrite {
-        bail!("output {} already exists; pass -y/--overwrite to replace it", path.display());
+        bail!(
+            "output {} already exists; pass -y/--overwrite to replace it",
+            path.display()
+        );
     }
     let dir: PathBuf = if png_dir && path.is_dir() {
         path.to_path_buf()
@@ -236,19 +279,34 @@ fn check_output(path: &Path, png_dir: bool, overwrite: bool) -> Result<()> {
         }
     };
     if !dir.is_dir() {
-        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+        bail!(
+            "cannot write {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
     }
     tempfile::Builder::new()
         .prefix(".flashvsr-probe")
         .tempfile_in(&dir)
         .map(drop)
-        .map_err(|e| anyhow!("cannot write {}: folder {} is not writable ({e})", path.display(), dir.display()))
+        .map_err(|e| {
+            anyhow!(
+                "cannot write {}: folder {} is not writable ({e})",
+                path.display(),
+                dir.display()
+            )
+        })
 }
 
 fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
-    let t = Tensor::read_npy(path).map_err(|e| anyhow!("cannot read noise file {}: {e}", path.display()))?;
+    let t = Tensor::read_npy(path)
+        .map_err(|e| anyhow!("cannot read noise file {}: {e}", path.display()))?;
     if t.rank() != 5 || t.dim(1).ok() != Some(16) {
-        bail!("noise file {} has shape {:?}, expected [1, 16, T, H/8, W/8]", path.display(), t.dims());
+        bail!(
+            "noise file {} has shape {:?}, expected [1, 16, T, H/8, W/8]",
+            path.display(),
+            t.dims()
+        );
     }
     Ok(t.to_dtype(DType::F32)?.to_device(device)?)
 }
@@ -257,7 +315,9 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
 mod engine {
     use super::*;
     use flashvsr_model::color_fix::ColorFix;
-    use flashvsr_model::pipeline::{self as p, FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
+    use flashvsr_model::pipeline::{
+        self as p, FlashVsr, ModelComponents, ModelVersion, UpscaleOptions,
+    };
 
     use crate::weights::Role;
     use crate::VersionArg;
@@ -271,7 +331,12 @@ mod engine {
     }
 
     /// The pipeline's components from the resolved weight parts.
-    pub fn components(w: &Resolved, device: &Device, dtype: DType, head_dim: Option<usize>) -> Result<ModelComponents> {
+    pub fn components(
+        w: &Resolved,
+        device: &Device,
+        dtype: DType,
+        head_dim: Option<usize>,
+    ) -> Result<ModelComponents> {
         let vb = |role: Role| w.part(role).map(|p| p.var_builder(dtype, device));
         Ok(ModelComponents {
             dit: vb(Role::Dit).ok_or_else(|| anyhow!("no DiT weights"))?,
@@ -309,19 +374,33 @@ mod engine {
             upstream_compat: args.upstream_compat,
             seed: args.seed,
             noise,
-            tile: args.tile.map(|size| p::TileOptions { size, overlap: args.tile_overlap }),
+            tile: args.tile.map(|size| p::TileOptions {
+                size,
+                overlap: args.tile_overlap,
+            }),
         }
     }
 
     impl Model {
-        pub fn load(w: &Resolved, args: &UpscaleArgs, device: &Device, dtype: DType) -> Result<Model> {
+        pub fn load(
+            w: &Resolved,
+            args: &UpscaleArgs,
+            device: &Device,
+            dtype: DType,
+        ) -> Result<Model> {
             let c = components(w, device, dtype, args.head_dim)?;
             let inner = FlashVsr::load(c, version(w.version), device, dtype)
                 .map_err(|e| anyhow!("cannot load the model from {}: {e}", w.origin))?;
             Ok(Model { inner })
         }
 
-        pub fn session(&self, w: usize, h: usize, args: &UpscaleArgs, noise: Option<Tensor>) -> Result<Session<'_>> {
+        pub fn session(
+            &self,
+            w: usize,
+            h: usize,
+            args: &UpscaleArgs,
+            noise: Option<Tensor>,
+        ) -> Result<Session<'_>> {
             let inner = self
                 .inner
                 .session(w, h, &options(args, noise))

@@ -33,7 +33,11 @@ mod bench {
     const MEAN_SELECTED: f32 = 120.0;
     const EMPTY_FRACTION: f32 = 0.05;
 
-    fn median_ms(dev: &Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<Tensor>) -> anyhow::Result<f64> {
+    fn median_ms(
+        dev: &Device,
+        iters: usize,
+        mut f: impl FnMut() -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<f64> {
         for _ in 0..3 {
             f()?;
         }
@@ -51,7 +55,13 @@ mod bench {
     }
 
     /// Dense attention of one head with an additive 0/-inf bias, softmax in f32.
-    fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> anyhow::Result<Tensor> {
+    fn dense_head(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        scale: f64,
+    ) -> anyhow::Result<Tensor> {
         let s = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
         let p = candle_nn::ops::softmax_last_dim(&(s + bias)?)?;
         Ok(p.to_dtype(v.dtype())?.matmul(v)?)
@@ -71,7 +81,12 @@ mod bench {
         let keep_row = Tensor::rand(0f32, 1., (HEADS, nq, 1), &dev)?.ge(EMPTY_FRACTION)?;
         let mask = sel.broadcast_mul(&keep_row)?;
         let selected = mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
-        let empty_rows = mask.max_keepdim(2)?.eq(0u8)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        let empty_rows = mask
+            .max_keepdim(2)?
+            .eq(0u8)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
         println!(
             "shape: heads {HEADS}, head_dim {HEAD_DIM}, q {tq} tokens ({nq} blocks), k {tk} tokens ({nk} blocks), bf16"
         );
@@ -82,7 +97,10 @@ mod bench {
         );
 
         let variants = [
-            ("tensor cores, cp.async pipeline (default)", KernelVariant::TensorCore),
+            (
+                "tensor cores, cp.async pipeline (default)",
+                KernelVariant::TensorCore,
+            ),
             ("tensor cores, simple", KernelVariant::TensorCoreSimple),
             ("scalar f32 FMA", KernelVariant::Scalar),
         ];
@@ -92,17 +110,26 @@ mod bench {
             let nan = Tensor::full(f32::NAN, q.shape(), &dev)?.to_dtype(DType::BF16)?;
             dev.synchronize()?;
             drop(nan);
-            outs.push(BlockSparseAttention::new(scale).with_variant(variant).forward(&q, &k, &v, &mask)?);
+            outs.push(
+                BlockSparseAttention::new(scale)
+                    .with_variant(variant)
+                    .forward(&q, &k, &v, &mask)?,
+            );
         }
         let non_finite = |t: &Tensor| -> anyhow::Result<f32> {
             let t = t.to_dtype(DType::F32)?;
             // NaN != NaN; inf - inf = NaN.
-            Ok((&t - &t)?.ne(0f32)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?)
+            Ok((&t - &t)?
+                .ne(0f32)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?)
         };
 
         // Dense f32 reference on the GPU, head by head; empty rows set to 0.
         let n = variants.len();
-        let (mut max_abs, mut d2, mut empty_nonzero) = (vec![0f32; n], vec![0f64; n], vec![0f32; n]);
+        let (mut max_abs, mut d2, mut empty_nonzero) =
+            (vec![0f32; n], vec![0f64; n], vec![0f32; n]);
         let mut r2 = 0f64;
         for h in 0..HEADS {
             let tok = mask
@@ -130,7 +157,9 @@ mod bench {
                 let diff = (&o - &r)?;
                 max_abs[i] = max_abs[i].max(diff.abs()?.max_all()?.to_scalar::<f32>()?);
                 d2[i] += diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-                empty_nonzero[i] += (o.ne(0f32)?.to_dtype(DType::F32)? * &empty)?.sum_all()?.to_scalar::<f32>()?;
+                empty_nonzero[i] += (o.ne(0f32)?.to_dtype(DType::F32)? * &empty)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
             }
         }
         println!("accuracy vs dense f32 reference (GPU), bf16 output:");
@@ -150,8 +179,14 @@ mod bench {
         let mut times = Vec::new();
         for (_, variant) in variants {
             let op = BlockSparseAttention::new(scale).with_variant(variant);
-            let iters = if variant == KernelVariant::Scalar { 5 } else { iters };
-            times.push(median_ms(&dev, iters, || Ok(op.forward(&q, &k, &v, &mask)?))?);
+            let iters = if variant == KernelVariant::Scalar {
+                5
+            } else {
+                iters
+            };
+            times.push(median_ms(&dev, iters, || {
+                Ok(op.forward(&q, &k, &v, &mask)?)
+            })?);
         }
         println!("| kernel | ms/call (median) | TFLOP/s on selected blocks |");
         println!("|---|---|---|");
@@ -189,7 +224,10 @@ mod bench {
         match dense {
             Ok(t_dense) => {
                 println!("| dense masked candle bf16, per head (matmul + bias + softmax_last_dim + matmul) | {t_dense:.3} | - |");
-                println!("speed-up of the default kernel vs dense: {:.1}x", t_dense / times[0]);
+                println!(
+                    "speed-up of the default kernel vs dense: {:.1}x",
+                    t_dense / times[0]
+                );
             }
             Err(e) => println!("dense baseline failed: {e}"),
         }

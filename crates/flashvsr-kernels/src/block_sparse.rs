@@ -59,7 +59,13 @@ impl BlockSparseAttention {
         Self { variant, ..self }
     }
 
-    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, block_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        block_mask: &Tensor,
+    ) -> Result<Tensor> {
         let _span = tracing::span!(tracing::Level::TRACE, "block-sparse-attn").entered();
         if !self.scale.is_finite() {
             bail!("block_sparse_attention: scale {} is not finite", self.scale)
@@ -107,7 +113,11 @@ impl Dims {
             d => bail!("{name}: k must be [{heads}, k_tokens, {head_dim}] like q, got {d:?}"),
         };
         if v.dims() != k.dims() {
-            bail!("{name}: v {:?} must have k's shape {:?}", v.dims(), k.dims())
+            bail!(
+                "{name}: v {:?} must have k's shape {:?}",
+                v.dims(),
+                k.dims()
+            )
         }
         if !HEAD_DIMS.contains(&head_dim) {
             bail!("{name}: head_dim {head_dim} is not one of {HEAD_DIMS:?}")
@@ -140,7 +150,11 @@ impl Dims {
         }
         for (t, what) in [(k, "k"), (v, "v"), (mask, "block_mask")] {
             if !q.device().same_device(t.device()) {
-                bail!("{name}: {what} is on {:?}, q on {:?}", t.device(), q.device())
+                bail!(
+                    "{name}: {what} is on {:?}, q on {:?}",
+                    t.device(),
+                    q.device()
+                )
             }
         }
         Ok(Self {
@@ -170,7 +184,14 @@ fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result
 
 /// CPU reference: per query row, f32 scores over the selected key blocks, max-subtracted
 /// softmax, weighted sum of v. Empty query blocks give 0.
-fn reference<T: WithDType>(q: &[T], k: &[T], v: &[T], mask: &[u8], dims: Dims, scale: f32) -> Vec<T> {
+fn reference<T: WithDType>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: &[u8],
+    dims: Dims,
+    scale: f32,
+) -> Vec<T> {
     let Dims {
         heads,
         q_tokens,
@@ -322,7 +343,10 @@ mod cuda {
         // The tensor-core kernel loads q as 4-byte pairs and k/v as 16-byte vectors.
         let aligned = q_off % 2 == 0 && k_off % 8 == 0 && v_off % 8 == 0;
         let half_type = dtype_name != "f32";
-        let tensor_core = matches!(op.variant, KernelVariant::TensorCore | KernelVariant::TensorCoreSimple);
+        let tensor_core = matches!(
+            op.variant,
+            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple
+        );
         if tensor_core && !half_type {
             bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
         }

@@ -46,7 +46,11 @@ pub fn draft_block_mask(
         bail!("{name}: q_mean rows {q_rows} and k_mean rows {k_rows} must be non-zero multiples of nb {nb}")
     }
     if q_mean.dtype() != k_mean.dtype() || !q_mean.dtype().is_float() {
-        bail!("{name}: q_mean/k_mean must share a float dtype, got {:?}/{:?}", q_mean.dtype(), k_mean.dtype())
+        bail!(
+            "{name}: q_mean/k_mean must share a float dtype, got {:?}/{:?}",
+            q_mean.dtype(),
+            k_mean.dtype()
+        )
     }
     let (sq, sk) = (q_rows / nb, k_rows / nb);
     let head_dim = channels / heads;
@@ -54,7 +58,9 @@ pub fn draft_block_mask(
     let dev = q_mean.device();
 
     let per_head = |x: &Tensor, rows: usize| -> Result<Tensor> {
-        x.reshape((rows, heads, head_dim))?.transpose(0, 1)?.contiguous()
+        x.reshape((rows, heads, head_dim))?
+            .transpose(0, 1)?
+            .contiguous()
     };
     let qh = per_head(q_mean, q_rows)?;
     let kh = per_head(k_mean, k_rows)?;
@@ -164,6 +170,9 @@ impl CustomOp1 for KthLargest {
         builder.arg(&rank);
         // SAFETY: arguments match kernels/topk_threshold.cu; rank < n checked by the caller.
         unsafe { builder.launch(cfg) }.w()?;
-        Ok((candle_core::CudaStorage::wrap_cuda_slice(out, dev), Shape::from(rows)))
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from(rows),
+        ))
     }
 }

@@ -23,7 +23,11 @@ fn cpu_reference_matches_dense_masked_softmax() -> anyhow::Result<()> {
                 e.max_abs,
                 e.rel_l2
             );
-            assert_eq!(nonzero_in_empty_blocks(&out, &case.mask)?, 0, "{dtype:?} d{head_dim}");
+            assert_eq!(
+                nonzero_in_empty_blocks(&out, &case.mask)?,
+                0,
+                "{dtype:?} d{head_dim}"
+            );
         }
     }
     Ok(())
@@ -67,33 +71,80 @@ fn bad_inputs_are_errors_not_panics() -> anyhow::Result<()> {
     assert!(ok.is_ok());
 
     let cases: Vec<(&str, anyhow::Result<Tensor>)> = vec![
-        ("q rank", run(|| Ok(block_sparse_attention(&q.unsqueeze(0)?, &k, &k, &mask, 0.1)?))),
-        ("tokens not multiple of 128", run(|| {
-            let q = Tensor::zeros((2, 100, 64), DType::F32, &dev)?;
-            Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
-        })),
-        ("head_dim 48", run(|| {
-            let q = Tensor::zeros((2, b, 48), DType::F32, &dev)?;
-            let k = Tensor::zeros((2, 2 * b, 48), DType::F32, &dev)?;
-            Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
-        })),
-        ("v shape", run(|| Ok(block_sparse_attention(&q, &k, &q, &mask, 0.1)?))),
-        ("dtype mix", run(|| {
-            Ok(block_sparse_attention(&q.to_dtype(DType::BF16)?, &k, &k, &mask, 0.1)?)
-        })),
-        ("mask shape", run(|| {
-            let mask = Tensor::ones((2, 2, 1), DType::U8, &dev)?;
-            Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
-        })),
-        ("mask dtype", run(|| {
-            Ok(block_sparse_attention(&q, &k, &k, &mask.to_dtype(DType::F32)?, 0.1)?)
-        })),
-        ("f64", run(|| {
-            let q = q.to_dtype(DType::F64)?;
-            let k = k.to_dtype(DType::F64)?;
-            Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
-        })),
-        ("scale", run(|| Ok(block_sparse_attention(&q, &k, &k, &mask, f32::NAN)?))),
+        (
+            "q rank",
+            run(|| {
+                Ok(block_sparse_attention(
+                    &q.unsqueeze(0)?,
+                    &k,
+                    &k,
+                    &mask,
+                    0.1,
+                )?)
+            }),
+        ),
+        (
+            "tokens not multiple of 128",
+            run(|| {
+                let q = Tensor::zeros((2, 100, 64), DType::F32, &dev)?;
+                Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
+            }),
+        ),
+        (
+            "head_dim 48",
+            run(|| {
+                let q = Tensor::zeros((2, b, 48), DType::F32, &dev)?;
+                let k = Tensor::zeros((2, 2 * b, 48), DType::F32, &dev)?;
+                Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
+            }),
+        ),
+        (
+            "v shape",
+            run(|| Ok(block_sparse_attention(&q, &k, &q, &mask, 0.1)?)),
+        ),
+        (
+            "dtype mix",
+            run(|| {
+                Ok(block_sparse_attention(
+                    &q.to_dtype(DType::BF16)?,
+                    &k,
+                    &k,
+                    &mask,
+                    0.1,
+                )?)
+            }),
+        ),
+        (
+            "mask shape",
+            run(|| {
+                let mask = Tensor::ones((2, 2, 1), DType::U8, &dev)?;
+                Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
+            }),
+        ),
+        (
+            "mask dtype",
+            run(|| {
+                Ok(block_sparse_attention(
+                    &q,
+                    &k,
+                    &k,
+                    &mask.to_dtype(DType::F32)?,
+                    0.1,
+                )?)
+            }),
+        ),
+        (
+            "f64",
+            run(|| {
+                let q = q.to_dtype(DType::F64)?;
+                let k = k.to_dtype(DType::F64)?;
+                Ok(block_sparse_attention(&q, &k, &k, &mask, 0.1)?)
+            }),
+        ),
+        (
+            "scale",
+            run(|| Ok(block_sparse_attention(&q, &k, &k, &mask, f32::NAN)?)),
+        ),
     ];
     for (what, r) in cases {
         let err = match r {

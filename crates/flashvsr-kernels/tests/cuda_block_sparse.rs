@@ -84,7 +84,10 @@ fn cuda_matches_cpu_reference_on_offset_views() -> anyhow::Result<()> {
         &mask.to_device(&cpu)?,
     )?;
     let e = errors(&gpu, &want)?;
-    println!("offset views bf16 d64: max abs {:.3e}, rel l2 {:.3e}", e.max_abs, e.rel_l2);
+    println!(
+        "offset views bf16 d64: max abs {:.3e}, rel l2 {:.3e}",
+        e.max_abs, e.rel_l2
+    );
     let (max_abs, rel_l2) = tolerance(DType::BF16);
     assert!(e.nan_count == 0 && e.max_abs <= max_abs && e.rel_l2 <= rel_l2);
     Ok(())
@@ -102,7 +105,11 @@ fn all_empty_mask_writes_exact_zeros() -> anyhow::Result<()> {
             &case.v,
             &case.mask.zeros_like()?,
         )?;
-        let max = out.to_dtype(DType::F32)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let max = out
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(max, 0.0, "{dtype:?}");
     }
     Ok(())
@@ -143,9 +150,17 @@ fn cuda_kth_largest_matches_sort() -> anyhow::Result<()> {
         let r = Tensor::randn(0f32, 1., (rows, n), &dev)?;
         for rank in [0, 1, n / 3, n - 2, n - 1] {
             let got = flashvsr_kernels::kth_largest(&x, rank)?.to_vec1::<f32>()?;
-            assert_eq!(got, common::kth_largest_by_sort(&x, rank)?, "ties [{rows},{n}] rank {rank}");
+            assert_eq!(
+                got,
+                common::kth_largest_by_sort(&x, rank)?,
+                "ties [{rows},{n}] rank {rank}"
+            );
             let got = flashvsr_kernels::kth_largest(&r, rank)?.to_vec1::<f32>()?;
-            assert_eq!(got, common::kth_largest_by_sort(&r, rank)?, "randn [{rows},{n}] rank {rank}");
+            assert_eq!(
+                got,
+                common::kth_largest_by_sort(&r, rank)?,
+                "randn [{rows},{n}] rank {rank}"
+            );
         }
     }
     Ok(())

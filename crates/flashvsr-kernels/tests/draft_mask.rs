@@ -13,7 +13,11 @@ fn draft_mask_matches_upstream_fixture() -> anyhow::Result<()> {
         let mask = draft_block_mask(&case.q, &case.k, &case.local, heads, topk)?;
         assert_eq!(mask.dims(), case.mask.dims(), "{name}");
         assert_eq!(mask.dtype(), DType::U8);
-        assert_eq!(mask_mismatches(&mask, &case.mask)?, 0, "{name}: mask differs from upstream");
+        assert_eq!(
+            mask_mismatches(&mask, &case.mask)?,
+            0,
+            "{name}: mask differs from upstream"
+        );
     }
     Ok(())
 }
@@ -25,8 +29,14 @@ fn kth_largest_matches_sort_with_ties() -> anyhow::Result<()> {
         let got = kth_largest(&x, rank)?.to_vec1::<f32>()?;
         assert_eq!(got, kth_largest_by_sort(&x, rank)?, "rank {rank}");
     }
-    let neg = Tensor::new(&[[-1f32, -0.0, 0.0, -3.5, 2.0, f32::NEG_INFINITY]], &Device::Cpu)?;
-    assert_eq!(kth_largest(&neg, 5)?.to_vec1::<f32>()?, vec![f32::NEG_INFINITY]);
+    let neg = Tensor::new(
+        &[[-1f32, -0.0, 0.0, -3.5, 2.0, f32::NEG_INFINITY]],
+        &Device::Cpu,
+    )?;
+    assert_eq!(
+        kth_largest(&neg, 5)?.to_vec1::<f32>()?,
+        vec![f32::NEG_INFINITY]
+    );
     assert_eq!(kth_largest(&neg, 3)?.to_vec1::<f32>()?, vec![-1.0]);
     assert!(kth_largest(&neg, 6).is_err());
     Ok(())

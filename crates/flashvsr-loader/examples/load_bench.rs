@@ -65,7 +65,12 @@ fn gen(dir: &Path) -> anyhow::Result<()> {
     }
     w.flush()?;
     drop(w);
-    println!("wrote {} ({} tensors, {} bytes of data)", st.display(), specs.len(), off);
+    println!(
+        "wrote {} ({} tensors, {} bytes of data)",
+        st.display(),
+        specs.len(),
+        off
+    );
     let gg = dir.join("dit-q8_0.gguf");
     let t = Instant::now();
     let r = convert::convert(

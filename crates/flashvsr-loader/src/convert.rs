@@ -47,7 +47,16 @@ impl Quant {
         matches!(self, Quant::F32 | Quant::F16 | Quant::BF16)
     }
     pub fn all() -> [Quant; 8] {
-        [Quant::F32, Quant::F16, Quant::BF16, Quant::Q8_0, Quant::Q6K, Quant::Q5K, Quant::Q4K, Quant::Q4_0]
+        [
+            Quant::F32,
+            Quant::F16,
+            Quant::BF16,
+            Quant::Q8_0,
+            Quant::Q6K,
+            Quant::Q5K,
+            Quant::Q4K,
+            Quant::Q4_0,
+        ]
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -68,7 +77,10 @@ impl std::str::FromStr for Quant {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Quant::all()
             .into_iter()
-            .find(|q| q.name().eq_ignore_ascii_case(s) || q.name().replace('_', "").eq_ignore_ascii_case(s))
+            .find(|q| {
+                q.name().eq_ignore_ascii_case(s)
+                    || q.name().replace('_', "").eq_ignore_ascii_case(s)
+            })
             .ok_or_else(|| {
                 format!(
                     "unknown quant '{s}' (expected one of {})",
@@ -188,7 +200,12 @@ pub fn keep_high_precision(name: &str) -> bool {
 }
 
 /// The ggml type a tensor gets under `quant` (its float fallback otherwise).
-fn target_type(name: &str, shape: &[usize], quant: Option<Quant>, fallback: GgmlDType) -> GgmlDType {
+fn target_type(
+    name: &str,
+    shape: &[usize],
+    quant: Option<Quant>,
+    fallback: GgmlDType,
+) -> GgmlDType {
     match quant {
         None => fallback,
         Some(q) if q.is_float() => q.ggml(),
@@ -242,13 +259,21 @@ fn candle_float(t: GgmlDType) -> Option<DType> {
 }
 
 /// Converts `inputs` into one `output` file.
-pub fn convert<P: AsRef<Path>>(inputs: &[P], output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+pub fn convert<P: AsRef<Path>>(
+    inputs: &[P],
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
     let store = WeightStore::open(inputs)?;
     convert_store(&store, output, opts)
 }
 
 /// Converts an opened store.
-pub fn convert_store(store: &WeightStore, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+pub fn convert_store(
+    store: &WeightStore,
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
     let format = opts
         .output_format
         .or_else(|| OutputFormat::from_path(output))
@@ -266,8 +291,7 @@ pub fn convert_store(store: &WeightStore, output: &Path, opts: &ConvertOptions) 
         )));
     }
     for src in store.files() {
-        if std::fs::canonicalize(src).ok() == std::fs::canonicalize(output).ok()
-            && output.exists()
+        if std::fs::canonicalize(src).ok() == std::fs::canonicalize(output).ok() && output.exists()
         {
             return Err(LoadError::Other(format!(
                 "{}: output would overwrite an input",
@@ -279,7 +303,9 @@ pub fn convert_store(store: &WeightStore, output: &Path, opts: &ConvertOptions) 
     // Plan every tensor before writing anything.
     let mut plan = Vec::with_capacity(names.len());
     for name in &names {
-        let info = store.info(name).ok_or_else(|| LoadError::NotFound(name.clone()))?;
+        let info = store
+            .info(name)
+            .ok_or_else(|| LoadError::NotFound(name.clone()))?;
         if let Some(p) = &info.problem {
             return Err(LoadError::tensor(&info.file, name, p.clone()));
         }
@@ -289,9 +315,10 @@ pub fn convert_store(store: &WeightStore, output: &Path, opts: &ConvertOptions) 
     }
     let input_bytes = plan.iter().map(|(i, _)| i.nbytes.unwrap_or(0)).sum();
 
-    let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::Str(opts.architecture.clone())),
-    ];
+    let mut meta: Vec<(String, Value)> = vec![(
+        "general.architecture".into(),
+        Value::Str(opts.architecture.clone()),
+    )];
     if opts.quant.is_some_and(|q| !q.is_float()) {
         meta.push(("general.quantization_version".into(), Value::U32(2)));
     }

@@ -543,8 +543,7 @@ pub fn parse(buf: &[u8]) -> PResult<GgufHeader> {
         ));
     }
 
-    let meta_index: HashMap<&str, &Value> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let meta_index: HashMap<&str, &Value> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, ne, ggml_type, offset) in raw {
         let mut t = GgufTensor {
@@ -575,7 +574,10 @@ pub fn parse(buf: &[u8]) -> PResult<GgufHeader> {
         let mut count: u64 = 1;
         for &d in &t.ne {
             count = count.checked_mul(d).ok_or_else(|| {
-                format!("tensor '{}' dims {:?}: element count overflows", t.name, t.ne)
+                format!(
+                    "tensor '{}' dims {:?}: element count overflows",
+                    t.name, t.ne
+                )
             })?;
         }
         if count > usize::MAX as u64 / 8 {
@@ -588,13 +590,15 @@ pub fn parse(buf: &[u8]) -> PResult<GgufHeader> {
         if t.ne.is_empty() {
             t.problem = Some("tensor has 0 dims".into());
         } else if t.ne.contains(&0) {
-            t.problem = Some(format!("tensor has a zero-sized dim (ggml dims {:?})", t.ne));
+            t.problem = Some(format!(
+                "tensor has a zero-sized dim (ggml dims {:?})",
+                t.ne
+            ));
         }
         match ggml_type.block() {
             None => {
-                t.problem.get_or_insert_with(|| {
-                    format!("unsupported tensor type {}", ggml_type.name())
-                });
+                t.problem
+                    .get_or_insert_with(|| format!("unsupported tensor type {}", ggml_type.name()));
             }
             Some((block, size)) => {
                 let ne0 = t.ne.first().copied().unwrap_or(1);
@@ -667,7 +671,10 @@ fn metadata_shape(v: &Value) -> PResult<Vec<usize>> {
         .map(|x| match x.as_int() {
             Some(d) if d >= 1 && d <= usize::MAX as i128 => Ok(d as usize),
             Some(d) => Err(format!("dim {d} is not positive")),
-            None => Err(format!("element of type {} is not an integer", x.type_name())),
+            None => Err(format!(
+                "element of type {} is not an integer",
+                x.type_name()
+            )),
         })
         .collect()
 }
@@ -685,7 +692,11 @@ fn resolve_shape(t: &mut GgufTensor, count: u64, meta: &HashMap<&str, &Value>) {
         let suffix = format!(".{raw_key}");
         let prefixed: Vec<_> = meta.iter().filter(|(k, _)| k.ends_with(&suffix)).collect();
         if prefixed.len() == 1 {
-            found.push((ShapeSource::RawShape, prefixed[0].0.to_string(), prefixed[0].1));
+            found.push((
+                ShapeSource::RawShape,
+                prefixed[0].0.to_string(),
+                prefixed[0].1,
+            ));
         }
     }
     let mut chosen: Option<(ShapeSource, String, Vec<usize>)> = None;

@@ -19,7 +19,11 @@ impl TensorEntry {
     /// Byte size of the tensor's data.
     pub fn nbytes(&self) -> Result<u64> {
         let (block, size) = self.ggml_type.block().ok_or_else(|| {
-            LoadError::Other(format!("cannot write tensor '{}' of type {}", self.name, self.ggml_type.name()))
+            LoadError::Other(format!(
+                "cannot write tensor '{}' of type {}",
+                self.name,
+                self.ggml_type.name()
+            ))
         })?;
         let n: u64 = self.shape.iter().map(|&d| d as u64).product();
         let inner = self.shape.last().copied().unwrap_or(1);
@@ -102,7 +106,9 @@ pub fn write<W: Write>(
     mut data: impl FnMut(usize) -> Result<Vec<u8>>,
 ) -> Result<()> {
     if alignment == 0 || !alignment.is_power_of_two() || alignment > u32::MAX as u64 {
-        return Err(LoadError::Other(format!("alignment {alignment} is not a power of two")));
+        return Err(LoadError::Other(format!(
+            "alignment {alignment} is not a power of two"
+        )));
     }
     let io = |e: std::io::Error| LoadError::Other(format!("writing GGUF: {e}"));
     let mut w = Counting { inner: w, pos: 0 };
@@ -112,12 +118,17 @@ pub fn write<W: Write>(
         .cloned()
         .collect();
     if alignment != 32 {
-        meta.insert(0, ("general.alignment".into(), Value::U32(alignment as u32)));
+        meta.insert(
+            0,
+            ("general.alignment".into(), Value::U32(alignment as u32)),
+        );
     }
     w.write_all(b"GGUF").map_err(io)?;
     w.write_all(&3u32.to_le_bytes()).map_err(io)?;
-    w.write_all(&(tensors.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&(meta.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(tensors.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&(meta.len() as u64).to_le_bytes())
+        .map_err(io)?;
     for (k, v) in &meta {
         write_str(&mut w, k).map_err(io)?;
         w.write_all(&v.type_id().to_le_bytes()).map_err(io)?;
@@ -128,7 +139,8 @@ pub fn write<W: Write>(
     for t in tensors {
         let n = t.nbytes()?;
         write_str(&mut w, &t.name).map_err(io)?;
-        w.write_all(&(t.shape.len() as u32).to_le_bytes()).map_err(io)?;
+        w.write_all(&(t.shape.len() as u32).to_le_bytes())
+            .map_err(io)?;
         for &d in t.shape.iter().rev() {
             w.write_all(&(d as u64).to_le_bytes()).map_err(io)?;
         }

@@ -41,7 +41,11 @@ pub fn inspect_store(store: &WeightStore) -> InspectReport {
     let tensors: Vec<TensorInfo> = store.infos().cloned().collect();
     InspectReport {
         files,
-        metadata: store.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: store
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         total_bytes: tensors.iter().filter_map(|t| t.nbytes).sum(),
         total_params: tensors.iter().map(|t| t.elem_count() as u64).sum(),
         tensors,
@@ -49,27 +53,46 @@ pub fn inspect_store(store: &WeightStore) -> InspectReport {
 }
 
 fn dims(s: &[usize]) -> String {
-    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+    format!(
+        "[{}]",
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
 }
 
 impl std::fmt::Display for InspectReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for file in &self.files {
-            writeln!(f, "file {} ({}, {} bytes)", file.path, file.format, file.bytes)?;
+            writeln!(
+                f,
+                "file {} ({}, {} bytes)",
+                file.path, file.format, file.bytes
+            )?;
         }
         if !self.metadata.is_empty() {
             writeln!(f, "metadata:")?;
             for (k, v) in &self.metadata {
                 let mut s = v.to_string();
                 if s.len() > 120 {
-                    let cut = (0..=117).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+                    let cut = (0..=117)
+                        .rev()
+                        .find(|&i| s.is_char_boundary(i))
+                        .unwrap_or(0);
                     s.truncate(cut);
                     s.push_str("...");
                 }
                 writeln!(f, "  {k} ({}) = {s}", v.type_name())?;
             }
         }
-        let w = self.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        let w = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         writeln!(
             f,
             "{:<w$}  {:<22} {:<22} {:<7} {:>12} {:>12}  {:<11} file",
@@ -86,8 +109,12 @@ impl std::fmt::Display for InspectReport {
                 t.nbytes.map_or("?".into(), |n| n.to_string()),
                 t.offset.map_or("-".into(), |n| n.to_string()),
                 t.shape_source.to_string(),
-                t.file.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-                t.problem.as_ref().map_or(String::new(), |p| format!("  ERROR: {p}")),
+                t.file
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                t.problem
+                    .as_ref()
+                    .map_or(String::new(), |p| format!("  ERROR: {p}")),
             )?;
         }
         writeln!(

@@ -26,11 +26,26 @@ struct LayoutFile {
 
 const LAYOUTS: &[(&str, &str)] = &[
     ("dit", include_str!("../../../models/layouts/dit.json")),
-    ("lq_proj_v1", include_str!("../../../models/layouts/lq_proj_v1.json")),
-    ("lq_proj_v1_1", include_str!("../../../models/layouts/lq_proj_v1_1.json")),
-    ("tc_decoder", include_str!("../../../models/layouts/tc_decoder.json")),
-    ("wan_vae", include_str!("../../../models/layouts/wan_vae.json")),
-    ("prompt", include_str!("../../../models/layouts/prompt.json")),
+    (
+        "lq_proj_v1",
+        include_str!("../../../models/layouts/lq_proj_v1.json"),
+    ),
+    (
+        "lq_proj_v1_1",
+        include_str!("../../../models/layouts/lq_proj_v1_1.json"),
+    ),
+    (
+        "tc_decoder",
+        include_str!("../../../models/layouts/tc_decoder.json"),
+    ),
+    (
+        "wan_vae",
+        include_str!("../../../models/layouts/wan_vae.json"),
+    ),
+    (
+        "prompt",
+        include_str!("../../../models/layouts/prompt.json"),
+    ),
 ];
 
 fn parse(component: &str) -> Option<LayoutFile> {
@@ -103,7 +118,12 @@ impl std::fmt::Display for ValidationReport {
             CheckMode::Exact => "exact shapes",
             CheckMode::Structure => "structure only: names and ranks",
         };
-        writeln!(f, "component {} ({mode}); files: {}", self.component, self.files.join(", "))?;
+        writeln!(
+            f,
+            "component {} ({mode}); files: {}",
+            self.component,
+            self.files.join(", ")
+        )?;
         for m in &self.missing {
             writeln!(f, "  missing     {} {:?}", m.name, m.shape)?;
         }
@@ -111,7 +131,11 @@ impl std::fmt::Display for ValidationReport {
             writeln!(f, "  unexpected  {n}")?;
         }
         for m in &self.mismatched {
-            writeln!(f, "  mis-shaped  {}: expected {:?}, found {:?}", m.name, m.expected, m.found)?;
+            writeln!(
+                f,
+                "  mis-shaped  {}: expected {:?}, found {:?}",
+                m.name, m.expected, m.found
+            )?;
         }
         for (n, why) in &self.unreadable {
             writeln!(f, "  unreadable  {n}: {why}")?;
@@ -137,7 +161,11 @@ fn squeeze(s: &[usize]) -> Vec<usize> {
 }
 
 /// Checks an opened store against a component layout.
-pub fn validate_store(store: &WeightStore, component: &str, mode: CheckMode) -> Result<ValidationReport> {
+pub fn validate_store(
+    store: &WeightStore,
+    component: &str,
+    mode: CheckMode,
+) -> Result<ValidationReport> {
     let specs = component_layout(component).ok_or_else(|| {
         LoadError::Other(format!(
             "unknown component '{component}' (known: {})",
@@ -147,7 +175,11 @@ pub fn validate_store(store: &WeightStore, component: &str, mode: CheckMode) -> 
     let mut report = ValidationReport {
         component: component.to_string(),
         mode,
-        files: store.files().iter().map(|p| p.display().to_string()).collect(),
+        files: store
+            .files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         checked: 0,
         missing: vec![],
         unexpected: vec![],

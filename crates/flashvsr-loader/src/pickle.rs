@@ -495,7 +495,10 @@ fn show_key(k: &Value) -> String {
 /// `('storage', <StorageClass>, key, location, numel)`.
 fn persistent_storage(pid: &Value) -> PResult<Value> {
     let Value::Tuple(t) = pid else {
-        return Err(format!("persistent id is a {}, expected a tuple", kind(pid)));
+        return Err(format!(
+            "persistent id is a {}, expected a tuple",
+            kind(pid)
+        ));
     };
     match t.as_slice() {
         [Value::Str(tag), Value::Global(cls), key, _location, Value::Int(numel)]
@@ -539,7 +542,10 @@ fn int_tuple(v: &Value, what: &str) -> PResult<Vec<usize>> {
 
 fn call(func: &Value, args: &Value) -> PResult<Value> {
     let Value::Global(tag) = func else {
-        return Err(format!("pickle calls a {}, not an allowed global", kind(func)));
+        return Err(format!(
+            "pickle calls a {}, not an allowed global",
+            kind(func)
+        ));
     };
     let Value::Tuple(args) = args else {
         return Err(format!("pickle call arguments are a {}", kind(args)));
@@ -608,12 +614,11 @@ pub fn tensors_of(v: &Value) -> Result<Vec<(String, TensorRef)>, String> {
         Value::Dict(d) => {
             // `{"state_dict": {...}}` / `{"model_state": {...}}` wrappers
             for wrapper in ["state_dict", "model_state", "model", "module"] {
-                if let Some((_, inner @ Value::Dict(_))) =
-                    d.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == wrapper))
+                if let Some((_, inner @ Value::Dict(_))) = d
+                    .iter()
+                    .find(|(k, _)| matches!(k, Value::Str(s) if s == wrapper))
                 {
-                    let others_are_tensors = d
-                        .iter()
-                        .any(|(_, v)| matches!(v, Value::Tensor(_)));
+                    let others_are_tensors = d.iter().any(|(_, v)| matches!(v, Value::Tensor(_)));
                     if !others_are_tensors {
                         return tensors_of(inner);
                     }
@@ -622,7 +627,10 @@ pub fn tensors_of(v: &Value) -> Result<Vec<(String, TensorRef)>, String> {
             let mut out = Vec::with_capacity(d.len());
             for (k, v) in d.iter() {
                 let Value::Str(name) = k else {
-                    return Err(format!("state dict key is a {}, expected a string", kind(k)));
+                    return Err(format!(
+                        "state dict key is a {}, expected a string",
+                        kind(k)
+                    ));
                 };
                 // Non-tensor entries (epoch counters, config) are not weights.
                 if let Value::Tensor(t) = v {

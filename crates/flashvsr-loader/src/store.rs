@@ -233,7 +233,10 @@ impl WeightStore {
         let mut seen = HashSet::new();
         for f in files {
             let (canon, ident) = file_identity(&f)?;
-            if !seen.insert(ident.map_or_else(|| format!("{}", canon.display()), |(d, i)| format!("{d}:{i}"))) {
+            if !seen.insert(ident.map_or_else(
+                || format!("{}", canon.display()),
+                |(d, i)| format!("{d}:{i}"),
+            )) {
                 continue; // same file reached twice
             }
             store.add_file(&f)?;
@@ -350,7 +353,11 @@ impl WeightStore {
     fn span<'a>(&'a self, info: &TensorInfo) -> Result<&'a [u8]> {
         let src = &self.sources[info.source];
         let (Some(off), Some(n)) = (info.offset, info.nbytes) else {
-            return Err(LoadError::tensor(&info.file, &info.name, "data location unknown"));
+            return Err(LoadError::tensor(
+                &info.file,
+                &info.name,
+                "data location unknown",
+            ));
         };
         let end = off.checked_add(n).filter(|&e| e <= src.mmap.len() as u64);
         match end {
@@ -390,10 +397,17 @@ impl WeightStore {
     /// CPU fast path for F32/F16/BF16: one positioned read straight into the tensor's buffer
     /// (the same work as reading the bytes from the page cache; no page faults on the map).
     #[cfg(unix)]
-    fn read_plain_cpu(&self, info: &TensorInfo, stored: DType, device: &Device) -> Result<Option<Tensor>> {
+    fn read_plain_cpu(
+        &self,
+        info: &TensorInfo,
+        stored: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
         use std::os::unix::fs::FileExt;
         let src = &self.sources[info.source];
-        let (Some(file), Some(off), Some(n), true) = (&src.file, info.offset, info.nbytes, device.is_cpu()) else {
+        let (Some(file), Some(off), Some(n), true) =
+            (&src.file, info.offset, info.nbytes, device.is_cpu())
+        else {
             return Ok(None);
         };
         if off.checked_add(n).is_none_or(|e| e > src.mmap.len() as u64) {
@@ -407,14 +421,18 @@ impl WeightStore {
             DType::F32 => {
                 let mut v = vec![0f32; n as usize / 4];
                 // SAFETY: f32 has no invalid bit patterns; the slice covers exactly `v`.
-                let b = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4) };
+                let b = unsafe {
+                    std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 4)
+                };
                 file.read_exact_at(b, off).map_err(ioerr)?;
                 Tensor::from_vec(v, shape, device)
             }
             DType::F16 | DType::BF16 => {
                 let mut v = vec![0u16; n as usize / 2];
                 // SAFETY: as above, u16 accepts any bit pattern.
-                let b = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2) };
+                let b = unsafe {
+                    std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 2)
+                };
                 file.read_exact_at(b, off).map_err(ioerr)?;
                 if cfg!(target_endian = "big") {
                     v.iter_mut().for_each(|x| *x = u16::from_le(*x));
@@ -459,7 +477,11 @@ impl WeightStore {
         let t = match &info.layout {
             Layout::Plain(stored) => {
                 if let Some(t) = self.read_plain_cpu(info, *stored, device)? {
-                    return if t.dtype() == dtype { Ok(t) } else { t.to_dtype(dtype).map_err(&err) };
+                    return if t.dtype() == dtype {
+                        Ok(t)
+                    } else {
+                        t.to_dtype(dtype).map_err(&err)
+                    };
                 }
                 let bytes = self.span(info)?;
                 let t = Tensor::from_raw_buffer(bytes, *stored, shape, device).map_err(&err)?;
@@ -515,7 +537,10 @@ impl WeightStore {
         device: &Device,
     ) -> Result<Tensor> {
         let info = self.get_info(name)?;
-        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+        let want = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if want != info.elem_count() || shape.contains(&0) != info.shape.contains(&0) {
             return Err(LoadError::tensor(
                 &info.file,
@@ -553,7 +578,10 @@ impl WeightStore {
     /// last dim is a multiple of the block size.
     pub fn qtensor_as(&self, name: &str, shape: &[usize], device: &Device) -> Result<QTensor> {
         let info = self.get_info(name)?;
-        let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+        let want = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if want != info.elem_count() {
             return Err(LoadError::tensor(
                 &info.file,
@@ -603,7 +631,11 @@ impl WeightStore {
         let bytes = self.span(info)?;
         let err = Self::candle_err(info);
         if bytes.len() % cdt.type_size() != 0 {
-            return Err(LoadError::tensor(&info.file, &info.name, "data is not whole blocks"));
+            return Err(LoadError::tensor(
+                &info.file,
+                &info.name,
+                "data is not whole blocks",
+            ));
         }
         // candle casts the bytes to block structs: give it an 8-byte aligned buffer.
         let storage = if (bytes.as_ptr() as usize).is_multiple_of(8) {
@@ -631,17 +663,17 @@ impl WeightStore {
         let src = &self.sources[info.source];
         let err = Self::candle_err(info);
         let terr = |m: String| LoadError::tensor(&info.file, &info.name, m);
-        let rec = src
-            .records
-            .get(record)
-            .ok_or_else(|| terr(format!("storage record '{record}' is missing from the archive")))?;
+        let rec = src.records.get(record).ok_or_else(|| {
+            terr(format!(
+                "storage record '{record}' is missing from the archive"
+            ))
+        })?;
         let es = sdt.size();
         let numel = rec.size / es as u64;
         let shape = &info.shape;
         let count: usize = shape.iter().product();
-        let cdtype = storage_candle_dtype(sdt).ok_or_else(|| {
-            terr(format!("storage type {} has no candle dtype", sdt.name()))
-        })?;
+        let cdtype = storage_candle_dtype(sdt)
+            .ok_or_else(|| terr(format!("storage type {} has no candle dtype", sdt.name())))?;
         if count == 0 {
             return Tensor::zeros(shape.as_slice(), cdtype, device).map_err(&err);
         }
@@ -669,7 +701,11 @@ impl WeightStore {
                 let end = at
                     .checked_add(needed)
                     .filter(|&e| e <= src.mmap.len() as u64)
-                    .ok_or_else(|| terr(format!("storage record '{record}' runs past the end of the file")))?;
+                    .ok_or_else(|| {
+                        terr(format!(
+                            "storage record '{record}' runs past the end of the file"
+                        ))
+                    })?;
                 &src.mmap[at as usize..end as usize]
             }
             None => {
@@ -700,8 +736,7 @@ impl WeightStore {
         let mut out = Vec::with_capacity(count * es);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..count {
-            let e = offset as usize
-                + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+            let e = offset as usize + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
             out.extend_from_slice(&data[e * es..(e + 1) * es]);
             for k in (0..idx.len()).rev() {
                 idx[k] += 1;
@@ -721,7 +756,11 @@ impl WeightStore {
     }
 
     /// A candle-nn `VarBuilder` over this store; `get(shape, name)` reshapes by element count.
-    pub fn var_builder(self: &Arc<Self>, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+    pub fn var_builder(
+        self: &Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_nn::VarBuilder<'static> {
         crate::var_builder::var_builder(self.clone(), dtype, device)
     }
 }
@@ -848,7 +887,10 @@ fn read_safetensors(
             S::I16 => (Some(DType::I16), None),
             S::U32 => (Some(DType::U32), None),
             S::U8 | S::BOOL => (Some(DType::U8), None),
-            other => (None, Some(format!("unsupported safetensors dtype {other:?}"))),
+            other => (
+                None,
+                Some(format!("unsupported safetensors dtype {other:?}")),
+            ),
         };
         let (a, b) = ti.data_offsets;
         out.push(TensorInfo {
@@ -891,9 +933,8 @@ fn read_torch_zip(src: &mut Source, index: usize) -> Result<Vec<TensorInfo>> {
             }
         }
     }
-    let pkl_name = pkl_index.ok_or_else(|| {
-        ferr("zip archive has no data.pkl: not a PyTorch checkpoint".into())
-    })?;
+    let pkl_name = pkl_index
+        .ok_or_else(|| ferr("zip archive has no data.pkl: not a PyTorch checkpoint".into()))?;
     for i in 0..zip.len() {
         let f = zip
             .by_index(i)
@@ -968,7 +1009,11 @@ fn read_torch_zip(src: &mut Source, index: usize) -> Result<Vec<TensorInfo>> {
             problem = Some(format!("shape {:?} overflows", t.shape));
         }
         if t.shape.len() > gguf::MAX_DIMS {
-            problem = Some(format!("{} dims (at most {})", t.shape.len(), gguf::MAX_DIMS));
+            problem = Some(format!(
+                "{} dims (at most {})",
+                t.shape.len(),
+                gguf::MAX_DIMS
+            ));
         }
         if storage_candle_dtype(t.dtype).is_none() {
             problem = Some(format!("storage type {} is not supported", t.dtype.name()));

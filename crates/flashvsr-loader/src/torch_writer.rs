@@ -91,16 +91,28 @@ fn archive_name(path: &Path) -> String {
         .unwrap_or("archive");
     let clean: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if clean.is_empty() { "archive".into() } else { clean }
+    if clean.is_empty() {
+        "archive".into()
+    } else {
+        clean
+    }
 }
 
 fn write_archive(path: &Path, pickle: Vec<u8>, tensors: &[&Tensor]) -> Result<()> {
     let prefix = archive_name(path);
     let mut blobs = Vec::with_capacity(tensors.len());
     for t in tensors {
-        blobs.push(tensor_le_bytes(t).map_err(|e| LoadError::Other(format!("{}: {e}", path.display())))?);
+        blobs.push(
+            tensor_le_bytes(t).map_err(|e| LoadError::Other(format!("{}: {e}", path.display())))?,
+        );
     }
     write_atomic(path, |w| {
         let zerr = |e: zip::result::ZipError| LoadError::format(path, format!("zip: {e}"));
@@ -130,7 +142,11 @@ fn write_archive(path: &Path, pickle: Vec<u8>, tensors: &[&Tensor]) -> Result<()
 
 fn class_of(path: &Path, name: &str, t: &Tensor) -> Result<&'static str> {
     storage_class(t.dtype()).ok_or_else(|| {
-        LoadError::tensor(path, name, format!("dtype {:?} cannot be written to a torch file", t.dtype()))
+        LoadError::tensor(
+            path,
+            name,
+            format!("dtype {:?} cannot be written to a torch file", t.dtype()),
+        )
     })
 }
 

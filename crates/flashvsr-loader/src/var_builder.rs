@@ -31,6 +31,10 @@ impl SimpleBackend for StoreBackend {
 }
 
 /// A `VarBuilder` reading from `store`; `get(shape, name)` reshapes by element count.
-pub fn var_builder(store: Arc<WeightStore>, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+pub fn var_builder(
+    store: Arc<WeightStore>,
+    dtype: DType,
+    device: &Device,
+) -> candle_nn::VarBuilder<'static> {
     candle_nn::VarBuilder::from_backend(Box::new(StoreBackend(store)), dtype, device.clone())
 }

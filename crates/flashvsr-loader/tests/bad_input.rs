@@ -27,12 +27,21 @@ fn s(x: &str) -> Vec<u8> {
 
 impl G {
     fn new() -> G {
-        G { version: 3, kv: vec![], tensors: vec![], n_tensors: None, n_kv: None, data: vec![], alignment: 32 }
+        G {
+            version: 3,
+            kv: vec![],
+            tensors: vec![],
+            n_tensors: None,
+            n_kv: None,
+            data: vec![],
+            alignment: 32,
+        }
     }
     fn f32_tensor(mut self, name: &str, ne: &[u64]) -> G {
         let off = self.data.len() as u64;
         let n: u64 = ne.iter().product();
-        self.data.extend((0..n).flat_map(|i| (i as f32).to_le_bytes()));
+        self.data
+            .extend((0..n).flat_map(|i| (i as f32).to_le_bytes()));
         while !(self.data.len() as u64).is_multiple_of(self.alignment) {
             self.data.push(0);
         }
@@ -46,7 +55,11 @@ impl G {
     fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(self.version.to_le_bytes());
-        b.extend(self.n_tensors.unwrap_or(self.tensors.len() as u64).to_le_bytes());
+        b.extend(
+            self.n_tensors
+                .unwrap_or(self.tensors.len() as u64)
+                .to_le_bytes(),
+        );
         b.extend(self.n_kv.unwrap_or(self.kv.len() as u64).to_le_bytes());
         for (k, ty, p) in &self.kv {
             b.extend(s(k));
@@ -123,7 +136,8 @@ fn truncation_everywhere() {
             }
         }
     }
-    let e = gguf::parse(&std::fs::read(format!("{CORPUS}/gguf/meta.gguf")).unwrap()[..1000]).unwrap_err();
+    let e = gguf::parse(&std::fs::read(format!("{CORPUS}/gguf/meta.gguf")).unwrap()[..1000])
+        .unwrap_err();
     assert!(e.contains("truncated"), "{e}");
 }
 
@@ -160,25 +174,44 @@ fn absurd_counts_and_lengths() {
 
 #[test]
 fn unknown_value_type_and_bad_bool() {
-    assert_err(G::new().kv("k", 13, vec![0; 8]).bytes(), "unknown value type 13");
+    assert_err(
+        G::new().kv("k", 13, vec![0; 8]).bytes(),
+        "unknown value type 13",
+    );
     let mut p = 77u32.to_le_bytes().to_vec();
     p.extend(1u64.to_le_bytes());
-    assert_err(G::new().kv("k", 9, p).bytes(), "unknown array element type 77");
+    assert_err(
+        G::new().kv("k", 9, p).bytes(),
+        "unknown array element type 77",
+    );
     assert_err(G::new().kv("b", 7, vec![2]).bytes(), "invalid bool");
 }
 
 #[test]
 fn duplicates() {
     let one = 1u32.to_le_bytes().to_vec();
-    assert_err(G::new().kv("k", 4, one.clone()).kv("k", 4, one).bytes(), "duplicate metadata key 'k'");
+    assert_err(
+        G::new().kv("k", 4, one.clone()).kv("k", 4, one).bytes(),
+        "duplicate metadata key 'k'",
+    );
     let g = G::new().f32_tensor("a", &[8]).f32_tensor("a", &[8]);
     assert_err(g.bytes(), "duplicate tensor name 'a'");
 }
 
 #[test]
 fn alignment_rules() {
-    for (ty, p) in [(4u32, 0u32.to_le_bytes().to_vec()), (4, 48u32.to_le_bytes().to_vec()), (10, 64u64.to_le_bytes().to_vec())] {
-        assert_err(G::new().kv("general.alignment", ty, p).f32_tensor("a", &[8]).bytes(), "general.alignment");
+    for (ty, p) in [
+        (4u32, 0u32.to_le_bytes().to_vec()),
+        (4, 48u32.to_le_bytes().to_vec()),
+        (10, 64u64.to_le_bytes().to_vec()),
+    ] {
+        assert_err(
+            G::new()
+                .kv("general.alignment", ty, p)
+                .f32_tensor("a", &[8])
+                .bytes(),
+            "general.alignment",
+        );
     }
 }
 
@@ -217,7 +250,12 @@ fn dims_and_offsets() {
 
 #[test]
 fn per_tensor_problems_fail_only_that_tensor() {
-    let mut g = G::new().f32_tensor("good", &[8]).f32_tensor("iq2", &[8]).f32_tensor("zero", &[8]).f32_tensor("scalar", &[8]).f32_tensor("badshape", &[8]);
+    let mut g = G::new()
+        .f32_tensor("good", &[8])
+        .f32_tensor("iq2", &[8])
+        .f32_tensor("zero", &[8])
+        .f32_tensor("scalar", &[8])
+        .f32_tensor("badshape", &[8]);
     g.tensors[1].2 = 16; // IQ2_XXS: unknown to us
     g.tensors[2].1 = vec![0, 8];
     g.tensors[3].1 = vec![];
@@ -228,19 +266,42 @@ fn per_tensor_problems_fail_only_that_tensor() {
     let g = g.kv("comfy.gguf.orig_shape.badshape", 9, arr);
     let st = WeightStore::open_bytes("mixed.gguf", g.bytes()).unwrap();
     assert!(st.tensor("good", DType::F32, &Device::Cpu).is_ok());
-    for (name, needle) in [("iq2", "IQ2_XXS"), ("zero", "zero-sized"), ("scalar", "0 dims"), ("badshape", "[3, 3] has 9 elements")] {
-        let e = st.tensor(name, DType::F32, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("mixed.gguf") && e.contains(name) && e.contains(needle), "{e}");
+    for (name, needle) in [
+        ("iq2", "IQ2_XXS"),
+        ("zero", "zero-sized"),
+        ("scalar", "0 dims"),
+        ("badshape", "[3, 3] has 9 elements"),
+    ] {
+        let e = st
+            .tensor(name, DType::F32, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mixed.gguf") && e.contains(name) && e.contains(needle),
+            "{e}"
+        );
     }
 }
 
 #[test]
 fn other_formats_garbage() {
-    let e = WeightStore::open_bytes("x.safetensors", [&15u64.to_le_bytes()[..], b"{\"a\": 1, \"b\":2}"].concat()).unwrap_err().to_string();
-    assert!(e.contains("x.safetensors") && e.contains("safetensors header"), "{e}");
-    let e = WeightStore::open_bytes("x.pt", b"PK\x03\x04garbage".to_vec()).unwrap_err().to_string();
+    let e = WeightStore::open_bytes(
+        "x.safetensors",
+        [&15u64.to_le_bytes()[..], b"{\"a\": 1, \"b\":2}"].concat(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("x.safetensors") && e.contains("safetensors header"),
+        "{e}"
+    );
+    let e = WeightStore::open_bytes("x.pt", b"PK\x03\x04garbage".to_vec())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("x.pt") && e.contains("zip"), "{e}");
-    let e = WeightStore::open_bytes("x.pt", vec![0x80, 2, b'}', b'.']).unwrap_err().to_string();
+    let e = WeightStore::open_bytes("x.pt", vec![0x80, 2, b'}', b'.'])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("legacy"), "{e}");
 }
 
@@ -258,7 +319,9 @@ fn pickles_with_foreign_globals_are_refused() {
     assert!(e.contains("'builtins.eval'"), "{e}");
     let e = pickle_err(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n)R.");
     assert!(e.contains("needs 4+ arguments"), "{e}");
-    assert!(pickle_err(b"\x80\x02}(X\x01\0\0\0aK\x01X\x01\0\0\0aK\x02u.").contains("duplicate key 'a'"));
+    assert!(
+        pickle_err(b"\x80\x02}(X\x01\0\0\0aK\x01X\x01\0\0\0aK\x02u.").contains("duplicate key 'a'")
+    );
     assert!(pickle_err(b"\x80\x02h\x05.").contains("memo"));
     assert!(pickle_err(b"\x80\x02X\xff\xff\xff\xff").contains("truncated"));
     assert!(pickle_err(b"\x80\x02\xff.").contains("opcode"));
@@ -268,12 +331,20 @@ fn pickles_with_foreign_globals_are_refused() {
     {
         use std::io::Write;
         let mut z = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
-        z.start_file("evil/data.pkl", zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored)).unwrap();
+        z.start_file(
+            "evil/data.pkl",
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored),
+        )
+        .unwrap();
         z.write_all(b"\x80\x02csubprocess\nPopen\n.").unwrap();
         z.finish().unwrap();
     }
     let e = WeightStore::open(&[&p]).unwrap_err().to_string();
-    assert!(e.contains("evil.pth") && e.contains("subprocess.Popen"), "{e}");
+    assert!(
+        e.contains("evil.pth") && e.contains("subprocess.Popen"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -291,7 +362,8 @@ fn hostile_tensor_views_in_pickles() {
         use std::io::Write;
         let mut buf = std::io::Cursor::new(Vec::new());
         let mut z = zip::ZipWriter::new(&mut buf);
-        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
         z.start_file("x/data.pkl", o).unwrap();
         z.write_all(pkl).unwrap();
         z.start_file("x/data/0", o).unwrap();
@@ -300,13 +372,25 @@ fn hostile_tensor_views_in_pickles() {
         buf.into_inner()
     };
     let st = WeightStore::open_bytes("expand.pt", zip_with(p)).unwrap();
-    let e = st.tensor("expand", DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("expand.pt") && e.contains("more elements than its storage"), "{e}");
+    let e = st
+        .tensor("expand", DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("expand.pt") && e.contains("more elements than its storage"),
+        "{e}"
+    );
     // A view reaching past its storage record.
     let past = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\0\0\0storagectorch\nFloatStorage\nX\x01\0\0\0\x30X\x03\0\0\0cpuK\x01tQK\x00K\x04\x85K\x01\x85\x89)tR.";
     let st = WeightStore::open_bytes("past.pt", zip_with(past)).unwrap();
-    let e = st.tensor("past", DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("past.pt") && e.contains("reaches element 3"), "{e}");
+    let e = st
+        .tensor("past", DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("past.pt") && e.contains("reaches element 3"),
+        "{e}"
+    );
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for the mutation test.
@@ -335,7 +419,16 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             1 => b[i] = rng.next() as u8,
             2 => {
                 // Overwrite 8 bytes with an interesting integer.
-                let v: u64 = [0, 1, u64::MAX, 1 << 32, 1 << 40, 1 << 63, rng.next(), 0xffff_ffff][rng.below(8)];
+                let v: u64 = [
+                    0,
+                    1,
+                    u64::MAX,
+                    1 << 32,
+                    1 << 40,
+                    1 << 63,
+                    rng.next(),
+                    0xffff_ffff,
+                ][rng.below(8)];
                 for (k, x) in v.to_le_bytes().iter().enumerate() {
                     if i + k < b.len() {
                         b[i + k] = *x;
@@ -377,7 +470,10 @@ fn seeds(dir: &str) -> Vec<Vec<u8>> {
 #[test]
 fn randomized_mutations_never_panic() {
     let budget = std::time::Duration::from_secs(
-        std::env::var("MUTATION_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4),
+        std::env::var("MUTATION_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4),
     );
     let gguf_seeds = seeds("gguf");
     let pickle_seeds = seeds("pickle");

@@ -42,10 +42,18 @@ fn check_scalar(key: &str, exp: &J, bits: Option<&J>, got: &Value) {
 }
 
 fn check_value(key: &str, exp: &J, got: &Value) {
-    assert_eq!(exp["type"].as_str().unwrap(), got.type_name(), "{key}: type");
+    assert_eq!(
+        exp["type"].as_str().unwrap(),
+        got.type_name(),
+        "{key}: type"
+    );
     match got {
         Value::Array(elem, items) => {
-            assert_eq!(exp["elem_type"].as_str().unwrap(), gguf::type_name(*elem), "{key}");
+            assert_eq!(
+                exp["elem_type"].as_str().unwrap(),
+                gguf::type_name(*elem),
+                "{key}"
+            );
             let ev = exp["value"].as_array().unwrap();
             assert_eq!(ev.len(), items.len(), "{key}: array length");
             for (i, (e, g)) in ev.iter().zip(items).enumerate() {
@@ -66,7 +74,10 @@ fn check_file(stem: &str) {
     assert_eq!(header.alignment, exp["alignment"].as_u64().unwrap());
     assert_eq!(header.header_end, exp["header_end"].as_u64().unwrap());
     if !header.tensors.is_empty() {
-        assert_eq!(header.data_offset, exp["tensor_data_offset"].as_u64().unwrap());
+        assert_eq!(
+            header.data_offset,
+            exp["tensor_data_offset"].as_u64().unwrap()
+        );
     }
     let em = exp["metadata"].as_object().unwrap();
     assert_eq!(header.metadata.len(), em.len(), "{stem}: metadata count");
@@ -106,17 +117,44 @@ fn check_file(stem: &str) {
         let want = &npz.iter().find(|(n, _)| n == name).unwrap().1;
         let got = store.tensor(name, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(got.dims(), want.dims(), "{name}");
-        let g: Vec<u32> = got.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-        let w: Vec<u32> = want.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        let g: Vec<u32> = got
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let w: Vec<u32> = want
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
         let diff = g.iter().zip(&w).filter(|(a, b)| a != b).count();
         assert_eq!(diff, 0, "{stem}/{name}: {diff} values differ bitwise");
 
         // F16/BF16 stay in their own type when asked for it.
         if info.dtype == "F16" || info.dtype == "BF16" {
-            let dt = if info.dtype == "F16" { DType::F16 } else { DType::BF16 };
+            let dt = if info.dtype == "F16" {
+                DType::F16
+            } else {
+                DType::BF16
+            };
             let native = store.tensor(name, dt, &Device::Cpu).unwrap();
             assert_eq!(native.dtype(), dt);
-            let back: Vec<u32> = native.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+            let back: Vec<u32> = native
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             assert_eq!(back, w, "{name} as {dt:?}");
         }
     }
@@ -165,7 +203,14 @@ fn quantized_stays_quantized() {
     assert_eq!(q.shape().dims(), &[4, 512]);
     let deq = q.dequantize(&Device::Cpu).unwrap();
     let direct = store.tensor("q4_k.rand", DType::F32, &Device::Cpu).unwrap();
-    let d = (deq - direct).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (deq - direct)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
     // QMatMul works from it.
     let mm = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
@@ -174,15 +219,29 @@ fn quantized_stays_quantized() {
     assert_eq!(y.dims(), &[2, 4]);
     // A type candle cannot hold quantized says so and names the tensor.
     let store = WeightStore::open(&[format!("{DIR}/types-extra.gguf")]).unwrap();
-    let e = store.qtensor("iq4_xs.rand", &Device::Cpu).unwrap_err().to_string();
+    let e = store
+        .qtensor("iq4_xs.rand", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("iq4_xs.rand") && e.contains("IQ4_XS"), "{e}");
 }
 
 #[test]
 fn reshape_by_element_count() {
     let store = WeightStore::open(&[format!("{DIR}/types.gguf")]).unwrap();
-    let t = store.tensor_as("f32", &[1, 4, 512], DType::F32, &Device::Cpu).unwrap();
+    let t = store
+        .tensor_as("f32", &[1, 4, 512], DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(t.dims(), &[1, 4, 512]);
-    let e = store.tensor_as("f32", &[3, 512], DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("types.gguf") && e.contains("'f32'") && e.contains("[3, 512]") && e.contains("[4, 512]"), "{e}");
+    let e = store
+        .tensor_as("f32", &[3, 512], DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("types.gguf")
+            && e.contains("'f32'")
+            && e.contains("[3, 512]")
+            && e.contains("[4, 512]"),
+        "{e}"
+    );
 }

@@ -3,13 +3,22 @@
 
 use flashvsr_loader::layout::{self, CheckMode};
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-v1.1");
-const FULL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/full-v1.1");
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/tiny-v1.1"
+);
+const FULL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/full-v1.1"
+);
 
 fn params(c: &str) -> (usize, usize) {
     let l = layout::component_layout(c).unwrap();
     let req: Vec<_> = l.iter().filter(|t| !t.optional).collect();
-    (req.len(), l.iter().map(|t| t.shape.iter().product::<usize>()).sum())
+    (
+        req.len(),
+        l.iter().map(|t| t.shape.iter().product::<usize>()).sum(),
+    )
 }
 
 #[test]
@@ -29,7 +38,9 @@ fn layouts_match_the_spec_counts() {
 
 #[test]
 fn fixture_dit_is_structurally_valid_but_not_real_sized() {
-    let f = [format!("{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors")];
+    let f = [format!(
+        "{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors"
+    )];
     let s = layout::validate_with(&f, "dit", CheckMode::Structure).unwrap();
     // The fixture has 2 blocks instead of 30: the rest are missing, nothing unexpected.
     assert!(s.unexpected.is_empty() && s.mismatched.is_empty(), "{s}");
@@ -38,7 +49,10 @@ fn fixture_dit_is_structurally_valid_but_not_real_sized() {
     let r = layout::validate(&f, "dit").unwrap();
     assert!(!r.is_ok());
     let text = r.to_string();
-    assert!(text.contains("mis-shaped  patch_embedding.weight: expected [1536, 16, 1, 2, 2]"), "{text}");
+    assert!(
+        text.contains("mis-shaped  patch_embedding.weight: expected [1536, 16, 1, 2, 2]"),
+        "{text}"
+    );
     assert!(text.contains("FAILED"));
 }
 
@@ -54,7 +68,10 @@ fn other_fixture_components_validate_structurally() {
         let r = layout::validate_with(&[&file], comp, CheckMode::Structure).unwrap();
         assert!(r.is_ok(), "{comp}: {r}");
         let exact = layout::validate(&[&file], comp).unwrap();
-        assert!(!exact.is_ok() && exact.missing.is_empty(), "{comp}: {exact}");
+        assert!(
+            !exact.is_ok() && exact.missing.is_empty(),
+            "{comp}: {exact}"
+        );
     }
     // The wrong component lists what is missing and unexpected.
     let r = layout::validate(&[format!("{TINY}/TCDecoder.ckpt")], "prompt").unwrap();

@@ -6,25 +6,50 @@ use candle_core::{DType, Device, Tensor};
 use flashvsr_loader::convert::{self, ConvertOptions, Quant};
 use flashvsr_loader::{torch_writer, ShapeSource, WeightStore};
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-v1.1");
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/tiny-v1.1"
+);
 
 fn dit() -> String {
     format!("{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors")
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 #[test]
 fn torch_writer_round_trip() {
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1., (4, 3, 2, 3, 3), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1., (7,), &dev).unwrap().to_dtype(DType::F16).unwrap();
-    let c = Tensor::randn(0f32, 1., (1, 6, 5), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+    let b = Tensor::randn(0f32, 1., (7,), &dev)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
+    let c = Tensor::randn(0f32, 1., (1, 6, 5), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("state.ckpt");
-    torch_writer::write_state_dict(&p, &[("a.weight".into(), a.clone()), ("b".into(), b.clone()), ("c.modulation".into(), c.clone())]).unwrap();
+    torch_writer::write_state_dict(
+        &p,
+        &[
+            ("a.weight".into(), a.clone()),
+            ("b".into(), b.clone()),
+            ("c.modulation".into(), c.clone()),
+        ],
+    )
+    .unwrap();
     let s = WeightStore::open(&[&p]).unwrap();
     assert_eq!(s.names(), vec!["a.weight", "b", "c.modulation"]);
     for (n, t) in [("a.weight", &a), ("b", &b), ("c.modulation", &c)] {
@@ -35,9 +60,15 @@ fn torch_writer_round_trip() {
     let q = dir.path().join("posi_prompt.pth");
     torch_writer::write_single_tensor(&q, &c).unwrap();
     let s = WeightStore::open(&[&q]).unwrap();
-    assert_eq!(bits(&s.tensor("posi_prompt", DType::BF16, &dev).unwrap()), bits(&c));
+    assert_eq!(
+        bits(&s.tensor("posi_prompt", DType::BF16, &dev).unwrap()),
+        bits(&c)
+    );
     // No temporary files are left behind.
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
 
@@ -85,21 +116,57 @@ fn safetensors_to_gguf_every_quant() {
             let back = got.tensor(&name, DType::F32, &dev).unwrap();
             let kept = convert::keep_high_precision(&name) || info.shape.len() != 2;
             if kept {
-                assert!(["F32", "F16", "BF16"].contains(&info.dtype.as_str()), "{name}: {}", info.dtype);
+                assert!(
+                    ["F32", "F16", "BF16"].contains(&info.dtype.as_str()),
+                    "{name}: {}",
+                    info.dtype
+                );
             }
             match info.dtype.as_str() {
                 "F32" => assert_eq!(bits(&back), bits(&orig), "{name}"),
-                "F16" => assert_eq!(bits(&back), bits(&orig.to_dtype(DType::F16).unwrap()), "{name}"),
-                "BF16" => assert_eq!(bits(&back), bits(&orig.to_dtype(DType::BF16).unwrap()), "{name}"),
+                "F16" => assert_eq!(
+                    bits(&back),
+                    bits(&orig.to_dtype(DType::F16).unwrap()),
+                    "{name}"
+                ),
+                "BF16" => assert_eq!(
+                    bits(&back),
+                    bits(&orig.to_dtype(DType::BF16).unwrap()),
+                    "{name}"
+                ),
                 _ => {
                     quantized += 1;
                     // Bit-exact against candle's own quantize + dequantize ...
-                    let reference = QTensor::quantize(&orig, q.ggml()).unwrap().dequantize(&dev).unwrap();
+                    let reference = QTensor::quantize(&orig, q.ggml())
+                        .unwrap()
+                        .dequantize(&dev)
+                        .unwrap();
                     assert_eq!(bits(&back), bits(&reference), "{name}");
                     // ... and within the type's known error.
-                    let err = (&back - &orig).unwrap().sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
-                    let rms = orig.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
-                    assert!(err <= bound(q) * rms, "{name} {q:?}: rel rmse {}", err / rms);
+                    let err = (&back - &orig)
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .mean_all()
+                        .unwrap()
+                        .sqrt()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let rms = orig
+                        .sqr()
+                        .unwrap()
+                        .mean_all()
+                        .unwrap()
+                        .sqrt()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        err <= bound(q) * rms,
+                        "{name} {q:?}: rel rmse {}",
+                        err / rms
+                    );
                 }
             }
         }
@@ -114,7 +181,15 @@ fn gguf_to_safetensors_dequantizes() {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("dit.gguf");
-    convert::convert(&[dit()], &g, &ConvertOptions { quant: Some(Quant::Q8_0), ..Default::default() }).unwrap();
+    convert::convert(
+        &[dit()],
+        &g,
+        &ConvertOptions {
+            quant: Some(Quant::Q8_0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let s = dir.path().join("dit.safetensors");
     convert::convert(&[&g], &s, &ConvertOptions::default()).unwrap();
     let a = WeightStore::open(&[&g]).unwrap();
@@ -130,7 +205,12 @@ fn gguf_to_safetensors_dequantizes() {
     }
     // bf16 checkpoint -> safetensors keeps bf16.
     let lq = dir.path().join("lq.safetensors");
-    convert::convert(&[format!("{TINY}/LQ_proj_in.ckpt")], &lq, &ConvertOptions::default()).unwrap();
+    convert::convert(
+        &[format!("{TINY}/LQ_proj_in.ckpt")],
+        &lq,
+        &ConvertOptions::default(),
+    )
+    .unwrap();
     let l = WeightStore::open(&[&lq]).unwrap();
     assert_eq!(l.info("conv1.weight").unwrap().dtype, "BF16");
 }
@@ -139,7 +219,15 @@ fn gguf_to_safetensors_dequantizes() {
 fn failed_conversion_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.safetensors");
-    let e = convert::convert(&[dit()], &out, &ConvertOptions { quant: Some(Quant::Q4K), ..Default::default() }).unwrap_err();
+    let e = convert::convert(
+        &[dit()],
+        &out,
+        &ConvertOptions {
+            quant: Some(Quant::Q4K),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("safetensors"), "{e}");
     let out = dir.path().join("x.bin");
     assert!(convert::convert(&[dit()], &out, &ConvertOptions::default()).is_err());
@@ -158,19 +246,45 @@ fn gguf_py_reads_our_files() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gguf_roundtrip.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/gguf_roundtrip.py"
+    );
     for q in [Quant::F16, Quant::Q8_0, Quant::Q4K] {
         let out = dir.path().join(format!("dit-{}.gguf", q.name()));
-        convert::convert(&[dit()], &out, &ConvertOptions { quant: Some(q), ..Default::default() }).unwrap();
+        convert::convert(
+            &[dit()],
+            &out,
+            &ConvertOptions {
+                quant: Some(q),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // Our own dequantized values, for the script to compare with.
         let store = WeightStore::open(&[&out]).unwrap();
         let mut tensors = Vec::new();
         for n in store.names() {
-            tensors.push((n.clone(), store.tensor(&n, DType::F32, &Device::Cpu).unwrap()));
+            tensors.push((
+                n.clone(),
+                store.tensor(&n, DType::F32, &Device::Cpu).unwrap(),
+            ));
         }
         let npz = dir.path().join(format!("dit-{}.npz", q.name()));
-        Tensor::write_npz(&tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), &npz).unwrap();
-        let out_s = std::process::Command::new("python3").arg(script).arg(&out).arg(&npz).output().unwrap();
+        Tensor::write_npz(
+            &tensors
+                .iter()
+                .map(|(n, t)| (n.as_str(), t))
+                .collect::<Vec<_>>(),
+            &npz,
+        )
+        .unwrap();
+        let out_s = std::process::Command::new("python3")
+            .arg(script)
+            .arg(&out)
+            .arg(&npz)
+            .output()
+            .unwrap();
         assert!(
             out_s.status.success(),
             "{q:?}: {}\n{}",

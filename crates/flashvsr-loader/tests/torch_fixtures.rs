@@ -6,8 +6,14 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use flashvsr_loader::{Format, LoadError, WeightStore};
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-v1.1");
-const FULL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/full-v1.1");
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/tiny-v1.1"
+);
+const FULL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/full-v1.1"
+);
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.to_dtype(DType::F32)
@@ -37,7 +43,10 @@ fn safetensors_dit_matches_candle_reader() {
     }
     // Real DiT structure: the 5-D patch embedding and 3-D modulations.
     assert_eq!(store.info("patch_embedding.weight").unwrap().shape.len(), 5);
-    assert_eq!(store.info("blocks.0.modulation").unwrap().shape[..2], [1, 6]);
+    assert_eq!(
+        store.info("blocks.0.modulation").unwrap().shape[..2],
+        [1, 6]
+    );
 }
 
 #[test]
@@ -70,7 +79,9 @@ fn single_tensor_pth_is_named_after_the_file() {
     assert_eq!(info.dtype, "BF16");
     let fp = WeightStore::open(&[format!("{TINY}/posi_prompt.fp32.pth")]).unwrap();
     let a = bf.tensor("posi_prompt", DType::F32, &Device::Cpu).unwrap();
-    let b = fp.tensor("posi_prompt.fp32", DType::F32, &Device::Cpu).unwrap();
+    let b = fp
+        .tensor("posi_prompt.fp32", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(bits(&a), bits(&b));
 }
 
@@ -85,7 +96,9 @@ fn tc_decoder_and_wan_vae_pickles_load() {
     let vae = WeightStore::open(&[format!("{FULL}/Wan2.1_VAE.pth")]).unwrap();
     assert!(vae.contains("decoder.conv1.weight"));
     assert_eq!(vae.info("decoder.conv1.weight").unwrap().shape.len(), 5);
-    let t = vae.tensor("conv2.weight", DType::F32, &Device::Cpu).unwrap();
+    let t = vae
+        .tensor("conv2.weight", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(t.rank(), 5);
 }
 
@@ -98,7 +111,10 @@ fn duplicate_names_across_files_name_both_files() {
     .unwrap_err();
     assert!(matches!(e, LoadError::Duplicate { .. }));
     let msg = e.to_string();
-    assert!(msg.contains("LQ_proj_in.ckpt") && msg.contains("LQ_proj_in.fp32.ckpt"), "{msg}");
+    assert!(
+        msg.contains("LQ_proj_in.ckpt") && msg.contains("LQ_proj_in.fp32.ckpt"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -128,17 +144,28 @@ fn folder_of_components() {
 #[test]
 fn var_builder_reads_and_reshapes() {
     let store = Arc::new(
-        WeightStore::open(&[format!("{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors")])
-            .unwrap(),
+        WeightStore::open(&[format!(
+            "{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors"
+        )])
+        .unwrap(),
     );
     let vb = store.var_builder(DType::F32, &Device::Cpu);
     let dims = store.info("blocks.0.modulation").unwrap().shape.clone();
     let squeezed: Vec<usize> = dims.iter().copied().filter(|&d| d != 1).collect();
-    let m = vb.pp("blocks").pp("0").get(squeezed.as_slice(), "modulation").unwrap();
+    let m = vb
+        .pp("blocks")
+        .pp("0")
+        .get(squeezed.as_slice(), "modulation")
+        .unwrap();
     assert_eq!(m.dims(), squeezed.as_slice());
     let e = vb.get((3, 3), "head.head.weight").unwrap_err().to_string();
-    assert!(e.contains("head.head.weight") && e.contains("shape mismatch"), "{e}");
+    assert!(
+        e.contains("head.head.weight") && e.contains("shape mismatch"),
+        "{e}"
+    );
     assert!(vb.contains_tensor("head.modulation"));
-    let bf = vb.get_unchecked_dtype("head.modulation", DType::BF16).unwrap();
+    let bf = vb
+        .get_unchecked_dtype("head.modulation", DType::BF16)
+        .unwrap();
     assert_eq!(bf.dtype(), DType::BF16);
 }

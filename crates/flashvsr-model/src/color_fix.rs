@@ -92,10 +92,15 @@ fn to_frames(x: &Tensor) -> Result<Tensor> {
 fn wavelet_blur(x: &Tensor, radius: usize) -> Result<Tensor> {
     let c = x.dim(1)?;
     const K: [f32; 3] = [1., 2., 1.];
-    let tap: Vec<f32> = K.iter().flat_map(|a| K.iter().map(move |b| a * b / 16.0)).collect();
+    let tap: Vec<f32> = K
+        .iter()
+        .flat_map(|a| K.iter().map(move |b| a * b / 16.0))
+        .collect();
     let kernel: Vec<f32> = (0..c).flat_map(|_| tap.iter().copied()).collect();
     let kernel = Tensor::from_vec(kernel, (c, 1, 3, 3), x.device())?;
-    let padded = x.pad_with_same(2, radius, radius)?.pad_with_same(3, radius, radius)?;
+    let padded = x
+        .pad_with_same(2, radius, radius)?
+        .pad_with_same(3, radius, radius)?;
     padded.conv2d(&kernel, 0, 1, radius, c)
 }
 
@@ -134,7 +139,10 @@ pub fn unit_to_u8(x: f32) -> u8 {
 pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
     let (b, c, t, h, w) = video.dims5()?;
     if b != 1 || c != 3 {
-        candle_core::bail!("to_rgb_frames: expected [1, 3, T, H, W], got {:?}", video.dims())
+        candle_core::bail!(
+            "to_rgb_frames: expected [1, 3, T, H, W], got {:?}",
+            video.dims()
+        )
     }
     // [T, H, W, 3] on the host.
     let hwc = video
@@ -175,7 +183,11 @@ mod tests {
         let hq = Tensor::full(0.25f32, (1, 3, 2, 40, 40), &dev)?;
         let lq = Tensor::full(-0.5f32, (1, 3, 2, 40, 40), &dev)?;
         let out = wavelet(&hq, &lq)?;
-        let max = (out + 0.5)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let max = (out + 0.5)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(max < 1e-6, "{max}");
         Ok(())
     }

@@ -59,9 +59,8 @@ impl DitConfig {
     /// Reads the dimensions from the DiT weights (upstream key names at the root of `vb`).
     /// `head_dim`: `None` = [`DEFAULT_HEAD_DIM`]; pass GGUF metadata or an override otherwise.
     pub fn from_weights(vb: &VarBuilder, head_dim: Option<usize>) -> Result<Self> {
-        let shape = |name: &str| -> Result<Vec<usize>> {
-            Ok(vb.get_unchecked(name)?.dims().to_vec())
-        };
+        let shape =
+            |name: &str| -> Result<Vec<usize>> { Ok(vb.get_unchecked(name)?.dims().to_vec()) };
         let pe = shape("patch_embedding.weight")?;
         let [dim, in_channels, pt, ph, pw] = pe[..] else {
             candle_core::bail!("patch_embedding.weight: expected 5 dims, got {pe:?}");
@@ -78,7 +77,10 @@ impl DitConfig {
         let head = shape("head.head.weight")?;
         let out_channels = match head[..] {
             [o, d] if d == dim && o % (pt * ph * pw) == 0 => o / (pt * ph * pw),
-            _ => candle_core::bail!("head.head.weight: expected [out·{}, {dim}], got {head:?}", pt * ph * pw),
+            _ => candle_core::bail!(
+                "head.head.weight: expected [out·{}, {dim}], got {head:?}",
+                pt * ph * pw
+            ),
         };
         let mut num_layers = 0;
         while vb.contains_tensor(&format!("blocks.{num_layers}.modulation")) {
@@ -126,7 +128,12 @@ pub struct LqProjConfig {
 
 impl LqProjConfig {
     pub fn flashvsr() -> Self {
-        Self { in_channels: 768, hidden1: 2048, hidden2: 3072, dim: 1536 }
+        Self {
+            in_channels: 768,
+            hidden1: 2048,
+            hidden2: 3072,
+            dim: 1536,
+        }
     }
 
     /// Reads the widths from `conv1.weight`, `conv2.weight` and `linear_layers.0.weight`.
@@ -147,8 +154,15 @@ impl LqProjConfig {
             _ => candle_core::bail!("linear_layers.0.weight: expected [dim, {hidden2}], got {l:?}"),
         };
         if in_channels != 768 {
-            candle_core::bail!("conv1.weight: expected 768 input channels (3·16·16), got {in_channels}");
+            candle_core::bail!(
+                "conv1.weight: expected 768 input channels (3·16·16), got {in_channels}"
+            );
         }
-        Ok(Self { in_channels, hidden1, hidden2, dim })
+        Ok(Self {
+            in_channels,
+            hidden1,
+            hidden2,
+            dim,
+        })
     }
 }

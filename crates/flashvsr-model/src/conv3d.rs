@@ -29,9 +29,9 @@
 //!
 //! dtype: Candle's CPU conv2d does not support bf16 (convert to f32/f16 first on CPU).
 
-use candle_core::{Result, Tensor};
 #[cfg(test)]
 use candle_core::IndexOp;
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// How missing border values are filled.
@@ -55,10 +55,18 @@ pub struct Padding {
 
 impl Padding {
     pub fn zeros(time_front: usize, spatial: usize) -> Self {
-        Self { time_front, spatial, mode: PadMode::Zeros }
+        Self {
+            time_front,
+            spatial,
+            mode: PadMode::Zeros,
+        }
     }
     pub fn replicate(time_front: usize, spatial: usize) -> Self {
-        Self { time_front, spatial, mode: PadMode::Replicate }
+        Self {
+            time_front,
+            spatial,
+            mode: PadMode::Replicate,
+        }
     }
 }
 
@@ -108,10 +116,11 @@ impl CausalConv3d {
         if stride_t == 0 {
             candle_core::bail!("CausalConv3d: temporal stride must be >= 1");
         }
-        let weight2d = weight
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?
-            .reshape((o, kt * i, kh, kw))?;
+        let weight2d =
+            weight
+                .permute((0, 2, 1, 3, 4))?
+                .contiguous()?
+                .reshape((o, kt * i, kh, kw))?;
         let bias = match bias {
             Some(b) => {
                 if b.elem_count() != o {
@@ -183,7 +192,16 @@ impl CausalConv3d {
             PadMode::Zeros => (x, self.pad.spatial),
             PadMode::Replicate => {
                 let s = self.pad.spatial;
-                (pad_dim(&pad_dim(&x, 3, s, s, PadMode::Replicate)?, 4, s, s, PadMode::Replicate)?, 0)
+                (
+                    pad_dim(
+                        &pad_dim(&x, 3, s, s, PadMode::Replicate)?,
+                        4,
+                        s,
+                        s,
+                        PadMode::Replicate,
+                    )?,
+                    0,
+                )
             }
         };
         let (_, _, tp, hp, wp) = x.dims5()?;
@@ -196,19 +214,23 @@ impl CausalConv3d {
             .map(|k| strided_frames(&x, k, self.stride_t, t_out))
             .collect::<Result<Vec<_>>>()?;
         let stacked = Tensor::cat(&taps, 1)?; // [B, kT·C, T_out, Hp, Wp]
-        let frames = stacked
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?
-            .reshape((b * t_out, kt * c, hp, wp))?;
+        let frames =
+            stacked
+                .permute((0, 2, 1, 3, 4))?
+                .contiguous()?
+                .reshape((b * t_out, kt * c, hp, wp))?;
         let w = self.weight2d.to_dtype(frames.dtype())?;
         let (_, _, kh, kw) = w.dims4()?;
         let chunk = crate::frame_conv::items_per_call(&frames, kh, kw)?;
-        let mut y = crate::frame_conv::in_chunks(&frames, chunk, |f| f.conv2d(&w, conv_pad, 1, 1, 1))?;
+        let mut y =
+            crate::frame_conv::in_chunks(&frames, chunk, |f| f.conv2d(&w, conv_pad, 1, 1, 1))?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
         }
         let (_, o, ho, wo) = y.dims4()?;
-        y.reshape((b, t_out, o, ho, wo))?.permute((0, 2, 1, 3, 4))?.contiguous()
+        y.reshape((b, t_out, o, ho, wo))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 
     /// The cache to pass with the next call: the last `n` frames of `[cache, x]`
@@ -241,7 +263,13 @@ fn strided_frames(x: &Tensor, start: usize, step: usize, count: usize) -> Result
 }
 
 /// Pads `left`/`right` entries on `dim` with zeros or copies of the border slice.
-pub(crate) fn pad_dim(x: &Tensor, dim: usize, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
+pub(crate) fn pad_dim(
+    x: &Tensor,
+    dim: usize,
+    left: usize,
+    right: usize,
+    mode: PadMode,
+) -> Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }
@@ -283,8 +311,12 @@ fn reference_loop(
         for k in 0..kt {
             let frame = full.i((.., .., to * stride_t + k))?; // [B, C, H, W]
             let frame = match pad.mode {
-                PadMode::Zeros => frame.pad_with_zeros(2, pad.spatial, pad.spatial)?.pad_with_zeros(3, pad.spatial, pad.spatial)?,
-                PadMode::Replicate => frame.pad_with_same(2, pad.spatial, pad.spatial)?.pad_with_same(3, pad.spatial, pad.spatial)?,
+                PadMode::Zeros => frame
+                    .pad_with_zeros(2, pad.spatial, pad.spatial)?
+                    .pad_with_zeros(3, pad.spatial, pad.spatial)?,
+                PadMode::Replicate => frame
+                    .pad_with_same(2, pad.spatial, pad.spatial)?
+                    .pad_with_same(3, pad.spatial, pad.spatial)?,
             };
             let w = weight.i((.., .., k))?.contiguous()?;
             let y = frame.conv2d(&w, 0, 1, 1, 1)?;
@@ -308,7 +340,16 @@ mod tests {
     use candle_core::Device;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -362,4 +403,3 @@ mod tests {
         Ok(())
     }
 }
-

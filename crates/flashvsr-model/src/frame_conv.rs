@@ -20,7 +20,11 @@ pub fn items_per_call(x: &Tensor, kh: usize, kw: usize) -> Result<usize> {
 }
 
 /// Applies `f` to `x` ([N, ...]) in chunks of at most `chunk` items along dim 0.
-pub fn in_chunks(x: &Tensor, chunk: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn in_chunks(
+    x: &Tensor,
+    chunk: usize,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let n = x.dim(0)?;
     if n <= chunk {
         return f(x);
@@ -54,7 +58,9 @@ impl FrameConv2d {
 impl Module for FrameConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, kh, kw) = self.inner.weight().dims4()?;
-        in_chunks(x, items_per_call(x, kh, kw)?, |part| self.inner.forward(part))
+        in_chunks(x, items_per_call(x, kh, kw)?, |part| {
+            self.inner.forward(part)
+        })
     }
 }
 
@@ -68,7 +74,14 @@ mod tests {
     fn chunked_conv_equals_one_call() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
-        let conv = Conv2d::new(w, None, Conv2dConfig { padding: 1, ..Default::default() });
+        let conv = Conv2d::new(
+            w,
+            None,
+            Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
         let x = Tensor::randn(0f32, 1.0, (7, 3, 5, 6), &dev)?;
         let whole = conv.forward(&x)?;
         let chunked = in_chunks(&x, 3, |p| conv.forward(p))?;

@@ -55,7 +55,10 @@ impl Linear {
     fn check_bias(bias: &Option<Tensor>, out: usize) -> Result<()> {
         if let Some(b) = bias {
             if b.elem_count() != out {
-                candle_core::bail!("linear bias has {} elements, expected {out}", b.elem_count());
+                candle_core::bail!(
+                    "linear bias has {} elements, expected {out}",
+                    b.elem_count()
+                );
             }
         }
         Ok(())
@@ -89,7 +92,11 @@ impl Module for Linear {
         let x2 = x.reshape((rows, self.in_features))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => {
-                let w = if w.dtype() == x2.dtype() { w.clone() } else { w.to_dtype(x2.dtype())? };
+                let w = if w.dtype() == x2.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x2.dtype())?
+                };
                 x2.matmul(&w.t()?)?
             }
             LinearWeight::Quantized(q) => q.forward(&x2)?,
@@ -136,8 +143,16 @@ mod tests {
         let yq = ql.forward(&x)?;
         assert_eq!(yd.dims(), &[2, 3, 8]);
         let want = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
-        let d1 = (yd - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        let d2 = (yq - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let d1 = (yd - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let d2 = (yq - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(d1 < 1e-5 && d2 < 1e-5, "{d1} {d2}");
         Ok(())
     }

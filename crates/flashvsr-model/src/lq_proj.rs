@@ -67,8 +67,13 @@ struct ChannelRmsNorm {
 
 impl ChannelRmsNorm {
     fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
-        let gamma = vb.get((channels, 1, 1, 1), "gamma")?.reshape((1, channels, 1, 1, 1))?;
-        Ok(Self { gamma, scale: (channels as f64).sqrt() })
+        let gamma = vb
+            .get((channels, 1, 1, 1), "gamma")?
+            .reshape((1, channels, 1, 1, 1))?;
+        Ok(Self {
+            gamma,
+            scale: (channels as f64).sqrt(),
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -210,4 +215,3 @@ pub fn pixel_unshuffle_16(x: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .reshape((b, c * 256, t, hs, ws))
 }
-

@@ -57,7 +57,9 @@ impl NoiseSource {
                         frames.end
                     );
                 }
-                t.narrow(2, frames.start, frames.len())?.to_dtype(DType::F32)?.to_device(device)
+                t.narrow(2, frames.start, frames.len())?
+                    .to_dtype(DType::F32)?
+                    .to_device(device)
             }
         }
     }
@@ -79,7 +81,10 @@ impl FrameRng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self { s: [next(), next(), next(), next()], spare: None }
+        Self {
+            s: [next(), next(), next(), next()],
+            spare: None,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -108,7 +113,6 @@ impl FrameRng {
         self.spare = Some((r * theta.sin()) as f32);
         (r * theta.cos()) as f32
     }
-
 }
 
 #[cfg(test)]
@@ -120,7 +124,13 @@ mod tests {
         let dev = Device::Cpu;
         let src = NoiseSource::Seeded(7);
         let whole = src.frames(0..6, 3, 4, 5, &dev)?;
-        let parts = Tensor::cat(&[src.frames(0..2, 3, 4, 5, &dev)?, src.frames(2..6, 3, 4, 5, &dev)?], 2)?;
+        let parts = Tensor::cat(
+            &[
+                src.frames(0..2, 3, 4, 5, &dev)?,
+                src.frames(2..6, 3, 4, 5, &dev)?,
+            ],
+            2,
+        )?;
         let diff = (whole - parts)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
         Ok(())
@@ -147,7 +157,10 @@ mod tests {
         let src = NoiseSource::Given(t.clone());
         let s = src.frames(1..3, 2, 2, 2, &dev)?;
         let expect = t.narrow(2, 1, 2)?;
-        assert_eq!(s.flatten_all()?.to_vec1::<f32>()?, expect.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            s.flatten_all()?.to_vec1::<f32>()?,
+            expect.flatten_all()?.to_vec1::<f32>()?
+        );
         assert!(src.frames(2..4, 2, 2, 2, &dev).is_err());
         assert!(src.frames(0..1, 3, 2, 2, &dev).is_err());
         Ok(())

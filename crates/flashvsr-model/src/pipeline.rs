@@ -25,7 +25,9 @@ use crate::dit::lcsa::LcsaParams;
 use crate::dit::{Dit, DitConstants, KvCache};
 use crate::lq_proj::{LqProj, LqProjState, LqProjVariant};
 use crate::noise::NoiseSource;
-use crate::preprocess::{frames_to_tensor, FrameGeometry, FramePlan, FrameRule, RgbFrame, SizeRule};
+use crate::preprocess::{
+    frames_to_tensor, FrameGeometry, FramePlan, FrameRule, RgbFrame, SizeRule,
+};
 use crate::schedule::{step_plan, StepPlan};
 use crate::tiling::{crop_rgb, tile_grid, Blender, Tile};
 
@@ -143,10 +145,17 @@ pub struct FlashVsr {
 
 impl FlashVsr {
     /// Builds every module from `components` on `device` in `dtype`.
-    pub fn load(c: ModelComponents, version: ModelVersion, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        c: ModelComponents,
+        version: ModelVersion,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         if device.is_cpu() && dtype == DType::BF16 {
             // Candle's CPU backend has no bf16 convolution (and widens bf16 matmuls to f32).
-            candle_core::bail!("bf16 is not supported on the CPU; use --dtype f32 (or f16) there, bf16 on a GPU")
+            candle_core::bail!(
+                "bf16 is not supported on the CPU; use --dtype f32 (or f16) there, bf16 on a GPU"
+            )
         }
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             candle_core::bail!("unsupported compute dtype {dtype:?}: use f32, f16 or bf16")
@@ -163,7 +172,10 @@ impl FlashVsr {
         }
         let lq_proj = LqProj::new(c.lq_proj, &lq_cfg, version.lq_proj_variant())?;
         let tc_dtype = tiny_decoder_dtype(dtype);
-        let tc_decoder = c.tc_decoder.map(|vb| TcDecoder::new(vb.set_dtype(tc_dtype))).transpose()?;
+        let tc_decoder = c
+            .tc_decoder
+            .map(|vb| TcDecoder::new(vb.set_dtype(tc_dtype)))
+            .transpose()?;
         if let Some(tc) = &tc_decoder {
             if tc.config().latent_channels != dit_cfg.out_channels {
                 candle_core::bail!(
@@ -197,10 +209,14 @@ impl FlashVsr {
     }
 
     /// Starts upscaling a video of `input_width`×`input_height` frames.
-    pub fn session(&self, input_width: usize, input_height: usize, opts: &UpscaleOptions) -> Result<Session<'_>> {
+    pub fn session(
+        &self,
+        input_width: usize,
+        input_height: usize,
+        opts: &UpscaleOptions,
+    ) -> Result<Session<'_>> {
         Session::new(self, input_width, input_height, opts)
     }
-
 }
 
 /// Seconds spent per stage, and frame counts.
@@ -246,7 +262,12 @@ pub struct StreamSession<'m> {
 }
 
 impl<'m> StreamSession<'m> {
-    fn new(model: &'m FlashVsr, width: usize, height: usize, opts: &UpscaleOptions) -> Result<Self> {
+    fn new(
+        model: &'m FlashVsr,
+        width: usize,
+        height: usize,
+        opts: &UpscaleOptions,
+    ) -> Result<Self> {
         if !(opts.scale.is_finite() && opts.scale >= 1.0) {
             candle_core::bail!("scale {} must be a number ≥ 1", opts.scale)
         }
@@ -380,8 +401,7 @@ impl<'m> StreamSession<'m> {
                 self.lq_total
             )
         }
-        let frames: Vec<&RgbFrame> =
-            range.map(|i| &self.lq[i - self.lq_first]).collect();
+        let frames: Vec<&RgbFrame> = range.map(|i| &self.lq[i - self.lq_first]).collect();
         frames_to_tensor(&frames, &self.model.device, self.model.dtype)
     }
 
@@ -403,7 +423,13 @@ impl<'m> StreamSession<'m> {
 
         let t0 = Instant::now();
         let (mw, mh) = (self.geometry.model_w, self.geometry.model_h);
-        let noise = self.noise.frames(plan.latents.clone(), model.latent_channels, mh / 8, mw / 8, &model.device)?;
+        let noise = self.noise.frames(
+            plan.latents.clone(),
+            model.latent_channels,
+            mh / 8,
+            mw / 8,
+            &model.device,
+        )?;
         let velocity = model.dit.step(
             &noise.to_dtype(model.dtype)?,
             &lq_tokens,
@@ -440,14 +466,20 @@ impl<'m> StreamSession<'m> {
 
         // Only outputs of real input frames leave the session (upstream-compat never runs
         // a step whose outputs pass the 8n−3 cut, so this is the product contract's cut).
-        let n_real = plan.outputs.end.min(self.frames_in).saturating_sub(plan.outputs.start);
+        let n_real = plan
+            .outputs
+            .end
+            .min(self.frames_in)
+            .saturating_sub(plan.outputs.start);
         if n_real == 0 {
             return Ok(Vec::new());
         }
         let t0 = Instant::now();
         let g = &self.geometry;
         let crop = |t: &Tensor| -> Result<Tensor> {
-            t.narrow(2, 0, n_real)?.narrow(3, 0, g.out_h)?.narrow(4, 0, g.out_w)
+            t.narrow(2, 0, n_real)?
+                .narrow(3, 0, g.out_h)?
+                .narrow(4, 0, g.out_w)
         };
         let hq = crop(&decoded)?;
         let reference = crop(&self.lq_tensor(plan.outputs.clone())?)?;
@@ -479,9 +511,16 @@ struct TiledSessions<'m> {
 }
 
 impl<'m> Session<'m> {
-    fn new(model: &'m FlashVsr, width: usize, height: usize, opts: &UpscaleOptions) -> Result<Self> {
+    fn new(
+        model: &'m FlashVsr,
+        width: usize,
+        height: usize,
+        opts: &UpscaleOptions,
+    ) -> Result<Self> {
         let Some(tile) = opts.tile.filter(|t| t.size < width.max(height)) else {
-            return Ok(Self { inner: Inner::Whole(StreamSession::new(model, width, height, opts)?) });
+            return Ok(Self {
+                inner: Inner::Whole(StreamSession::new(model, width, height, opts)?),
+            });
         };
         if opts.upstream_compat {
             candle_core::bail!("tiling cannot be combined with the upstream-compatible contract (upstream does not tile)")
@@ -557,10 +596,22 @@ impl<'m> Session<'m> {
             Inner::Tiled(t) => {
                 let (w, h) = (t.input_width, t.input_height);
                 if rgb24.len() != w * h * 3 {
-                    candle_core::bail!("frame of {} bytes is not a {w}x{h} RGB24 frame", rgb24.len())
+                    candle_core::bail!(
+                        "frame of {} bytes is not a {w}x{h} RGB24 frame",
+                        rgb24.len()
+                    )
                 }
                 let input_width = t.input_width;
-                t.each(|tile, s| s.push_frame(&crop_rgb(rgb24, input_width, tile.x, tile.y, tile.w, tile.h)))
+                t.each(|tile, s| {
+                    s.push_frame(&crop_rgb(
+                        rgb24,
+                        input_width,
+                        tile.x,
+                        tile.y,
+                        tile.w,
+                        tile.h,
+                    ))
+                })
             }
         }
     }
@@ -576,7 +627,10 @@ impl<'m> Session<'m> {
 
 impl TiledSessions<'_> {
     /// Runs `f` on every tile's session and blends the frames they return.
-    fn each(&mut self, mut f: impl FnMut(&Tile, &mut StreamSession<'_>) -> Result<Vec<Vec<u8>>>) -> Result<Vec<Vec<u8>>> {
+    fn each(
+        &mut self,
+        mut f: impl FnMut(&Tile, &mut StreamSession<'_>) -> Result<Vec<Vec<u8>>>,
+    ) -> Result<Vec<Vec<u8>>> {
         let (ow, oh) = self.output_size;
         let mut blenders: Vec<Blender> = Vec::new();
         for (i, (tile, neighbours, session)) in self.tiles.iter_mut().enumerate() {
@@ -584,11 +638,23 @@ impl TiledSessions<'_> {
             if i == 0 {
                 blenders = (0..frames.len()).map(|_| Blender::new(ow, oh)).collect();
             } else if frames.len() != blenders.len() {
-                candle_core::bail!("internal: tiles returned different frame counts ({} vs {})", frames.len(), blenders.len())
+                candle_core::bail!(
+                    "internal: tiles returned different frame counts ({} vs {})",
+                    frames.len(),
+                    blenders.len()
+                )
             }
             let (tw, th) = session.output_size();
             for (b, frame) in blenders.iter_mut().zip(&frames) {
-                b.add(frame, tw, th, tile.out_x, tile.out_y, self.ramp, *neighbours);
+                b.add(
+                    frame,
+                    tw,
+                    th,
+                    tile.out_x,
+                    tile.out_y,
+                    self.ramp,
+                    *neighbours,
+                );
             }
         }
         Ok(blenders.into_iter().map(Blender::finish).collect())

@@ -37,7 +37,11 @@ impl RgbFrame {
                 data.len()
             )
         }
-        Ok(Self { width, height, data })
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
     }
 
     /// The `w`×`h` window whose top-left corner is (`x`, `y`); it must lie inside the frame.
@@ -54,7 +58,11 @@ impl RgbFrame {
             let start = (row * self.width + x) * 3;
             data.extend_from_slice(&self.data[start..start + w * 3]);
         }
-        Ok(Self { width: w, height: h, data })
+        Ok(Self {
+            width: w,
+            height: h,
+            data,
+        })
     }
 
     /// Grows the frame to `w`×`h` by repeating its last column and last row.
@@ -76,7 +84,11 @@ impl RgbFrame {
                 data.extend_from_slice(&self.data[last..last + 3]);
             }
         }
-        Ok(Self { width: w, height: h, data })
+        Ok(Self {
+            width: w,
+            height: h,
+            data,
+        })
     }
 }
 
@@ -126,7 +138,10 @@ fn bicubic_taps(in_size: usize, out_size: usize) -> Vec<Taps> {
                     }
                 })
                 .collect();
-            Taps { first: xmin, weights }
+            Taps {
+                first: xmin,
+                weights,
+            }
         })
         .collect()
 }
@@ -158,7 +173,11 @@ pub fn resize_bicubic(src: &RgbFrame, out_w: usize, out_h: usize) -> Result<RgbF
                 }
             }
         }
-        RgbFrame { width: out_w, height: src.height, data }
+        RgbFrame {
+            width: out_w,
+            height: src.height,
+            data,
+        }
     } else {
         src.clone()
     };
@@ -178,7 +197,11 @@ pub fn resize_bicubic(src: &RgbFrame, out_w: usize, out_h: usize) -> Result<RgbF
             *out = clip8(acc);
         }
     }
-    Ok(RgbFrame { width: out_w, height: out_h, data })
+    Ok(RgbFrame {
+        width: out_w,
+        height: out_h,
+        data,
+    })
 }
 
 /// Python's `round()` (half to even), which upstream applies to `w * scale`.
@@ -357,11 +380,7 @@ pub fn u8_to_unit(v: u8) -> f32 {
 
 /// Stacks equally sized frames into the LQ video tensor `[1, 3, T, H, W]` in [-1, 1]
 /// (computed in f32, then cast to `dtype`).
-pub fn frames_to_tensor(
-    frames: &[&RgbFrame],
-    device: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
+pub fn frames_to_tensor(frames: &[&RgbFrame], device: &Device, dtype: DType) -> Result<Tensor> {
     let Some(first) = frames.first() else {
         candle_core::bail!("no frames to stack")
     };
@@ -393,7 +412,10 @@ mod tests {
     #[test]
     fn frame_plans() -> Result<()> {
         let p = FramePlan::new(25, FrameRule::Upstream)?;
-        assert_eq!((p.lq_frames, p.decoded_frames, p.latent_frames, p.dit_steps), (25, 21, 6, 1));
+        assert_eq!(
+            (p.lq_frames, p.decoded_frames, p.latent_frames, p.dit_steps),
+            (25, 21, 6, 1)
+        );
         let p = FramePlan::new(100, FrameRule::Upstream)?;
         assert_eq!(p.decoded_frames, 93);
         let p = FramePlan::new(81, FrameRule::Upstream)?;
@@ -413,10 +435,16 @@ mod tests {
     #[test]
     fn geometry_rules() -> Result<()> {
         let g = FrameGeometry::new(100, 70, 4.0, SizeRule::UpstreamCrop)?;
-        assert_eq!((g.scaled_w, g.scaled_h, g.model_w, g.model_h), (400, 280, 384, 256));
+        assert_eq!(
+            (g.scaled_w, g.scaled_h, g.model_w, g.model_h),
+            (400, 280, 384, 256)
+        );
         assert_eq!((g.crop_x, g.crop_y), (8, 12));
         let g = FrameGeometry::new(100, 70, 4.0, SizeRule::PadToGrid)?;
-        assert_eq!((g.model_w, g.model_h, g.out_w, g.out_h), (512, 384, 400, 280));
+        assert_eq!(
+            (g.model_w, g.model_h, g.out_w, g.out_h),
+            (512, 384, 400, 280)
+        );
         // Python rounds halves to even: 5 * 2.5 = 12.5 -> 12.
         let g = FrameGeometry::new(5, 7, 2.5, SizeRule::PadToGrid)?;
         assert_eq!((g.scaled_w, g.scaled_h), (12, 18));
@@ -428,7 +456,10 @@ mod tests {
     fn pad_and_crop() -> Result<()> {
         let f = RgbFrame::new(2, 1, vec![1, 2, 3, 4, 5, 6])?;
         let p = f.pad_edge(3, 2)?;
-        assert_eq!(p.data, vec![1, 2, 3, 4, 5, 6, 4, 5, 6, 1, 2, 3, 4, 5, 6, 4, 5, 6]);
+        assert_eq!(
+            p.data,
+            vec![1, 2, 3, 4, 5, 6, 4, 5, 6, 1, 2, 3, 4, 5, 6, 4, 5, 6]
+        );
         assert_eq!(p.crop(0, 0, 2, 1)?, f);
         Ok(())
     }

@@ -42,7 +42,13 @@ pub fn step_plan(step: usize) -> StepPlan {
     if step == 0 {
         let mut calls = vec![0..1];
         calls.extend((0..6).map(|i| 1 + 4 * i..5 + 4 * i));
-        StepPlan { step, lq_proj_calls: calls, latents: 0..6, decoder_lq: 0..21, outputs: 0..21 }
+        StepPlan {
+            step,
+            lq_proj_calls: calls,
+            latents: 0..6,
+            decoder_lq: 0..21,
+            outputs: 0..21,
+        }
     } else {
         let s = step;
         StepPlan {
@@ -62,12 +68,22 @@ mod tests {
     #[test]
     fn first_steps_match_the_spec_table() {
         let p0 = step_plan(0);
-        assert_eq!(p0.lq_proj_calls, vec![0..1, 1..5, 5..9, 9..13, 13..17, 17..21, 21..25]);
+        assert_eq!(
+            p0.lq_proj_calls,
+            vec![0..1, 1..5, 5..9, 9..13, 13..17, 17..21, 21..25]
+        );
         assert_eq!((p0.latents.clone(), p0.outputs.clone()), (0..6, 0..21));
         assert_eq!(p0.lq_frames_needed(), 25);
         let p1 = step_plan(1);
         assert_eq!(p1.lq_proj_calls, vec![25..29, 29..33]);
-        assert_eq!((p1.latents.clone(), p1.decoder_lq.clone(), p1.outputs.clone()), (6..8, 21..29, 21..29));
+        assert_eq!(
+            (
+                p1.latents.clone(),
+                p1.decoder_lq.clone(),
+                p1.outputs.clone()
+            ),
+            (6..8, 21..29, 21..29)
+        );
         assert_eq!(p1.lq_frames_needed(), 33);
     }
 

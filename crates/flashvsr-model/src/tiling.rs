@@ -23,7 +23,10 @@ fn starts(len: usize, size: usize, overlap: usize) -> Vec<usize> {
         return vec![0];
     }
     let stride = (size - overlap).max(1);
-    let mut v: Vec<usize> = (0..).map(|i| i * stride).take_while(|&s| s + size < len).collect();
+    let mut v: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&s| s + size < len)
+        .collect();
     v.push(len - size);
     v.dedup();
     v
@@ -44,9 +47,24 @@ pub fn tile_grid(
         for &x in &starts(width, size, overlap) {
             let (w, h) = (size.min(width), size.min(height));
             // Right/bottom tiles are flush with the output edge, others start at their scaled offset.
-            let out_x = if x + w == width { out_w - out_size(w) } else { out_size(x).min(out_w - out_size(w)) };
-            let out_y = if y + h == height { out_h - out_size(h) } else { out_size(y).min(out_h - out_size(h)) };
-            tiles.push(Tile { x, y, w, h, out_x, out_y });
+            let out_x = if x + w == width {
+                out_w - out_size(w)
+            } else {
+                out_size(x).min(out_w - out_size(w))
+            };
+            let out_y = if y + h == height {
+                out_h - out_size(h)
+            } else {
+                out_size(y).min(out_h - out_size(h))
+            };
+            tiles.push(Tile {
+                x,
+                y,
+                w,
+                h,
+                out_x,
+                out_y,
+            });
         }
     }
     tiles
@@ -76,12 +94,26 @@ pub struct Blender {
 
 impl Blender {
     pub fn new(width: usize, height: usize) -> Self {
-        Self { width, height, sum: vec![0.0; width * height * 3], weight: vec![0.0; width * height] }
+        Self {
+            width,
+            height,
+            sum: vec![0.0; width * height * 3],
+            weight: vec![0.0; width * height],
+        }
     }
 
     /// Adds an RGB24 tile of `tw`×`th` at (`ox`, `oy`) with ramps of `ramp` pixels towards the
     /// neighbouring tiles (`neighbours` = left, right, top, bottom).
-    pub fn add(&mut self, rgb: &[u8], tw: usize, th: usize, ox: usize, oy: usize, ramp: usize, neighbours: [bool; 4]) {
+    pub fn add(
+        &mut self,
+        rgb: &[u8],
+        tw: usize,
+        th: usize,
+        ox: usize,
+        oy: usize,
+        ramp: usize,
+        neighbours: [bool; 4],
+    ) {
         let [left, right, top, bottom] = neighbours;
         for ty in 0..th {
             let wy = ramp_weight(ty, th, ramp, top, bottom);
@@ -102,7 +134,11 @@ impl Blender {
         let mut out = Vec::with_capacity(self.width * self.height * 3);
         for (p, &w) in self.weight.iter().enumerate() {
             for c in 0..3 {
-                let v = if w > 0.0 { self.sum[p * 3 + c] / w } else { 0.0 };
+                let v = if w > 0.0 {
+                    self.sum[p * 3 + c] / w
+                } else {
+                    0.0
+                };
                 out.push(v.round().clamp(0.0, 255.0) as u8);
             }
         }

@@ -19,7 +19,12 @@ fn lq_frames(set: &str, indices: &[usize]) -> anyhow::Result<Tensor> {
 
 /// `decoded_frames`: the frame indices held by `decoded_pre_cc.npy`; the last one is the
 /// frame of `final_float.npy`.
-fn check_set(set: &str, decoded_frames: &[usize], n_out: usize, final_tol: f32) -> anyhow::Result<()> {
+fn check_set(
+    set: &str,
+    decoded_frames: &[usize],
+    n_out: usize,
+    final_tol: f32,
+) -> anyhow::Result<()> {
     let decoded = npy(set, "decoded_pre_cc.npy")?;
     let stats = npy(set, "adain_stats.npy")?; // [n_out, 3, 4]
     assert_eq!(stats.dims(), &[n_out, 3, 4]);
@@ -36,9 +41,15 @@ fn check_set(set: &str, decoded_frames: &[usize], n_out: usize, final_tol: f32) 
     // Decoded-frame statistics of the stored frames.
     let (mean_hq, std_hq) = color_fix::mean_std(&decoded)?;
     for (k, &j) in decoded_frames.iter().enumerate() {
-        let d_mean = max_abs_diff(&mean_hq.i((.., .., k))?, &stats.i((j, .., 0))?.unsqueeze(0)?)?;
+        let d_mean = max_abs_diff(
+            &mean_hq.i((.., .., k))?,
+            &stats.i((j, .., 0))?.unsqueeze(0)?,
+        )?;
         let d_std = max_abs_diff(&std_hq.i((.., .., k))?, &stats.i((j, .., 1))?.unsqueeze(0)?)?;
-        assert!(d_mean < 1e-5 && d_std < 1e-5, "{set} frame {j}: {d_mean} {d_std}");
+        assert!(
+            d_mean < 1e-5 && d_std < 1e-5,
+            "{set} frame {j}: {d_mean} {d_std}"
+        );
     }
 
     // AdaIN of the last stored frame against `final_float.npy`, then the 8-bit output.
@@ -59,10 +70,16 @@ fn check_set(set: &str, decoded_frames: &[usize], n_out: usize, final_tol: f32) 
         assert!(d <= 1, "{set} output frame {last}: {a} vs {b}");
         off += (d == 1) as usize;
     }
-    assert!(off * 1000 <= ours.data.len(), "{set}: {off} values off by one");
+    assert!(
+        off * 1000 <= ours.data.len(),
+        "{set}: {off} values off by one"
+    );
     // The stored float frame converts to the stored PNG exactly (upstream conversion).
     let exact = &color_fix::to_rgb_frames(&want)?[0];
-    assert_eq!(exact.data, png_frame.data, "{set}: u8 conversion of final_float");
+    assert_eq!(
+        exact.data, png_frame.data,
+        "{set}: u8 conversion of final_float"
+    );
     Ok(())
 }
 

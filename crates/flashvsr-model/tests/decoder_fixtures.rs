@@ -25,7 +25,10 @@ fn check_decoded(set: &str, video: &Tensor, stored: &[usize], tol: f32) -> anyho
     let want = npy(set, "decoded_pre_cc.npy")?;
     for (k, &j) in stored.iter().enumerate() {
         let d = max_abs_diff(&video.narrow(2, j, 1)?, &want.narrow(2, k, 1)?)?;
-        assert!(d <= tol, "{set}: decoded frame {j} differs by {d} (tol {tol})");
+        assert!(
+            d <= tol,
+            "{set}: decoded frame {j} differs by {d} (tol {tol})"
+        );
     }
     let flat = video.squeeze(0)?.flatten_from(2)?; // [3, n, H·W]
     let ours = Tensor::stack(&[flat.mean(2)?, flat.min(2)?, flat.max(2)?], 2)?; // [3, n, 3]
@@ -42,7 +45,11 @@ fn tc_decoder(set: &str) -> anyhow::Result<TcDecoder> {
 fn tc_streamed(dec: &TcDecoder, set: &str, latents: &Tensor) -> anyhow::Result<Tensor> {
     let mut state = TcState::new();
     let t = latents.dim(2)?;
-    let mut out = vec![dec.decode(&latents.narrow(2, 0, 6)?, &lq_video(set, 0, 21)?, &mut state)?];
+    let mut out = vec![dec.decode(
+        &latents.narrow(2, 0, 6)?,
+        &lq_video(set, 0, 21)?,
+        &mut state,
+    )?];
     let mut s = 1;
     while 4 + 2 * s < t {
         let lat = latents.narrow(2, 4 + 2 * s, 2)?;
@@ -85,11 +92,23 @@ fn tc_decoder_rejects_wrong_lq_count() -> anyhow::Result<()> {
     let dec = tc_decoder(set)?;
     let latents = npy(set, "latents.npy")?;
     let mut state = TcState::new();
-    let err = dec.decode(&latents, &lq_video(set, 0, 24)?, &mut state).unwrap_err();
+    let err = dec
+        .decode(&latents, &lq_video(set, 0, 24)?, &mut state)
+        .unwrap_err();
     assert!(err.to_string().contains("need 21 LQ frames"), "{err}");
     // After the first call, 2 latents take 8 LQ frames.
-    dec.decode(&latents.i((.., .., 0..1))?, &lq_video(set, 0, 1)?, &mut state)?;
-    let err = dec.decode(&latents.i((.., .., 1..3))?, &lq_video(set, 1, 8)?, &mut state).unwrap_err();
+    dec.decode(
+        &latents.i((.., .., 0..1))?,
+        &lq_video(set, 0, 1)?,
+        &mut state,
+    )?;
+    let err = dec
+        .decode(
+            &latents.i((.., .., 1..3))?,
+            &lq_video(set, 1, 8)?,
+            &mut state,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("need 8 LQ frames"), "{err}");
     Ok(())
 }
@@ -101,7 +120,10 @@ fn wan_vae_full_v11_whole_and_streamed() -> anyhow::Result<()> {
     let set = "full-v1.1";
     let dec = WanVaeDecoder::new(weights(set, "Wan2.1_VAE.pth")?)?;
     assert_eq!((dec.config().base_dim, dec.config().top_dim), (4, 16));
-    assert_eq!((dec.config().temporal_upsamples, dec.config().spatial_factor), (2, 8));
+    assert_eq!(
+        (dec.config().temporal_upsamples, dec.config().spatial_factor),
+        (2, 8)
+    );
     let latents = npy(set, "latents.npy")?;
     let mut state = WanVaeState::new();
     assert_eq!(dec.frames_for(6, &state), 21);
@@ -115,7 +137,10 @@ fn wan_vae_full_v11_whole_and_streamed() -> anyhow::Result<()> {
         parts.push(dec.decode(&latents.narrow(2, start, len)?, &mut state)?);
     }
     assert_eq!(state.latents_seen(), 4);
-    assert_eq!(max_abs_diff(&all.narrow(2, 0, 13)?, &Tensor::cat(&parts, 2)?)?, 0.0);
+    assert_eq!(
+        max_abs_diff(&all.narrow(2, 0, 13)?, &Tensor::cat(&parts, 2)?)?,
+        0.0
+    );
     // Colour fix of the last frame against final_float.npy.
     let fixed = ColorFix::AdaIn.apply(&all.narrow(2, 20, 1)?, &lq_video(set, 20, 21)?)?;
     let d = max_abs_diff(&fixed, &npy(set, "final_float.npy")?)?;
@@ -132,7 +157,12 @@ fn synthetic(shapes: &[(String, Vec<usize>)]) -> anyhow::Result<candle_nn::VarBu
             Tensor::ones(shape.as_slice(), DType::F32, &dev)?
         } else {
             let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-            Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, shape.as_slice(), &dev)?
+            Tensor::randn(
+                0f32,
+                (1.0 / fan_in as f64).sqrt() as f32,
+                shape.as_slice(),
+                &dev,
+            )?
         };
         map.insert(name.clone(), t);
     }
@@ -140,7 +170,10 @@ fn synthetic(shapes: &[(String, Vec<usize>)]) -> anyhow::Result<candle_nn::VarBu
 }
 
 fn all_finite(t: &Tensor) -> anyhow::Result<bool> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()))
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .all(|v| v.is_finite()))
 }
 
 /// Real TCDecoder shapes (spec 8.2, 66 tensors) at a 16x16 output.
@@ -172,7 +205,13 @@ fn tc_decoder_real_dims_synthetic() -> anyhow::Result<()> {
     conv("decoder.22".into(), 128, 128, 3, false);
     conv("decoder.24".into(), 128, 128, 3, false);
     conv("decoder.26".into(), 3, 128, 3, true);
-    assert_eq!(shapes.iter().filter(|(n, _)| n.ends_with("weight") || n.ends_with("bias")).count(), 66);
+    assert_eq!(
+        shapes
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight") || n.ends_with("bias"))
+            .count(),
+        66
+    );
     let dec = TcDecoder::new(synthetic(&shapes)?)?;
     assert_eq!(dec.config().channels, [512, 256, 128, 128]);
     let dev = Device::Cpu;
@@ -216,7 +255,10 @@ fn wan_vae_real_dims_synthetic() -> anyhow::Result<()> {
     res(&mut shapes, "decoder.middle.0", 384, 384);
     res(&mut shapes, "decoder.middle.2", 384, 384);
     shapes.push(("decoder.middle.1.norm.gamma".into(), vec![384, 1, 1]));
-    shapes.push(("decoder.middle.1.to_qkv.weight".into(), vec![1152, 384, 1, 1]));
+    shapes.push((
+        "decoder.middle.1.to_qkv.weight".into(),
+        vec![1152, 384, 1, 1],
+    ));
     shapes.push(("decoder.middle.1.to_qkv.bias".into(), vec![1152]));
     shapes.push(("decoder.middle.1.proj.weight".into(), vec![384, 384, 1, 1]));
     shapes.push(("decoder.middle.1.proj.bias".into(), vec![384]));

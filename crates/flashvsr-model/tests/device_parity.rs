@@ -26,7 +26,9 @@ use flashvsr_model::preprocess::{frames_to_tensor, RgbFrame};
 use flashvsr_model::schedule::step_plan;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name)
 }
 
 struct Target {
@@ -39,7 +41,9 @@ struct Target {
 fn target() -> Target {
     let device = match std::env::var("FLASHVSR_TEST_DEVICE").as_deref() {
         Ok("cuda") => Device::new_cuda(0).expect("FLASHVSR_TEST_DEVICE=cuda but no CUDA device"),
-        Ok("metal") => Device::new_metal(0).expect("FLASHVSR_TEST_DEVICE=metal but no Metal device"),
+        Ok("metal") => {
+            Device::new_metal(0).expect("FLASHVSR_TEST_DEVICE=metal but no Metal device")
+        }
         _ => Device::Cpu,
     };
     let dtype = match std::env::var("FLASHVSR_TEST_DTYPE").as_deref() {
@@ -53,7 +57,8 @@ fn target() -> Target {
 }
 
 fn vb(path: PathBuf, t: &Target) -> VarBuilder<'static> {
-    let store = Arc::new(WeightStore::open(&[&path]).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    let store =
+        Arc::new(WeightStore::open(&[&path]).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     store.var_builder(t.dtype, &t.device)
 }
 
@@ -63,11 +68,28 @@ fn npy(dir: &Path, name: &str) -> Tensor {
 
 /// max|got − want| / max|want|, both taken to f32 on the CPU.
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    let got = got.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let got = got
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let want = want.to_dtype(DType::F32).unwrap();
     assert_eq!(got.dims(), want.dims(), "shape");
-    let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     diff / scale.max(1e-12)
 }
 
@@ -80,7 +102,9 @@ fn check(stage: &str, got: &Tensor, want: &Tensor, t: &Target) {
 fn lq_frames(dir: &Path, range: std::ops::Range<usize>, t: &Target) -> Tensor {
     let frames: Vec<RgbFrame> = range
         .map(|i| {
-            let img = image::open(dir.join(format!("lq_upscaled/frame_{i:04}.png"))).unwrap().to_rgb8();
+            let img = image::open(dir.join(format!("lq_upscaled/frame_{i:04}.png")))
+                .unwrap()
+                .to_rgb8();
             RgbFrame::new(img.width() as usize, img.height() as usize, img.into_raw()).unwrap()
         })
         .collect();
@@ -93,18 +117,34 @@ fn lq_projection_and_dit_step_match_the_fixture() {
     let t = target();
     let dir = fixture("tiny-v1.1");
     let lq_vb = vb(dir.join("LQ_proj_in.ckpt"), &t);
-    let lq_proj = LqProj::new(lq_vb.clone(), &LqProjConfig::from_weights(&lq_vb).unwrap(), LqProjVariant::Causal).unwrap();
+    let lq_proj = LqProj::new(
+        lq_vb.clone(),
+        &LqProjConfig::from_weights(&lq_vb).unwrap(),
+        LqProjVariant::Causal,
+    )
+    .unwrap();
     let plan = step_plan(0);
     let mut state = LqProjState::new();
     let mut tokens = Vec::new();
     for call in &plan.lq_proj_calls {
-        if let Some(x) = lq_proj.stream(&lq_frames(&dir, call.clone(), &t), &mut state).unwrap() {
+        if let Some(x) = lq_proj
+            .stream(&lq_frames(&dir, call.clone(), &t), &mut state)
+            .unwrap()
+        {
             tokens.push(x);
         }
     }
-    check("lq_feat_step0", &Tensor::cat(&tokens, 1).unwrap(), &npy(&dir, "lq_feat_step0.npy"), &t);
+    check(
+        "lq_feat_step0",
+        &Tensor::cat(&tokens, 1).unwrap(),
+        &npy(&dir, "lq_feat_step0.npy"),
+        &t,
+    );
 
-    let dit_vb = vb(dir.join("diffusion_pytorch_model_streaming_dmd.safetensors"), &t);
+    let dit_vb = vb(
+        dir.join("diffusion_pytorch_model_streaming_dmd.safetensors"),
+        &t,
+    );
     let cfg = DitConfig::from_weights(&dit_vb, Some(32)).unwrap();
     let dit = Dit::new(dit_vb, &cfg).unwrap();
     let prompt = WeightStore::open(&[dir.join("posi_prompt.pth")])
@@ -114,21 +154,56 @@ fn lq_projection_and_dit_step_match_the_fixture() {
     let consts = dit.constants(&prompt).unwrap();
     check("t_mod", &consts.t_mod, &npy(&dir, "t_mod.npy"), &t);
 
-    let noise = npy(&dir, "noise.npy").to_device(&t.device).unwrap().to_dtype(t.dtype).unwrap();
-    let lq_feat = npy(&dir, "lq_feat_step0.npy").to_device(&t.device).unwrap().to_dtype(t.dtype).unwrap();
+    let noise = npy(&dir, "noise.npy")
+        .to_device(&t.device)
+        .unwrap()
+        .to_dtype(t.dtype)
+        .unwrap();
+    let lq_feat = npy(&dir, "lq_feat_step0.npy")
+        .to_device(&t.device)
+        .unwrap()
+        .to_dtype(t.dtype)
+        .unwrap();
     let mut cache = KvCache::new(&cfg);
     let mut taps = StepTaps::default();
     let v = dit
-        .step(&noise, &lq_feat, 0, &consts, &mut cache, &LcsaParams::default(), Some(&mut taps))
+        .step(
+            &noise,
+            &lq_feat,
+            0,
+            &consts,
+            &mut cache,
+            &LcsaParams::default(),
+            Some(&mut taps),
+        )
         .unwrap();
     check("velocity_step0", &v, &npy(&dir, "velocity_step0.npy"), &t);
-    check("block_out_step0[0]", &taps.blocks[0].out, &npy(&dir, "block_out_step0.npy"), &t);
+    check(
+        "block_out_step0[0]",
+        &taps.blocks[0].out,
+        &npy(&dir, "block_out_step0.npy"),
+        &t,
+    );
 
     // Masks: exact in f32; in reduced precision, flips only where the draft value sat within
     // 5% of its threshold (bf16 scores).
-    let want: Vec<u8> = npy(&dir, "masks_step0.npy").to_dtype(DType::U8).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let want_probs: Vec<f32> = npy(&dir, "draft_probs_step0.npy").flatten_all().unwrap().to_vec1().unwrap();
-    let want_thr: Vec<f32> = npy(&dir, "draft_thresholds_step0.npy").flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<u8> = npy(&dir, "masks_step0.npy")
+        .to_dtype(DType::U8)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want_probs: Vec<f32> = npy(&dir, "draft_probs_step0.npy")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want_thr: Vec<f32> = npy(&dir, "draft_thresholds_step0.npy")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut got = Vec::new();
     for b in &taps.blocks {
         got.extend(b.draft.mask.data.iter().map(|&x| x as u8));
@@ -146,7 +221,11 @@ fn lq_projection_and_dit_step_match_the_fixture() {
             let (h, q) = (rest / (nq * nk), rest % (nq * nk) / nk);
             let thr = want_thr[(blk * heads + h) * sq + q / (nq / sq)];
             let gap = (want_probs[i] - thr).abs() / thr.abs().max(1e-12);
-            assert!(t.dtype != DType::F32 && gap < 0.05, "mask flip at {i} (relative gap {gap:.3e}) in {:?}", t.dtype);
+            assert!(
+                t.dtype != DType::F32 && gap < 0.05,
+                "mask flip at {i} (relative gap {gap:.3e}) in {:?}",
+                t.dtype
+            );
         }
     }
     eprintln!("masks: {flips} of {} entries flipped", want.len());
@@ -162,12 +241,23 @@ fn decoders_match_the_fixtures() {
     let tc = TcDecoder::new(vb(dir.join("TCDecoder.ckpt"), &t).set_dtype(tc_dtype)).unwrap();
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap();
     let lq = lq_frames(&dir, 0..21, &t).to_dtype(tc_dtype).unwrap();
-    let decoded = tc.decode(&latents.to_dtype(tc_dtype).unwrap(), &lq, &mut TcState::new()).unwrap();
+    let decoded = tc
+        .decode(
+            &latents.to_dtype(tc_dtype).unwrap(),
+            &lq,
+            &mut TcState::new(),
+        )
+        .unwrap();
     let pick = |v: &Tensor, idx: &[u32]| {
         let idx = Tensor::new(idx, v.device()).unwrap();
         v.index_select(&idx, 2).unwrap()
     };
-    check("tc decoded_pre_cc", &pick(&decoded, &[0, 1, 20]), &npy(&dir, "decoded_pre_cc.npy"), &t);
+    check(
+        "tc decoded_pre_cc",
+        &pick(&decoded, &[0, 1, 20]),
+        &npy(&dir, "decoded_pre_cc.npy"),
+        &t,
+    );
 
     // Wan VAE decoder, full-v1.1: frames 0 and 20 are stored. The pipeline hands the decoders
     // x0 in f32 (noise − velocity computed in f32), so the latents are not rounded here.
@@ -175,5 +265,10 @@ fn decoders_match_the_fixtures() {
     let vae = WanVaeDecoder::new(vb(dir.join("Wan2.1_VAE.pth"), &t)).unwrap();
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap();
     let decoded = vae.decode(&latents, &mut WanVaeState::new()).unwrap();
-    check("vae decoded_pre_cc", &pick(&decoded, &[0, 20]), &npy(&dir, "decoded_pre_cc.npy"), &t);
+    check(
+        "vae decoded_pre_cc",
+        &pick(&decoded, &[0, 20]),
+        &npy(&dir, "decoded_pre_cc.npy"),
+        &t,
+    );
 }

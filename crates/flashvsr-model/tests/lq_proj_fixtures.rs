@@ -22,10 +22,22 @@ fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Resu
         let mut taps = LqProjTaps::default();
         let out = proj.stream_with_taps(&lq.narrow(2, start, len)?, state, Some(&mut taps))?;
         let a1 = taps.act1.expect("act1 tap");
-        assert_close(&format!("{set} act1 call {call}"), &a1.squeeze(0)?, &act1.i(call)?, 1e-4, 1e-4);
+        assert_close(
+            &format!("{set} act1 call {call}"),
+            &a1.squeeze(0)?,
+            &act1.i(call)?,
+            1e-4,
+            1e-4,
+        );
         if call > 0 {
             let a2 = taps.act2.expect("act2 tap");
-            assert_close(&format!("{set} act2 call {call}"), &a2.squeeze(0)?, &act2.i(call - 1)?, 1e-4, 1e-4);
+            assert_close(
+                &format!("{set} act2 call {call}"),
+                &a2.squeeze(0)?,
+                &act2.i(call - 1)?,
+                1e-4,
+                1e-4,
+            );
         }
         call += 1;
         Ok(out)
@@ -44,7 +56,13 @@ fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Resu
         }
         let got = Tensor::cat(&feats, 1)?;
         let want = npy(set, &format!("lq_feat_step{step}.npy"))?;
-        assert_close(&format!("{set} lq_feat_step{step}"), &got, &want, feat_tol, 1e-4);
+        assert_close(
+            &format!("{set} lq_feat_step{step}"),
+            &got,
+            &want,
+            feat_tol,
+            1e-4,
+        );
     }
     Ok(())
 }

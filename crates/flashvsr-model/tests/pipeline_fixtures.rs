@@ -11,7 +11,9 @@ use flashvsr_model::color_fix::ColorFix;
 use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(name)
 }
 
 fn open(path: PathBuf) -> Arc<WeightStore> {
@@ -23,7 +25,9 @@ fn load(dir: &Path, version: ModelVersion) -> FlashVsr {
     let dev = Device::Cpu;
     let vb = |file: &str| open(dir.join(file)).var_builder(DType::F32, &dev);
     let optional = |file: &str| dir.join(file).exists().then(|| vb(file));
-    let prompt = open(dir.join("posi_prompt.pth")).tensor("posi_prompt", DType::F32, &dev).unwrap();
+    let prompt = open(dir.join("posi_prompt.pth"))
+        .tensor("posi_prompt", DType::F32, &dev)
+        .unwrap();
     let components = ModelComponents {
         dit: vb("diffusion_pytorch_model_streaming_dmd.safetensors"),
         lq_proj: vb("LQ_proj_in.ckpt"),
@@ -36,12 +40,17 @@ fn load(dir: &Path, version: ModelVersion) -> FlashVsr {
 }
 
 fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
     (img.width() as usize, img.height() as usize, img.into_raw())
 }
 
 fn frames_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -87,7 +96,10 @@ fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, l
     }
     eprintln!("{name}: {off_by_one} of {total} values off by one, {worse} worse");
     assert_eq!(worse, 0, "{name}: values off by more than one level");
-    assert!(off_by_one * 1000 <= total, "{name}: {off_by_one} of {total} values off by one (> 0.1%)");
+    assert!(
+        off_by_one * 1000 <= total,
+        "{name}: {off_by_one} of {total} values off by one (> 0.1%)"
+    );
 }
 
 #[test]
@@ -118,7 +130,13 @@ fn synthetic_frame(w: usize, h: usize, i: usize) -> Vec<u8> {
     v
 }
 
-fn run_default(model: &FlashVsr, w: usize, h: usize, n: usize, opts: &UpscaleOptions) -> (Vec<usize>, (usize, usize)) {
+fn run_default(
+    model: &FlashVsr,
+    w: usize,
+    h: usize,
+    n: usize,
+    opts: &UpscaleOptions,
+) -> (Vec<usize>, (usize, usize)) {
     let mut session = model.session(w, h, opts).unwrap();
     let mut arrivals = Vec::new();
     let mut count = 0;
@@ -137,7 +155,10 @@ fn run_default(model: &FlashVsr, w: usize, h: usize, n: usize, opts: &UpscaleOpt
 #[test]
 fn every_input_frame_gets_an_output_frame() {
     let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
-    let opts = UpscaleOptions { color_fix: ColorFix::AdaIn, ..Default::default() };
+    let opts = UpscaleOptions {
+        color_fix: ColorFix::AdaIn,
+        ..Default::default()
+    };
     for n in [1, 5, 21, 22, 29, 100] {
         let (arrivals, size) = run_default(&model, 32, 32, n, &opts);
         assert_eq!(*arrivals.last().unwrap(), n, "{n} frames in");
@@ -159,7 +180,11 @@ fn odd_sizes_come_out_at_exactly_scale_times_size() {
     let (arrivals, size) = run_default(&model, 97, 61, 3, &UpscaleOptions::default());
     assert_eq!(size, (388, 244));
     assert_eq!(*arrivals.last().unwrap(), 3);
-    let opts = UpscaleOptions { scale: 2.0, mode: Mode::Full, ..Default::default() };
+    let opts = UpscaleOptions {
+        scale: 2.0,
+        mode: Mode::Full,
+        ..Default::default()
+    };
     let model = load(&fixture("full-v1.1"), ModelVersion::V1_1);
     let (arrivals, size) = run_default(&model, 33, 17, 2, &opts);
     assert_eq!(size, (66, 34));
@@ -169,20 +194,37 @@ fn odd_sizes_come_out_at_exactly_scale_times_size() {
 #[test]
 fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
     let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
-    let opts = UpscaleOptions { seed: 5, ..Default::default() };
+    let opts = UpscaleOptions {
+        seed: 5,
+        ..Default::default()
+    };
     let run = || {
         let mut s = model.session(16, 16, &opts).unwrap();
         s.push_frame(&synthetic_frame(16, 16, 0)).unwrap();
         s.finish().unwrap()
     };
     assert_eq!(run(), run());
-    let full = UpscaleOptions { mode: Mode::Full, ..Default::default() };
-    let err = model.session(16, 16, &full).err().expect("no VAE loaded").to_string();
+    let full = UpscaleOptions {
+        mode: Mode::Full,
+        ..Default::default()
+    };
+    let err = model
+        .session(16, 16, &full)
+        .err()
+        .expect("no VAE loaded")
+        .to_string();
     assert!(err.contains("Wan2.1_VAE"), "{err}");
-    let compat = UpscaleOptions { upstream_compat: true, ..Default::default() };
+    let compat = UpscaleOptions {
+        upstream_compat: true,
+        ..Default::default()
+    };
     let mut s = model.session(64, 64, &compat).unwrap();
     s.push_frame(&synthetic_frame(64, 64, 0)).unwrap();
-    let err = s.finish().err().expect("1 frame is too few upstream").to_string();
+    let err = s
+        .finish()
+        .err()
+        .expect("1 frame is too few upstream")
+        .to_string();
     assert!(err.contains("21"), "{err}");
 }
 
@@ -192,7 +234,10 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
     let (w, h, n) = (72, 56, 3);
     let run = |tile: Option<TileOptions>| {
-        let opts = UpscaleOptions { tile, ..Default::default() };
+        let opts = UpscaleOptions {
+            tile,
+            ..Default::default()
+        };
         let mut s = model.session(w, h, &opts).unwrap();
         let mut out = Vec::new();
         for i in 0..n {
@@ -203,7 +248,10 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     };
     let (whole, size, tiles) = run(None);
     assert_eq!((size, tiles), ((288, 224), 1));
-    let (tiled, tsize, ntiles) = run(Some(TileOptions { size: 40, overlap: 8 }));
+    let (tiled, tsize, ntiles) = run(Some(TileOptions {
+        size: 40,
+        overlap: 8,
+    }));
     assert_eq!(tsize, size);
     assert_eq!(ntiles, 4);
     assert_eq!(tiled.len(), n);
@@ -215,7 +263,9 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     let mut first_tile = Vec::new();
     for i in 0..n {
         let frame = synthetic_frame(w, h, i);
-        let crop: Vec<u8> = (0..40).flat_map(|y| frame[y * w * 3..(y * w + 40) * 3].to_vec()).collect();
+        let crop: Vec<u8> = (0..40)
+            .flat_map(|y| frame[y * w * 3..(y * w + 40) * 3].to_vec())
+            .collect();
         first_tile.extend(alone.push_frame(&crop).unwrap());
     }
     first_tile.extend(alone.finish().unwrap());

@@ -9,14 +9,31 @@ use flashvsr_model::preprocess::*;
 fn check_set(set: &str, input_frames: usize, scale: f64) -> anyhow::Result<()> {
     let inputs = png_frames(set, "input", input_frames)?;
     let plan = FramePlan::new(input_frames, FrameRule::Upstream)?;
-    let geo = FrameGeometry::new(inputs[0].width, inputs[0].height, scale, SizeRule::UpstreamCrop)?;
+    let geo = FrameGeometry::new(
+        inputs[0].width,
+        inputs[0].height,
+        scale,
+        SizeRule::UpstreamCrop,
+    )?;
     let expected = png_frames(set, "lq_upscaled", plan.lq_frames)?;
     let mut prepared = Vec::new();
     for (j, want) in expected.iter().enumerate() {
         let got = geo.prepare(&inputs[plan.source_frame(j)], SizeRule::UpstreamCrop)?;
-        assert_eq!((got.width, got.height), (want.width, want.height), "{set} frame {j} size");
-        let diffs = got.data.iter().zip(&want.data).filter(|(a, b)| a != b).count();
-        assert_eq!(diffs, 0, "{set} lq frame {j}: {diffs} bytes differ from PIL");
+        assert_eq!(
+            (got.width, got.height),
+            (want.width, want.height),
+            "{set} frame {j} size"
+        );
+        let diffs = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            diffs, 0,
+            "{set} lq frame {j}: {diffs} bytes differ from PIL"
+        );
         prepared.push(got);
     }
     let refs: Vec<&RgbFrame> = prepared.iter().collect();

@@ -64,22 +64,31 @@ impl Resolved {
 
     /// The prompt embedding `[1, L, text_dim]`.
     pub fn prompt(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let part = self.parts.get(&Role::Prompt).ok_or_else(|| anyhow!("no prompt tensor among the weights"))?;
+        let part = self
+            .parts
+            .get(&Role::Prompt)
+            .ok_or_else(|| anyhow!("no prompt tensor among the weights"))?;
         let name = part.tensor.clone().unwrap_or_default();
-        let t = part
-            .store
-            .tensor(&name, dtype, device)
-            .with_context(|| format!("cannot read the prompt tensor from {}", part.file.display()))?;
+        let t = part.store.tensor(&name, dtype, device).with_context(|| {
+            format!("cannot read the prompt tensor from {}", part.file.display())
+        })?;
         let t = match t.rank() {
             2 => t.unsqueeze(0)?,
             3 => t,
-            r => bail!("{}: prompt tensor '{name}' has rank {r}, expected [1, L, text_dim]", part.file.display()),
+            r => bail!(
+                "{}: prompt tensor '{name}' has rank {r}, expected [1, L, text_dim]",
+                part.file.display()
+            ),
         };
         Ok(t)
     }
 
     pub fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.parts.values().map(|p| p.file.display().to_string()).collect();
+        let mut v: Vec<String> = self
+            .parts
+            .values()
+            .map(|p| p.file.display().to_string())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -109,7 +118,8 @@ fn locate(role: Role, names: &[String]) -> Option<String> {
             // `decoder.1.weight` (TCDecoder.ckpt), or renamed to `tc_decoder.1.weight`.
             for p in prefixes_of("decoder.1.weight") {
                 if p.ends_with('.') || p.is_empty() {
-                    if has(&format!("{p}decoder.26.weight")) || has(&format!("{p}decoder.3.weight")) {
+                    if has(&format!("{p}decoder.26.weight")) || has(&format!("{p}decoder.3.weight"))
+                    {
                         return Some(p);
                     }
                 }
@@ -120,7 +130,14 @@ fn locate(role: Role, names: &[String]) -> Option<String> {
             .into_iter()
             .find(|p| (p.is_empty() || p.ends_with('.')) && has(&format!("{p}conv2.weight"))),
         Role::Prompt => {
-            for n in ["positive_conditioning", "posi_prompt", "prompt", "Prompt", "prompt_embeds", "context"] {
+            for n in [
+                "positive_conditioning",
+                "posi_prompt",
+                "prompt",
+                "Prompt",
+                "prompt_embeds",
+                "context",
+            ] {
                 if has(n) {
                     return Some(n.to_string());
                 }
@@ -142,17 +159,39 @@ fn parts_of(path: &Path, expected: Option<Role>) -> Result<Vec<Part>> {
     let mut out = Vec::new();
     for role in Role::ALL {
         if let Some(found) = locate(role, &names) {
-            let (prefix, tensor) = if role == Role::Prompt { (String::new(), Some(found)) } else { (found, None) };
-            out.push(Part { role, store: store.clone(), file: path.to_path_buf(), prefix, tensor });
+            let (prefix, tensor) = if role == Role::Prompt {
+                (String::new(), Some(found))
+            } else {
+                (found, None)
+            };
+            out.push(Part {
+                role,
+                store: store.clone(),
+                file: path.to_path_buf(),
+                prefix,
+                tensor,
+            });
         }
     }
     // A file with a single tensor named like the prompt file (`posi_prompt.pth` → `posi_prompt`).
-    if expected == Some(Role::Prompt) && !out.iter().any(|p| p.role == Role::Prompt) && names.len() == 1 {
-        out.push(Part { role: Role::Prompt, store: store.clone(), file: path.to_path_buf(), prefix: String::new(), tensor: Some(names[0].clone()) });
+    if expected == Some(Role::Prompt)
+        && !out.iter().any(|p| p.role == Role::Prompt)
+        && names.len() == 1
+    {
+        out.push(Part {
+            role: Role::Prompt,
+            store: store.clone(),
+            file: path.to_path_buf(),
+            prefix: String::new(),
+            tensor: Some(names[0].clone()),
+        });
     }
     if let Some(role) = expected {
         if !out.iter().any(|p| p.role == role) {
-            let looks = out.first().map(|p| format!("; it looks like the {}", p.role)).unwrap_or_default();
+            let looks = out
+                .first()
+                .map(|p| format!("; it looks like the {}", p.role))
+                .unwrap_or_default();
             let sample = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
             bail!(
                 "{} is named like the {role} but does not hold its tensors ({} tensors: {sample}{}){looks}; these are not FlashVSR weights or the file is mislabelled",
@@ -171,7 +210,10 @@ fn version_from_metadata(parts: &BTreeMap<Role, Part>) -> Option<VersionArg> {
     for p in parts.values() {
         for (k, v) in p.store.metadata() {
             let key = k.to_ascii_lowercase();
-            if !(key.ends_with("model_version") || key == "flashvsr.version" || key == "general.version") {
+            if !(key.ends_with("model_version")
+                || key == "flashvsr.version"
+                || key == "general.version")
+            {
                 continue;
             }
             let Some(s) = v.as_str() else { continue };
@@ -197,7 +239,11 @@ pub fn classify(found: &Found, full_mode: bool) -> Result<BTreeMap<Role, Part>> 
         }
     }
     let mut unrecognised = Vec::new();
-    let still_missing = |parts: &BTreeMap<Role, Part>| Role::ALL.into_iter().any(|r| r.needed_for(full_mode) && !parts.contains_key(&r));
+    let still_missing = |parts: &BTreeMap<Role, Part>| {
+        Role::ALL
+            .into_iter()
+            .any(|r| r.needed_for(full_mode) && !parts.contains_key(&r))
+    };
     for path in &found.other {
         if !still_missing(&parts) {
             break;
@@ -210,15 +256,26 @@ pub fn classify(found: &Found, full_mode: bool) -> Result<BTreeMap<Role, Part>> 
             parts.entry(p.role).or_insert(p);
         }
     }
-    let missing: Vec<Role> = Role::ALL.into_iter().filter(|r| r.needed_for(full_mode) && !parts.contains_key(r)).collect();
+    let missing: Vec<Role> = Role::ALL
+        .into_iter()
+        .filter(|r| r.needed_for(full_mode) && !parts.contains_key(r))
+        .collect();
     if !missing.is_empty() {
-        let list = missing.iter().map(|r| format!("{r} ({})", r.upstream_file())).collect::<Vec<_>>().join(", ");
+        let list = missing
+            .iter()
+            .map(|r| format!("{r} ({})", r.upstream_file()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let extra = if unrecognised.is_empty() {
             String::new()
         } else {
             format!(
                 "; not FlashVSR weights: {}",
-                unrecognised.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                unrecognised
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let hint = if missing == [Role::Vae] {
@@ -249,7 +306,8 @@ pub fn resolve(args: &WeightArgs, full_mode: bool, quiet: bool) -> Result<Resolv
                 let cfg = hub_config(args, quiet);
                 let dir = ensure_bundle(&manifest, &[Role::Prompt], &cfg)?;
                 let mut f = f;
-                f.named.push((Role::Prompt, dir.join(Role::Prompt.upstream_file())));
+                f.named
+                    .push((Role::Prompt, dir.join(Role::Prompt.upstream_file())));
                 f
             }
             Some(f) => f,
@@ -268,9 +326,13 @@ pub fn resolve(args: &WeightArgs, full_mode: bool, quiet: bool) -> Result<Resolv
                         "no FlashVSR weights found (looked in: {looked}) and downloads are off (HF_HUB_OFFLINE / --offline); pass --weights DIR or allow downloading"
                     );
                 }
-                let roles: Vec<Role> = Role::ALL.into_iter().filter(|r| r.needed_for(full_mode)).collect();
+                let roles: Vec<Role> = Role::ALL
+                    .into_iter()
+                    .filter(|r| r.needed_for(full_mode))
+                    .collect();
                 let dir = ensure_bundle(&manifest, &roles, &cfg)?;
-                discover::scan_dir(&dir, false).with_context(|| format!("cannot read {}", dir.display()))?
+                discover::scan_dir(&dir, false)
+                    .with_context(|| format!("cannot read {}", dir.display()))?
             }
         }
     };
@@ -282,7 +344,14 @@ pub fn resolve(args: &WeightArgs, full_mode: bool, quiet: bool) -> Result<Resolv
     let (version, source) = if let Some(v) = version_from_metadata(&parts) {
         (v, VersionSource::GgufMetadata)
     } else if let Some(h) = found.version_hint {
-        (if h == VersionHint::V1 { VersionArg::V1 } else { VersionArg::V1_1 }, VersionSource::RepoName)
+        (
+            if h == VersionHint::V1 {
+                VersionArg::V1
+            } else {
+                VersionArg::V1_1
+            },
+            VersionSource::RepoName,
+        )
     } else if let Some(v) = flag {
         (v, VersionSource::Flag)
     } else {
@@ -294,11 +363,20 @@ pub fn resolve(args: &WeightArgs, full_mode: bool, quiet: bool) -> Result<Resolv
                 "warning: --model-version {} ignored: the weights say {} ({})",
                 f.as_str(),
                 version.as_str(),
-                if source == VersionSource::GgufMetadata { "file metadata" } else { "repository/folder name" }
+                if source == VersionSource::GgufMetadata {
+                    "file metadata"
+                } else {
+                    "repository/folder name"
+                }
             );
         }
     }
-    Ok(Resolved { parts, origin: found.origin.clone(), version, version_source: source })
+    Ok(Resolved {
+        parts,
+        origin: found.origin.clone(),
+        version,
+        version_source: source,
+    })
 }
 
 fn hub_config(args: &WeightArgs, quiet: bool) -> HubConfig {
@@ -311,9 +389,15 @@ fn hub_config(args: &WeightArgs, quiet: bool) -> HubConfig {
 pub fn download_command(args: &DownloadArgs, quiet: bool) -> Result<()> {
     let manifest = Manifest::load(args.model_version.as_str(), args.manifest.as_deref())?;
     let roles: Vec<Role> = match args.parts.as_str() {
-        "full" => Role::ALL.into_iter().filter(|r| r.needed_for(true)).collect(),
+        "full" => Role::ALL
+            .into_iter()
+            .filter(|r| r.needed_for(true))
+            .collect(),
         "all" => Role::ALL.to_vec(),
-        _ => Role::ALL.into_iter().filter(|r| r.needed_for(false)).collect(),
+        _ => Role::ALL
+            .into_iter()
+            .filter(|r| r.needed_for(false))
+            .collect(),
     };
     let mut cfg = HubConfig::from_env(quiet);
     cfg.offline = false;
@@ -347,12 +431,19 @@ mod tests {
         assert_eq!(locate(Role::LqProj, &n).as_deref(), Some("lq_proj_in."));
         assert_eq!(locate(Role::TcDecoder, &n).as_deref(), Some("tc_decoder."));
         assert_eq!(locate(Role::Vae, &n), None);
-        assert_eq!(locate(Role::Prompt, &n).as_deref(), Some("positive_conditioning"));
+        assert_eq!(
+            locate(Role::Prompt, &n).as_deref(),
+            Some("positive_conditioning")
+        );
     }
 
     #[test]
     fn vae_is_not_mistaken_for_tcdecoder() {
-        let n = names(&["decoder.conv1.weight", "conv2.weight", "decoder.head.2.weight"]);
+        let n = names(&[
+            "decoder.conv1.weight",
+            "conv2.weight",
+            "decoder.head.2.weight",
+        ]);
         assert_eq!(locate(Role::TcDecoder, &n), None);
         assert_eq!(locate(Role::Vae, &n).as_deref(), Some(""));
     }

@@ -27,7 +27,14 @@ const NAMES: &[(Role, &[&str])] = &[
             "wan2_1_flashvsr_pq_proj_model_bf16.safetensors",
         ],
     ),
-    (Role::TcDecoder, &["tcdecoder.ckpt", "tcdecoder.safetensors", "wan2_1_flashvsr_tcdecoder_fp32.safetensors"]),
+    (
+        Role::TcDecoder,
+        &[
+            "tcdecoder.ckpt",
+            "tcdecoder.safetensors",
+            "wan2_1_flashvsr_tcdecoder_fp32.safetensors",
+        ],
+    ),
     (
         Role::Vae,
         &[
@@ -71,19 +78,31 @@ impl Found {
 
     /// Which of the needed roles no named file covers (an `other` file may still cover them).
     pub fn missing(&self, full_mode: bool) -> Vec<Role> {
-        Role::ALL.into_iter().filter(|r| r.needed_for(full_mode) && !self.has(*r)).collect()
+        Role::ALL
+            .into_iter()
+            .filter(|r| r.needed_for(full_mode) && !self.has(*r))
+            .collect()
     }
 }
 
 /// Role of a file by its name, if it is a known one.
 pub fn role_by_name(path: &Path) -> Option<Role> {
     let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
-    NAMES.iter().find(|(_, names)| names.contains(&name.as_str())).map(|(r, _)| *r)
+    NAMES
+        .iter()
+        .find(|(_, names)| names.contains(&name.as_str()))
+        .map(|(r, _)| *r)
 }
 
 fn is_weight_ext(path: &Path) -> bool {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    matches!(ext.as_str(), "safetensors" | "gguf" | "ckpt" | "pth" | "pt" | "bin")
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    matches!(
+        ext.as_str(),
+        "safetensors" | "gguf" | "ckpt" | "pth" | "pt" | "bin"
+    )
 }
 
 /// A version hint from names: HF cache repo folders, folders like `FlashVSR-v1.1`, and repack
@@ -99,7 +118,10 @@ pub fn version_hint(path: &Path) -> Option<VersionHint> {
                 _ => None,
             };
         }
-        if c == "flashvsr1_1.safetensors" || c.starts_with("flashvsr_v1.1") || c.starts_with("wan2_1-t2v-1.1_3b_flashvsr") {
+        if c == "flashvsr1_1.safetensors"
+            || c.starts_with("flashvsr_v1.1")
+            || c.starts_with("wan2_1-t2v-1.1_3b_flashvsr")
+        {
             return Some(VersionHint::V1_1);
         }
         if c.starts_with("wan2_1-t2v-1_3b_flashvsr") {
@@ -120,11 +142,17 @@ pub fn scan_dir(dir: &Path, loose: bool) -> std::io::Result<Found> {
         .filter(|p| p.is_file())
         .collect();
     entries.sort();
-    let mut found = Found { origin: dir.display().to_string(), ..Default::default() };
+    let mut found = Found {
+        origin: dir.display().to_string(),
+        ..Default::default()
+    };
     for (role, names) in NAMES {
         // Preference order of the name table, not of the directory listing.
         let pick = names.iter().find_map(|n| {
-            entries.iter().find(|p| p.file_name().is_some_and(|f| f.to_string_lossy().eq_ignore_ascii_case(n)))
+            entries.iter().find(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().eq_ignore_ascii_case(n))
+            })
         });
         if let Some(p) = pick {
             found.named.push((*role, p.clone()));
@@ -134,8 +162,13 @@ pub fn scan_dir(dir: &Path, loose: bool) -> std::io::Result<Found> {
     // the named files leave a part missing. Auto-discovery keeps only files that say FlashVSR.
     let named: Vec<PathBuf> = found.named.iter().map(|(_, p)| p.clone()).collect();
     let says_flashvsr = |p: &PathBuf| {
-        p.file_name().is_some_and(|f| f.to_string_lossy().to_ascii_lowercase().contains("flashvsr"))
-            || p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        p.file_name().is_some_and(|f| {
+            f.to_string_lossy()
+                .to_ascii_lowercase()
+                .contains("flashvsr")
+        }) || p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     };
     found.other.extend(
         entries
@@ -144,7 +177,8 @@ pub fn scan_dir(dir: &Path, loose: bool) -> std::io::Result<Found> {
             .filter(|p| loose || says_flashvsr(p))
             .cloned(),
     );
-    found.version_hint = version_hint(dir).or_else(|| found.named.iter().find_map(|(_, p)| version_hint(p)));
+    found.version_hint =
+        version_hint(dir).or_else(|| found.named.iter().find_map(|(_, p)| version_hint(p)));
     Ok(found)
 }
 
@@ -152,12 +186,17 @@ pub fn scan_dir(dir: &Path, loose: bool) -> std::io::Result<Found> {
 /// classification by content.
 pub fn from_args(paths: &[PathBuf]) -> anyhow::Result<Found> {
     let mut found = Found {
-        origin: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        origin: paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         ..Default::default()
     };
     for p in paths {
         if p.is_dir() {
-            let f = scan_dir(p, true).map_err(|e| anyhow::anyhow!("cannot read weights folder {}: {e}", p.display()))?;
+            let f = scan_dir(p, true)
+                .map_err(|e| anyhow::anyhow!("cannot read weights folder {}: {e}", p.display()))?;
             if f.is_empty() {
                 anyhow::bail!(
                     "weights folder {} holds no weight files (expected {} and friends)",
@@ -186,14 +225,27 @@ pub fn from_args(paths: &[PathBuf]) -> anyhow::Result<Found> {
 /// a DiT, with every candidate location tried listed in `tried`.
 pub fn search(hf_repo: &str, full_mode: bool, tried: &mut Vec<String>) -> Option<Found> {
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(root) = std::env::var_os("FLASHVSR_MODELS").filter(|s| !s.is_empty()).map(PathBuf::from) {
+    if let Some(root) = std::env::var_os("FLASHVSR_MODELS")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+    {
         candidates.push(root.clone());
         if let Ok(rd) = std::fs::read_dir(&root) {
-            let mut subs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+            let mut subs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect();
             subs.sort();
             // The folder named after the wanted repo first (e.g. FlashVSR-v1.1).
-            let repo_name = hf_repo.rsplit('/').next().unwrap_or(hf_repo).to_ascii_lowercase();
-            subs.sort_by_key(|p| p.file_name().map(|f| f.to_string_lossy().to_ascii_lowercase() != repo_name));
+            let repo_name = hf_repo
+                .rsplit('/')
+                .next()
+                .unwrap_or(hf_repo)
+                .to_ascii_lowercase();
+            subs.sort_by_key(|p| {
+                p.file_name()
+                    .map(|f| f.to_string_lossy().to_ascii_lowercase() != repo_name)
+            });
             candidates.extend(subs);
         }
     }
@@ -203,7 +255,9 @@ pub fn search(hf_repo: &str, full_mode: bool, tried: &mut Vec<String>) -> Option
     let mut partial: Option<Found> = None;
     for dir in candidates {
         tried.push(dir.display().to_string());
-        let Ok(found) = scan_dir(&dir, false) else { continue };
+        let Ok(found) = scan_dir(&dir, false) else {
+            continue;
+        };
         if found.is_empty() {
             continue;
         }
@@ -221,8 +275,13 @@ pub fn search(hf_repo: &str, full_mode: bool, tried: &mut Vec<String>) -> Option
 pub fn hf_snapshots(hf_repo: &str) -> Vec<PathBuf> {
     let repo_dir = repo_cache_dir(&hub_cache_dir(), hf_repo);
     let snaps = repo_dir.join("snapshots");
-    let Ok(rd) = std::fs::read_dir(&snaps) else { return Vec::new() };
-    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let Ok(rd) = std::fs::read_dir(&snaps) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     if let Ok(main) = std::fs::read_to_string(repo_dir.join("refs").join("main")) {
         let main = main.trim().to_string();
@@ -248,10 +307,19 @@ pub fn comfyui_dirs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for root in roots {
         let models = root.join("models");
-        let Ok(rd) = std::fs::read_dir(&models) else { continue };
+        let Ok(rd) = std::fs::read_dir(&models) else {
+            continue;
+        };
         let mut subs: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir() && p.file_name().is_some_and(|f| f.to_string_lossy().to_ascii_lowercase().contains("flashvsr")))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name().is_some_and(|f| {
+                        f.to_string_lossy()
+                            .to_ascii_lowercase()
+                            .contains("flashvsr")
+                    })
+            })
             .collect();
         subs.sort();
         out.extend(subs);
@@ -271,16 +339,38 @@ mod tests {
 
     #[test]
     fn names_and_hints() {
-        assert_eq!(role_by_name(Path::new("/x/LQ_proj_in.ckpt")), Some(Role::LqProj));
-        assert_eq!(role_by_name(Path::new("/x/FlashVSR1_1.safetensors")), Some(Role::Dit));
-        assert_eq!(role_by_name(Path::new("/x/Prompt.safetensors")), Some(Role::Prompt));
-        assert_eq!(role_by_name(Path::new("/x/flashvsr_v1.1_fp16.safetensors")), None);
         assert_eq!(
-            version_hint(Path::new("/h/hub/models--JunhaoZhuang--FlashVSR-v1.1/snapshots/abc")),
+            role_by_name(Path::new("/x/LQ_proj_in.ckpt")),
+            Some(Role::LqProj)
+        );
+        assert_eq!(
+            role_by_name(Path::new("/x/FlashVSR1_1.safetensors")),
+            Some(Role::Dit)
+        );
+        assert_eq!(
+            role_by_name(Path::new("/x/Prompt.safetensors")),
+            Some(Role::Prompt)
+        );
+        assert_eq!(
+            role_by_name(Path::new("/x/flashvsr_v1.1_fp16.safetensors")),
+            None
+        );
+        assert_eq!(
+            version_hint(Path::new(
+                "/h/hub/models--JunhaoZhuang--FlashVSR-v1.1/snapshots/abc"
+            )),
             Some(VersionHint::V1_1)
         );
-        assert_eq!(version_hint(Path::new("/h/hub/models--JunhaoZhuang--FlashVSR/snapshots/abc")), Some(VersionHint::V1));
-        assert_eq!(version_hint(Path::new("/m/Wan2_1-T2V-1_3B_FlashVSR_fp32.safetensors")), Some(VersionHint::V1));
+        assert_eq!(
+            version_hint(Path::new(
+                "/h/hub/models--JunhaoZhuang--FlashVSR/snapshots/abc"
+            )),
+            Some(VersionHint::V1)
+        );
+        assert_eq!(
+            version_hint(Path::new("/m/Wan2_1-T2V-1_3B_FlashVSR_fp32.safetensors")),
+            Some(VersionHint::V1)
+        );
         assert_eq!(version_hint(Path::new("/m/stuff")), None);
     }
 

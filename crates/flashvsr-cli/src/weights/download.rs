@@ -38,9 +38,18 @@ impl HubConfig {
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
             .trim_end_matches('/')
             .to_string();
-        let token = std::env::var("HF_TOKEN").ok().filter(|s| !s.trim().is_empty());
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
-        HubConfig { endpoint, cache: hub_cache_dir(), token, offline, quiet }
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
+        HubConfig {
+            endpoint,
+            cache: hub_cache_dir(),
+            token,
+            offline,
+            quiet,
+        }
     }
 }
 
@@ -56,7 +65,10 @@ pub fn hf_home() -> PathBuf {
 }
 
 pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).map(PathBuf::from).unwrap_or_default()
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// The hub cache: `$HF_HUB_CACHE`, else `<hf_home>/hub`.
@@ -108,8 +120,11 @@ struct FileMeta {
 pub fn ensure_bundle(manifest: &Manifest, roles: &[Role], cfg: &HubConfig) -> Result<PathBuf> {
     let repo_dir = repo_cache_dir(&cfg.cache, &manifest.hf_repo);
     let mut commit = known_commit(&repo_dir, &manifest.revision);
-    let wanted: Vec<&ManifestFile> =
-        manifest.files.iter().filter(|f| roles.contains(&f.role)).collect();
+    let wanted: Vec<&ManifestFile> = manifest
+        .files
+        .iter()
+        .filter(|f| roles.contains(&f.role))
+        .collect();
     if wanted.is_empty() {
         bail!("manifest {} lists none of the needed files", manifest.name);
     }
@@ -122,7 +137,11 @@ pub fn ensure_bundle(manifest: &Manifest, roles: &[Role], cfg: &HubConfig) -> Re
             Err(_) => false,
         }
     };
-    let missing: Vec<&ManifestFile> = wanted.iter().copied().filter(|f| !present(&commit, f)).collect();
+    let missing: Vec<&ManifestFile> = wanted
+        .iter()
+        .copied()
+        .filter(|f| !present(&commit, f))
+        .collect();
     if missing.is_empty() {
         if let Some(c) = &commit {
             return Ok(repo_dir.join("snapshots").join(c));
@@ -144,7 +163,11 @@ pub fn ensure_bundle(manifest: &Manifest, roles: &[Role], cfg: &HubConfig) -> Re
             missing.len(),
             manifest.model_version,
             total as f64 / 1e9,
-            if missing.iter().all(|f| f.direct_url().is_some()) { "GitHub" } else { cfg.endpoint.as_str() },
+            if missing.iter().all(|f| f.direct_url().is_some()) {
+                "GitHub"
+            } else {
+                cfg.endpoint.as_str()
+            },
             repo_dir.display()
         );
     }
@@ -161,9 +184,19 @@ pub fn ensure_bundle(manifest: &Manifest, roles: &[Role], cfg: &HubConfig) -> Re
                     percent_encode(&manifest.revision, false),
                     percent_encode(&f.path, true)
                 );
-                let meta = http.metadata(&url).with_context(|| format!("cannot download {} from {url}", f.path))?;
+                let meta = http
+                    .metadata(&url)
+                    .with_context(|| format!("cannot download {} from {url}", f.path))?;
                 check_meta_against_manifest(&meta, f, &url)?;
-                let blob = fetch_blob(&http, &repo_dir, &meta.location, meta.size, f, true, cfg.quiet)?;
+                let blob = fetch_blob(
+                    &http,
+                    &repo_dir,
+                    &meta.location,
+                    meta.size,
+                    f,
+                    true,
+                    cfg.quiet,
+                )?;
                 link_snapshot(&repo_dir, &meta.commit, &f.path, &blob)?;
                 if meta.commit != manifest.revision {
                     write_ref(&repo_dir, &manifest.revision, &meta.commit)?;
@@ -190,7 +223,9 @@ pub fn ensure_bundle(manifest: &Manifest, roles: &[Role], cfg: &HubConfig) -> Re
                         http.metadata(&u)?.commit
                     }
                 };
-                let size = f.bytes.ok_or_else(|| anyhow!("manifest {}: {} needs a byte size", manifest.name, f.path))?;
+                let size = f.bytes.ok_or_else(|| {
+                    anyhow!("manifest {}: {} needs a byte size", manifest.name, f.path)
+                })?;
                 let blob = fetch_blob(&http, &repo_dir, &url, size, f, false, cfg.quiet)
                     .with_context(|| format!("cannot download {} from {url}", f.path))?;
                 link_snapshot(&repo_dir, &c, &f.path, &blob)?;
@@ -297,7 +332,10 @@ fn fetch_blob(
                 .and_then(|v| v.split('-').next())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             if start != Some(have) {
-                bail!("{url} answered the range request from byte {have} with Content-Range {:?}", resp.header("Content-Range"));
+                bail!(
+                    "{url} answered the range request from byte {have} with Content-Range {:?}",
+                    resp.header("Content-Range")
+                );
             }
         } else if status != 200 {
             bail!("{url} answered HTTP {status}");
@@ -319,7 +357,8 @@ fn fetch_blob(
             if have + n as u64 > size {
                 bail!("{url} sent more than the expected {size} bytes");
             }
-            file.write_all(&buf[..n]).with_context(|| format!("cannot write {}", partial.display()))?;
+            file.write_all(&buf[..n])
+                .with_context(|| format!("cannot write {}", partial.display()))?;
             hasher.update(&buf[..n]);
             have += n as u64;
             progress.set_position(have);
@@ -329,7 +368,10 @@ fn fetch_blob(
     drop(file);
     progress.finish();
     if have != size {
-        bail!("download of {} stopped at {have} of {size} bytes; run the command again to resume", f.path);
+        bail!(
+            "download of {} stopped at {have} of {size} bytes; run the command again to resume",
+            f.path
+        );
     }
     let got = hex(&hasher.finalize());
     if got != sha {
@@ -339,7 +381,8 @@ fn fetch_blob(
             f.path
         );
     }
-    fs::rename(&partial, &blob).with_context(|| format!("cannot move {} into place", partial.display()))?;
+    fs::rename(&partial, &blob)
+        .with_context(|| format!("cannot move {} into place", partial.display()))?;
     Ok(blob)
 }
 
@@ -351,14 +394,20 @@ fn hex(bytes: &[u8]) -> String {
 fn link_snapshot(repo_dir: &Path, commit: &str, path: &str, blob: &Path) -> Result<()> {
     let dest = repo_dir.join("snapshots").join(commit).join(path);
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     if fs::symlink_metadata(&dest).is_ok() {
         fs::remove_file(&dest).with_context(|| format!("cannot replace {}", dest.display()))?;
     }
     let depth = path.split('/').count() + 1; // snapshots/<commit>/<path...>
-    let blob_name = blob.file_name().ok_or_else(|| anyhow!("blob path without a name"))?;
-    let target: PathBuf = std::iter::repeat_n("..", depth).collect::<PathBuf>().join("blobs").join(blob_name);
+    let blob_name = blob
+        .file_name()
+        .ok_or_else(|| anyhow!("blob path without a name"))?;
+    let target: PathBuf = std::iter::repeat_n("..", depth)
+        .collect::<PathBuf>()
+        .join("blobs")
+        .join(blob_name);
     #[cfg(unix)]
     let linked = std::os::unix::fs::symlink(&target, &dest);
     #[cfg(not(unix))]
@@ -404,7 +453,9 @@ impl Http {
 
     fn authorise(&self, req: ureq::Request, url: &str) -> ureq::Request {
         match &self.token {
-            Some(t) if url.starts_with(&self.endpoint) => req.set("Authorization", &format!("Bearer {t}")),
+            Some(t) if url.starts_with(&self.endpoint) => {
+                req.set("Authorization", &format!("Bearer {t}"))
+            }
             _ => req,
         }
     }
@@ -414,7 +465,12 @@ impl Http {
     fn metadata(&self, url: &str) -> Result<FileMeta> {
         let mut current = url.to_string();
         for _ in 0..10 {
-            let req = self.authorise(self.manual.head(&current).set("Accept-Encoding", "identity"), &current);
+            let req = self.authorise(
+                self.manual
+                    .head(&current)
+                    .set("Accept-Encoding", "identity"),
+                &current,
+            );
             let resp = match req.call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(code, r)) => return Err(hub_error(code, &r, &current)),
@@ -423,7 +479,9 @@ impl Http {
             let status = resp.status();
             let location = resp.header("Location").map(str::to_string);
             if (300..400).contains(&status) {
-                let loc = location.clone().ok_or_else(|| anyhow!("{current}: redirect without a Location"))?;
+                let loc = location
+                    .clone()
+                    .ok_or_else(|| anyhow!("{current}: redirect without a Location"))?;
                 if loc.starts_with('/') {
                     current = format!("{}{}", origin(&current), loc);
                     continue;
@@ -436,15 +494,35 @@ impl Http {
             let etag = resp
                 .header("X-Linked-Etag")
                 .or_else(|| resp.header("ETag"))
-                .map(|e| e.trim().trim_start_matches("W/").trim_matches('"').to_string())
+                .map(|e| {
+                    e.trim()
+                        .trim_start_matches("W/")
+                        .trim_matches('"')
+                        .to_string()
+                })
                 .ok_or_else(|| anyhow!("{current}: the server sent no ETag"))?;
             let size = resp
                 .header("X-Linked-Size")
-                .or_else(|| if (300..400).contains(&status) { None } else { resp.header("Content-Length") })
+                .or_else(|| {
+                    if (300..400).contains(&status) {
+                        None
+                    } else {
+                        resp.header("Content-Length")
+                    }
+                })
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| anyhow!("{current}: the server sent no file size"))?;
-            let location = if (300..400).contains(&status) { location.unwrap_or(current.clone()) } else { current.clone() };
-            return Ok(FileMeta { commit, etag, size, location });
+            let location = if (300..400).contains(&status) {
+                location.unwrap_or(current.clone())
+            } else {
+                current.clone()
+            };
+            return Ok(FileMeta {
+                commit,
+                etag,
+                size,
+                location,
+            });
         }
         bail!("{url}: too many redirects")
     }
@@ -484,7 +562,11 @@ fn hub_error(code: u16, resp: &ureq::Response, url: &str) -> anyhow::Error {
         (_, "EntryNotFound") | (404, _) => "file not found in the repository",
         _ => "the server refused the request",
     };
-    let detail = if msg.is_empty() { String::new() } else { format!(" ({msg})") };
+    let detail = if msg.is_empty() {
+        String::new()
+    } else {
+        format!(" ({msg})")
+    };
     anyhow!("{url} answered HTTP {code}{detail}: {hint}")
 }
 
@@ -502,7 +584,13 @@ mod tests {
     fn url_parts() {
         assert_eq!(percent_encode("refs/pr/5", false), "refs%2Fpr%2F5");
         assert_eq!(percent_encode("a b/c.ckpt", true), "a%20b/c.ckpt");
-        assert_eq!(origin("http://127.0.0.1:8080/x/y?z"), "http://127.0.0.1:8080");
-        assert_eq!(repo_cache_dir(Path::new("/c"), "A/B-v1.1"), PathBuf::from("/c/models--A--B-v1.1"));
+        assert_eq!(
+            origin("http://127.0.0.1:8080/x/y?z"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            repo_cache_dir(Path::new("/c"), "A/B-v1.1"),
+            PathBuf::from("/c/models--A--B-v1.1")
+        );
     }
 }

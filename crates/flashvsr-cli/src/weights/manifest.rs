@@ -61,14 +61,20 @@ impl ManifestFile {
 
 impl Manifest {
     pub fn parse(text: &str, origin: &str) -> Result<Manifest> {
-        let m: Manifest =
-            serde_json::from_str(text).with_context(|| format!("manifest {origin} is not valid manifest JSON"))?;
+        let m: Manifest = serde_json::from_str(text)
+            .with_context(|| format!("manifest {origin} is not valid manifest JSON"))?;
         for f in &m.files {
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("manifest {origin}: sha256 of {} is not 64 hex digits", f.path);
+                bail!(
+                    "manifest {origin}: sha256 of {} is not 64 hex digits",
+                    f.path
+                );
             }
             if f.path.contains("..") || f.path.starts_with('/') {
-                bail!("manifest {origin}: file path {} must stay inside the repository", f.path);
+                bail!(
+                    "manifest {origin}: file path {} must stay inside the repository",
+                    f.path
+                );
             }
         }
         Ok(m)
@@ -105,7 +111,9 @@ mod tests {
             let m = Manifest::parse(text, "builtin").unwrap();
             assert_eq!(m.model_version, version);
             for role in Role::ALL {
-                let f = m.file(role).unwrap_or_else(|| panic!("{version}: no {role}"));
+                let f = m
+                    .file(role)
+                    .unwrap_or_else(|| panic!("{version}: no {role}"));
                 assert_eq!(f.path.rsplit('/').next().unwrap(), role.upstream_file());
             }
             assert!(m.file(Role::Prompt).unwrap().direct_url().is_some());

@@ -21,7 +21,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Dit, Role::LqProj, Role::TcDecoder, Role::Vae, Role::Prompt];
+    pub const ALL: [Role; 5] = [
+        Role::Dit,
+        Role::LqProj,
+        Role::TcDecoder,
+        Role::Vae,
+        Role::Prompt,
+    ];
 
     /// The upstream file name of this part (what a folder is recognised by).
     pub fn upstream_file(self) -> &'static str {

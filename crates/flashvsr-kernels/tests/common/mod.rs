@@ -73,7 +73,10 @@ pub fn dense_reference(case: &Case) -> Result<Tensor> {
     let e = masked.broadcast_sub(&max)?.exp()?;
     let p = e.broadcast_div(&e.sum_keepdim(2)?)?;
     let out = p.matmul(&v)?;
-    let row_any = tok.max_keepdim(2)?.broadcast_as(out.shape())?.contiguous()?;
+    let row_any = tok
+        .max_keepdim(2)?
+        .broadcast_as(out.shape())?
+        .contiguous()?;
     row_any.where_cond(&out, &out.zeros_like()?)
 }
 
@@ -85,8 +88,16 @@ pub struct Errors {
 }
 
 pub fn errors(out: &Tensor, reference: &Tensor) -> Result<Errors> {
-    let out = out.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let r = reference.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let out = out
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let r = reference
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     let (mut max_abs, mut diff2, mut ref2, mut nan_count) = (0f64, 0f64, 0f64, 0usize);
     for (&o, &r) in out.iter().zip(r.iter()) {
         if !o.is_finite() {
@@ -107,7 +118,10 @@ pub fn errors(out: &Tensor, reference: &Tensor) -> Result<Errors> {
 /// Number of output elements in empty query blocks that are not exactly 0.
 pub fn nonzero_in_empty_blocks(out: &Tensor, mask: &Tensor) -> Result<usize> {
     let (h, nq, nk) = mask.dims3()?;
-    let mask = mask.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?;
+    let mask = mask
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
     let out = out.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let d = out.dim(2)?;
     let out = out.flatten_all()?.to_vec1::<f64>()?;
@@ -115,7 +129,10 @@ pub fn nonzero_in_empty_blocks(out: &Tensor, mask: &Tensor) -> Result<usize> {
     let mut bad = 0;
     for hb in 0..h * nq {
         if mask[hb * nk..(hb + 1) * nk].iter().all(|&m| m == 0) {
-            bad += out[hb * rows..(hb + 1) * rows].iter().filter(|&&x| x != 0.0).count();
+            bad += out[hb * rows..(hb + 1) * rows]
+                .iter()
+                .filter(|&&x| x != 0.0)
+                .count();
         }
     }
     Ok(bad)
@@ -137,7 +154,11 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
 pub fn draft_fixtures() -> String {
     match std::env::var("FLASHVSR_FIXTURES") {
         Ok(dir) => format!("{dir}/draft-mask"),
-        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/draft-mask").to_string(),
+        Err(_) => concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/draft-mask"
+        )
+        .to_string(),
     }
 }
 
@@ -175,7 +196,11 @@ pub fn load_draft_case(name: &str, device: &Device) -> Result<DraftCase> {
 pub fn mask_mismatches(a: &Tensor, b: &Tensor) -> Result<usize> {
     let a = a.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?;
     let b = b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?;
-    Ok(a.iter().zip(b.iter()).filter(|(x, y)| (**x != 0) != (**y != 0)).count() + a.len().abs_diff(b.len()))
+    Ok(a.iter()
+        .zip(b.iter())
+        .filter(|(x, y)| (**x != 0) != (**y != 0))
+        .count()
+        + a.len().abs_diff(b.len()))
 }
 
 /// Random rows with many exact ties (values drawn from a small set), for top-k checks.

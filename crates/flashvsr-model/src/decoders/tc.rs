@@ -17,8 +17,8 @@
 //!
 //! Each call returns as many frames as LQ frames it was given: `4T-3`, then `4T`.
 
-use candle_core::{Module, Result, Tensor};
 use crate::frame_conv::FrameConv2d;
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// Layer kinds at each `decoder.<i>` index of the upstream `nn.Sequential`.
@@ -66,7 +66,10 @@ fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
     } else {
         None
     };
-    let cfg = Conv2dConfig { padding: kh / 2, ..Default::default() };
+    let cfg = Conv2dConfig {
+        padding: kh / 2,
+        ..Default::default()
+    };
     Ok(FrameConv2d::new(Conv2d::new(weight, bias, cfg)))
 }
 
@@ -89,7 +92,11 @@ struct MemBlock {
 
 impl MemBlock {
     fn new(vb: VarBuilder) -> Result<Self> {
-        let convs = [conv2d(&vb.pp("conv.0"))?, conv2d(&vb.pp("conv.2"))?, conv2d(&vb.pp("conv.4"))?];
+        let convs = [
+            conv2d(&vb.pp("conv.0"))?,
+            conv2d(&vb.pp("conv.2"))?,
+            conv2d(&vb.pp("conv.4"))?,
+        ];
         let skip = if vb.contains_tensor("skip.weight") {
             Some(conv2d(&vb.pp("skip"))?)
         } else {
@@ -103,7 +110,11 @@ impl MemBlock {
                 out_channels(&convs[2])
             )
         }
-        Ok(Self { convs, skip, span: tracing::span!(tracing::Level::TRACE, "tc-memblock") })
+        Ok(Self {
+            convs,
+            skip,
+            span: tracing::span!(tracing::Level::TRACE, "tc-memblock"),
+        })
     }
 
     /// `x`: `[T, C, h, w]`, `mem`: the input of the previous step `[1, C, h, w]` (None at the
@@ -115,7 +126,11 @@ impl MemBlock {
             Some(m) => m.clone(),
             None => x.narrow(0, 0, 1)?.zeros_like()?,
         };
-        let past = if t > 1 { Tensor::cat(&[&first, &x.narrow(0, 0, t - 1)?], 0)? } else { first };
+        let past = if t > 1 {
+            Tensor::cat(&[&first, &x.narrow(0, 0, t - 1)?], 0)?
+        } else {
+            first
+        };
         let h = Tensor::cat(&[x, &past], 1)?;
         let h = self.convs[0].forward(&h)?.relu()?;
         let h = self.convs[1].forward(&h)?.relu()?;
@@ -140,9 +155,15 @@ impl TGrow {
         let conv = conv2d(&vb.pp("conv"))?;
         let (c_out, c_in) = (out_channels(&conv), in_channels(&conv));
         if c_in == 0 || c_out % c_in != 0 {
-            candle_core::bail!("{}.conv.weight: {c_out} outputs is not a multiple of {c_in}", vb.prefix())
+            candle_core::bail!(
+                "{}.conv.weight: {c_out} outputs is not a multiple of {c_in}",
+                vb.prefix()
+            )
         }
-        Ok(Self { conv, stride: c_out / c_in })
+        Ok(Self {
+            conv,
+            stride: c_out / c_in,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -247,11 +268,20 @@ impl TcDecoder {
             )
         }
         let config = TcConfig {
-            channels: [stage_widths[0], stage_widths[1], stage_widths[2], stage_widths[3]],
+            channels: [
+                stage_widths[0],
+                stage_widths[1],
+                stage_widths[2],
+                stage_widths[3],
+            ],
             latent_channels: first_in - COND_CHANNELS,
             frames_per_latent,
         };
-        Ok(Self { layers, config, span: tracing::span!(tracing::Level::TRACE, "tc-decoder") })
+        Ok(Self {
+            layers,
+            config,
+            span: tracing::span!(tracing::Level::TRACE, "tc-decoder"),
+        })
     }
 
     pub fn config(&self) -> &TcConfig {
@@ -279,10 +309,15 @@ impl TcDecoder {
     fn lq_condition(&self, lq: &Tensor) -> Result<Tensor> {
         let (b, c, t, h, w) = lq.dims5()?;
         if b != 1 || c != 3 {
-            candle_core::bail!("TCDecoder: LQ video must be [1, 3, T, H, W], got {:?}", lq.dims())
+            candle_core::bail!(
+                "TCDecoder: LQ video must be [1, 3, T, H, W], got {:?}",
+                lq.dims()
+            )
         }
         if h % SPATIAL_FACTOR != 0 || w % SPATIAL_FACTOR != 0 {
-            candle_core::bail!("TCDecoder: LQ frame size {w}x{h} is not a multiple of {SPATIAL_FACTOR}")
+            candle_core::bail!(
+                "TCDecoder: LQ frame size {w}x{h} is not a multiple of {SPATIAL_FACTOR}"
+            )
         }
         let g = FRAMES_PER_LATENT;
         let pad = (g - t % g) % g;

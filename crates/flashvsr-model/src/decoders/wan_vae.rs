@@ -12,19 +12,19 @@
 //! encoder keys are ignored). Norms and attention softmax run in f32.
 
 use crate::conv3d::{CausalConv3d, Padding};
-use candle_core::{DType, Module, Result, Tensor};
 use crate::frame_conv::FrameConv2d;
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 /// Wan2.1 latent channel means (un-normalisation `z * std + mean`).
 pub const LATENT_MEAN: [f32; 16] = [
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
-    0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+    -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
 ];
 /// Wan2.1 latent channel standard deviations.
 pub const LATENT_STD: [f32; 16] = [
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
-    1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+    1.6382, 1.1253, 2.8251, 1.9160,
 ];
 
 /// Frames a causal conv remembers (upstream `CACHE_T`).
@@ -46,7 +46,11 @@ fn causal_conv(vb: &VarBuilder) -> Result<CausalConv3d> {
     if kh != kw || kh % 2 == 0 || kt % 2 == 0 {
         candle_core::bail!("{}.weight: unsupported kernel {kt}x{kh}x{kw}", vb.prefix())
     }
-    let bias = if vb.contains_tensor("bias") { Some(vb.get(o, "bias")?) } else { None };
+    let bias = if vb.contains_tensor("bias") {
+        Some(vb.get(o, "bias")?)
+    } else {
+        None
+    };
     CausalConv3d::from_weights(weight, bias, 1, Padding::zeros(kt - 1, kh / 2))
 }
 
@@ -60,8 +64,19 @@ fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
             weight.dims()
         ))
     })?;
-    let bias = if vb.contains_tensor("bias") { Some(vb.get(o, "bias")?) } else { None };
-    Ok(FrameConv2d::new(Conv2d::new(weight, bias, Conv2dConfig { padding: kh / 2, ..Default::default() })))
+    let bias = if vb.contains_tensor("bias") {
+        Some(vb.get(o, "bias")?)
+    } else {
+        None
+    };
+    Ok(FrameConv2d::new(Conv2d::new(
+        weight,
+        bias,
+        Conv2dConfig {
+            padding: kh / 2,
+            ..Default::default()
+        },
+    )))
 }
 
 /// `F.normalize(x, dim=1) * sqrt(C) * gamma`, computed in f32.
@@ -75,7 +90,10 @@ impl RmsNorm {
     fn new(vb: &VarBuilder) -> Result<Self> {
         let gamma = vb.get_unchecked_dtype("gamma", DType::F32)?.flatten_all()?;
         let c = gamma.dim(0)?;
-        Ok(Self { gamma, scale: (c as f64).sqrt() })
+        Ok(Self {
+            gamma,
+            scale: (c as f64).sqrt(),
+        })
     }
 
     fn channels(&self) -> usize {
@@ -84,11 +102,17 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let xf = x.to_dtype(DType::F32)?;
-        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(NORM_EPS, f64::INFINITY)?;
+        let norm = xf
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(NORM_EPS, f64::INFINITY)?;
         let mut shape = vec![1; x.rank()];
         shape[1] = self.channels();
         let gamma = (self.gamma.reshape(shape)? * self.scale)?;
-        xf.broadcast_div(&norm)?.broadcast_mul(&gamma)?.to_dtype(x.dtype())
+        xf.broadcast_div(&norm)?
+            .broadcast_mul(&gamma)?
+            .to_dtype(x.dtype())
     }
 }
 
@@ -136,7 +160,10 @@ impl CachedConv {
     fn new(vb: &VarBuilder, slots: &mut usize) -> Result<Self> {
         let conv = causal_conv(vb)?;
         *slots += 1;
-        Ok(Self { conv, slot: *slots - 1 })
+        Ok(Self {
+            conv,
+            slot: *slots - 1,
+        })
     }
 
     fn forward(&self, x: &Tensor, state: &mut WanVaeState) -> Result<Tensor> {
@@ -215,17 +242,23 @@ impl AttentionBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c, t, h, w) = x.dims5()?;
-        let frames = x.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((b * t, c, h, w))?;
+        let frames = x
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((b * t, c, h, w))?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?; // [N, 3C, h, w]
-        // [N, 3C, hw] → [N, hw, 3C]
+                                                                      // [N, 3C, hw] → [N, hw, 3C]
         let qkv = qkv.flatten_from(2)?.transpose(1, 2)?;
         let q = qkv.narrow(2, 0, c)?.contiguous()?;
         let k = qkv.narrow(2, c, c)?.contiguous()?;
         let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-            .to_dtype(v.dtype())?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, c, h, w))?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let o = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * t, c, h, w))?;
         let o = self.proj.forward(&o)?;
         let o = o.reshape((b, t, c, h, w))?.permute((0, 2, 1, 3, 4))?;
         o + x
@@ -273,11 +306,16 @@ impl Resample {
             }
         }
         let (b, c, t, h, w) = x.dims5()?;
-        let frames = x.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((b * t, c, h, w))?;
+        let frames = x
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((b * t, c, h, w))?;
         let up = frames.upsample_nearest2d(2 * h, 2 * w)?;
         let y = self.conv.forward(&up)?;
         let (_, co, ho, wo) = y.dims4()?;
-        y.reshape((b, t, co, ho, wo))?.permute((0, 2, 1, 3, 4))?.contiguous()
+        y.reshape((b, t, co, ho, wo))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 }
 
@@ -399,7 +437,8 @@ impl WanVaeDecoder {
         let dev = z.device();
         let inv_std: Vec<f32> = LATENT_STD.iter().map(|s| 1.0f32 / s).collect();
         let inv_std = Tensor::from_vec(inv_std, (1, 16, 1, 1, 1), dev)?.to_dtype(z.dtype())?;
-        let mean = Tensor::from_vec(LATENT_MEAN.to_vec(), (1, 16, 1, 1, 1), dev)?.to_dtype(z.dtype())?;
+        let mean =
+            Tensor::from_vec(LATENT_MEAN.to_vec(), (1, 16, 1, 1, 1), dev)?.to_dtype(z.dtype())?;
         let z = z.broadcast_div(&inv_std)?.broadcast_add(&mean)?;
         self.conv2.forward(&z, None)
     }
@@ -441,6 +480,8 @@ impl WanVaeDecoder {
             out.push(self.decode_frame(&x.narrow(2, k, 1)?, state)?);
             state.latents_seen += 1;
         }
-        Tensor::cat(&out, 2)?.clamp(-1f32, 1f32)?.to_dtype(latents.dtype())
+        Tensor::cat(&out, 2)?
+            .clamp(-1f32, 1f32)?
+            .to_dtype(latents.dtype())
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::kv_cache::BlockKv;
 use super::lcsa::{self, BlockMask, Draft, WINDOW_TOKENS};
 use super::rope::RopeTables;
 use crate::config::DitConfig;
@@ -20,13 +21,19 @@ impl RmsNorm {
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         let weight = vb.get(dim, "weight")?;
         let ones = Tensor::ones(dim, DType::F32, weight.device())?;
-        Ok(Self { weight, ones, eps: eps as f32 })
+        Ok(Self {
+            weight,
+            ones,
+            eps: eps as f32,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let y = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &self.ones, self.eps)?;
-        y.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)
+        let y =
+            candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &self.ones, self.eps)?;
+        y.to_dtype(dtype)?
+            .broadcast_mul(&self.weight.to_dtype(dtype)?)
     }
 }
 
@@ -43,19 +50,6 @@ pub struct LcsaContext {
     pub local: Vec<bool>,
     pub topk: i64,
     pub kv_len: usize,
-}
-
-/// Post-RoPE keys and values of the cached segments of one block, `[heads, S·nb·128, hd]`
-/// each, in window order (oldest segment first).
-#[derive(Debug, Clone, Default)]
-pub struct BlockKv {
-    pub kv: Option<(Tensor, Tensor)>,
-}
-
-impl BlockKv {
-    pub fn segments(&self, nb: usize) -> usize {
-        self.kv.as_ref().map(|(k, _)| k.dim(1).unwrap_or(0) / (nb * WINDOW_TOKENS)).unwrap_or(0)
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,11 +83,14 @@ impl SelfAttention {
     fn to_window_heads(&self, x: &Tensor, grid: (usize, usize, usize)) -> Result<Tensor> {
         let (n, dim) = x.dims2()?;
         let hd = dim / self.num_heads;
-        lcsa::window_partition(x, grid)?.reshape((n, self.num_heads, hd))?.transpose(0, 1)?.contiguous()
+        lcsa::window_partition(x, grid)?
+            .reshape((n, self.num_heads, hd))?
+            .transpose(0, 1)?
+            .contiguous()
     }
 
-    /// `x`: `[1, N, dim]` (modulated, (f,h,w) order). Updates `cache` (drops one oldest segment
-    /// when it holds more than `kv_len`). Returns `[1, N, dim]` and, if asked, the draft.
+    /// `x`: `[1, N, dim]` (modulated, (f,h,w) order). Updates `cache` (adds this step's
+    /// segments, drops one oldest segment when it holds more than `kv_len`). Returns `[1, N, dim]` and, if asked, the draft.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -111,10 +108,9 @@ impl SelfAttention {
         let q = ctx.rope.apply(&self.to_window_heads(&q, ctx.grid)?)?;
         let k = ctx.rope.apply(&self.to_window_heads(&k, ctx.grid)?)?;
         let v = self.to_window_heads(&v, ctx.grid)?;
-        let (k_all, v_all) = match cache.kv.take() {
-            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 1)?, Tensor::cat(&[&cv, &v], 1)?),
-            None => (k, v),
-        };
+        // Cached segments plus this step's (slot order; time order when the draft is tapped).
+        let seg_tokens = ctx.nb * WINDOW_TOKENS;
+        let (k_all, v_all) = cache.append(&k, &v, seg_tokens, ctx.kv_len, want_draft)?;
         let nq = n / WINDOW_TOKENS;
         let nk = k_all.dim(1)? / WINDOW_TOKENS;
         let heads_means = |t: &Tensor, nw: usize| -> Result<Tensor> {
@@ -136,7 +132,10 @@ impl SelfAttention {
                 self.num_heads,
                 ctx.topk.max(0) as usize,
             )?;
-            (flashvsr_kernels::block_sparse_attention(&q, &k_all, &v_all, &mask, scale as f32)?, None)
+            (
+                flashvsr_kernels::block_sparse_attention(&q, &k_all, &v_all, &mask, scale as f32)?,
+                None,
+            )
         } else {
             let draft = lcsa::draft_mask(
                 &heads_means(&q, nq)?,
@@ -146,27 +145,29 @@ impl SelfAttention {
                 &ctx.local,
                 ctx.topk,
             )?;
-            (block_sparse(&q, &k_all, &v_all, &draft.mask, scale)?, Some(draft))
+            (
+                block_sparse(&q, &k_all, &v_all, &draft.mask, scale)?,
+                Some(draft),
+            )
         };
         let attn = attn.transpose(0, 1)?.reshape((n, dim))?;
         let attn = lcsa::window_reverse(&attn, ctx.grid)?;
         let out = self.o.forward(&attn)?.unsqueeze(0)?;
 
-        // KV cache: keep everything, then drop exactly one oldest segment if over kv_len.
-        let seg_tokens = ctx.nb * WINDOW_TOKENS;
-        let segs = k_all.dim(1)? / seg_tokens;
-        cache.kv = Some(if segs > ctx.kv_len {
-            let keep = (segs - 1) * seg_tokens;
-            (k_all.narrow(1, seg_tokens, keep)?.contiguous()?, v_all.narrow(1, seg_tokens, keep)?.contiguous()?)
-        } else {
-            (k_all, v_all)
-        });
+        // Upstream drops exactly one oldest segment per step once over kv_len.
+        cache.evict(ctx.kv_len);
         Ok((out, draft.filter(|_| want_draft)))
     }
 }
 
 /// Block-sparse attention with a host-side mask: our CUDA kernel on a GPU, the CPU path elsewhere.
-fn block_sparse(q: &Tensor, k: &Tensor, v: &Tensor, mask: &BlockMask, scale: f64) -> Result<Tensor> {
+fn block_sparse(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BlockMask,
+    scale: f64,
+) -> Result<Tensor> {
     if q.device().is_cuda() {
         let m: Vec<u8> = mask.data.iter().map(|&b| b as u8).collect();
         let m = Tensor::from_vec(m, (mask.heads, mask.nq, mask.nk), q.device())?;
@@ -205,7 +206,10 @@ impl CrossAttention {
 
     /// The cached (K, V) for a text context `[1, L, dim]`: K = norm_k(k(ctx)), V = v(ctx).
     pub fn kv(&self, context: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.norm_k.forward(&self.k.forward(context)?)?, self.v.forward(context)?))
+        Ok((
+            self.norm_k.forward(&self.k.forward(context)?)?,
+            self.v.forward(context)?,
+        ))
     }
 
     /// `x`: `[1, N, dim]`; `k`, `v`: `[1, L, dim]` from [`CrossAttention::kv`].
@@ -215,7 +219,10 @@ impl CrossAttention {
         let hd = dim / self.num_heads;
         let heads = |t: &Tensor| -> Result<Tensor> {
             let l = t.dim(1)?;
-            t.squeeze(0)?.reshape((l, self.num_heads, hd))?.transpose(0, 1)?.contiguous()
+            t.squeeze(0)?
+                .reshape((l, self.num_heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()
         };
         let q = heads(&self.norm_q.forward(&self.q.forward(x)?)?)?;
         let (k, v) = (heads(k)?, heads(v)?);

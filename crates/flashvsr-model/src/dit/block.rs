@@ -3,7 +3,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{BlockKv, CrossAttention, LcsaContext, SelfAttention};
+use super::attention::{CrossAttention, LcsaContext, SelfAttention};
+use super::kv_cache::BlockKv;
 use super::lcsa::Draft;
 use crate::config::DitConfig;
 use crate::linear::{linear, Linear};
@@ -34,7 +35,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?.contiguous()?, &self.weight, &self.bias, self.eps)?;
+        let y = candle_nn::ops::layer_norm(
+            &x.to_dtype(DType::F32)?.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?;
         y.to_dtype(x.dtype())
     }
 }
@@ -102,21 +108,42 @@ impl DitBlock {
         // they lose ~1e-2 over a block; the linears and attention run in the weights' dtype.
         let dt = self.modulation.dtype();
         let x = x.to_dtype(DType::F32)?;
-        let m = self.modulation.to_dtype(DType::F32)?.broadcast_add(&t_mod.to_dtype(DType::F32)?)?;
+        let m = self
+            .modulation
+            .to_dtype(DType::F32)?
+            .broadcast_add(&t_mod.to_dtype(DType::F32)?)?;
         let chunk = |i: usize| m.narrow(1, i, 1);
         let (shift1, scale1, gate1) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift2, scale2, gate2) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let a = self.norm.forward(&x)?.broadcast_mul(&(scale1 + 1.0)?)?.broadcast_add(&shift1)?;
-        let (sa, draft) = self.self_attn.forward(&a.to_dtype(dt)?, ctx, cache, want_taps)?;
+        let a = self
+            .norm
+            .forward(&x)?
+            .broadcast_mul(&(scale1 + 1.0)?)?
+            .broadcast_add(&shift1)?;
+        let (sa, draft) = self
+            .self_attn
+            .forward(&a.to_dtype(dt)?, ctx, cache, want_taps)?;
         let x = (x + sa.to_dtype(DType::F32)?.broadcast_mul(&gate1)?)?;
-        let cross = self.cross_attn.forward(&self.norm3.forward(&x)?.to_dtype(dt)?, &cross.k, &cross.v)?;
+        let cross =
+            self.cross_attn
+                .forward(&self.norm3.forward(&x)?.to_dtype(dt)?, &cross.k, &cross.v)?;
         let x = (&x + cross.to_dtype(DType::F32)?)?;
-        let b = self.norm.forward(&x)?.broadcast_mul(&(scale2 + 1.0)?)?.broadcast_add(&shift2)?;
-        let ffn = self.ffn2.forward(&self.ffn0.forward(&b.to_dtype(dt)?)?.gelu()?)?;
+        let b = self
+            .norm
+            .forward(&x)?
+            .broadcast_mul(&(scale2 + 1.0)?)?
+            .broadcast_add(&shift2)?;
+        let ffn = self
+            .ffn2
+            .forward(&self.ffn0.forward(&b.to_dtype(dt)?)?.gelu()?)?;
         let x = (x + ffn.to_dtype(DType::F32)?.broadcast_mul(&gate2)?)?;
         let taps = match draft {
-            Some(draft) => Some(BlockTaps { draft, self_attn_out: sa, out: x.clone() }),
+            Some(draft) => Some(BlockTaps {
+                draft,
+                self_attn_out: sa,
+                out: x.clone(),
+            }),
             None => None,
         };
         Ok((x, taps))

@@ -21,7 +21,9 @@ impl PatchEmbedding {
     pub fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
         let (pt, ph, pw) = cfg.patch_size;
         let k = cfg.in_channels * pt * ph * pw;
-        let w = vb.get((cfg.dim, cfg.in_channels, pt, ph, pw), "weight")?.reshape((cfg.dim, k))?;
+        let w = vb
+            .get((cfg.dim, cfg.in_channels, pt, ph, pw), "weight")?
+            .reshape((cfg.dim, k))?;
         let b = vb.get(cfg.dim, "bias")?;
         Ok(Self {
             proj: Linear::from_dense(w, Some(b))?,
@@ -56,10 +58,21 @@ impl PatchEmbedding {
 
 /// Sinusoidal embedding of a timestep, `[1, freq_dim]`, **cos first**, computed in f64:
 /// freqs_i = 10000^(−i/(freq_dim/2)).
-pub fn sinusoidal_embedding(freq_dim: usize, t: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+pub fn sinusoidal_embedding(
+    freq_dim: usize,
+    t: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let half = freq_dim / 2;
-    let args: Vec<f64> = (0..half).map(|i| t * 10000f64.powf(-(i as f64) / half as f64)).collect();
-    let v: Vec<f64> = args.iter().map(|a| a.cos()).chain(args.iter().map(|a| a.sin())).collect();
+    let args: Vec<f64> = (0..half)
+        .map(|i| t * 10000f64.powf(-(i as f64) / half as f64))
+        .collect();
+    let v: Vec<f64> = args
+        .iter()
+        .map(|a| a.cos())
+        .chain(args.iter().map(|a| a.sin()))
+        .collect();
     Tensor::from_vec(v, (1, freq_dim), device)?.to_dtype(dtype)
 }
 
@@ -84,8 +97,13 @@ impl TimeEmbedding {
 
     /// (t `[1, dim]`, t_mod `[1, 6, dim]`) from the sinusoid `[1, freq_dim]`.
     pub fn forward(&self, t_freq: &Tensor) -> Result<(Tensor, Tensor)> {
-        let t = self.emb2.forward(&candle_nn::ops::silu(&self.emb0.forward(t_freq)?)?)?;
-        let t_mod = self.proj.forward(&candle_nn::ops::silu(&t)?)?.reshape((1, 6, self.dim))?;
+        let t = self
+            .emb2
+            .forward(&candle_nn::ops::silu(&self.emb0.forward(t_freq)?)?)?;
+        let t_mod = self
+            .proj
+            .forward(&candle_nn::ops::silu(&t)?)?
+            .reshape((1, 6, self.dim))?;
         Ok((t, t_mod))
     }
 }

@@ -25,7 +25,11 @@ pub struct LcsaParams {
 
 impl Default for LcsaParams {
     fn default() -> Self {
-        Self { sparse_ratio: 2.0, kv_ratio: 3.0, local_range: 11 }
+        Self {
+            sparse_ratio: 2.0,
+            kv_ratio: 3.0,
+            local_range: 11,
+        }
     }
 }
 
@@ -77,7 +81,10 @@ impl BlockMask {
     /// Selected key windows of (head, query window), ascending.
     pub fn row(&self, head: usize, q: usize) -> Vec<u32> {
         let base = (head * self.nq + q) * self.nk;
-        (0..self.nk).filter(|&k| self.data[base + k]).map(|k| k as u32).collect()
+        (0..self.nk)
+            .filter(|&k| self.data[base + k])
+            .map(|k| k as u32)
+            .collect()
     }
     pub fn selected(&self) -> usize {
         self.data.iter().filter(|&&b| b).count()
@@ -117,10 +124,21 @@ pub fn draft_mask(
     }
     let hd = dim / heads;
     let sq = nq / nb;
-    let q = q_mean.to_dtype(DType::F32)?.reshape((nq, heads, hd))?.transpose(0, 1)?.contiguous()?;
-    let k = k_mean.to_dtype(DType::F32)?.reshape((nk, heads, hd))?.transpose(0, 1)?.contiguous()?;
+    let q = q_mean
+        .to_dtype(DType::F32)?
+        .reshape((nq, heads, hd))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let k = k_mean
+        .to_dtype(DType::F32)?
+        .reshape((nk, heads, hd))?
+        .transpose(0, 1)?
+        .contiguous()?;
     let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?; // [heads, nq, nk]
-    let scores = scores.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let scores = scores
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
 
     // Local mask + softmax per row.
     let mut probs = vec![0f32; heads * nq * nk];
@@ -170,7 +188,16 @@ pub fn draft_mask(
             }
         }
     }
-    Ok(Draft { mask: BlockMask { heads, nq, nk, data }, probs, thresholds })
+    Ok(Draft {
+        mask: BlockMask {
+            heads,
+            nq,
+            nk,
+            data,
+        },
+        probs,
+        thresholds,
+    })
 }
 
 /// `[f, h, w, C]` tokens (f even, h and w multiples of 8) → `[S·nb·128, C]` in window order:
@@ -225,7 +252,11 @@ pub fn block_sparse_attention(
     let (heads, nq_tok, hd) = q.dims3()?;
     let (_, nk_tok, _) = k.dims3()?;
     let bs = WINDOW_TOKENS;
-    if heads != mask.heads || nq_tok != mask.nq * bs || nk_tok != mask.nk * bs || v.dims() != k.dims() {
+    if heads != mask.heads
+        || nq_tok != mask.nq * bs
+        || nk_tok != mask.nk * bs
+        || v.dims() != k.dims()
+    {
         candle_core::bail!(
             "block_sparse_attention: q {:?} k {:?} v {:?} vs mask [{}, {}, {}]",
             q.dims(),
@@ -268,7 +299,9 @@ pub fn block_sparse_attention(
 /// Mean over each window of `[heads?, tokens, C]`-like `[N·128, C]` → `[N, C]`.
 pub fn window_means(x: &Tensor) -> Result<Tensor> {
     let (n, c) = x.dims2()?;
-    x.reshape((n / WINDOW_TOKENS, WINDOW_TOKENS, c))?.to_dtype(DType::F32)?.mean(1)
+    x.reshape((n / WINDOW_TOKENS, WINDOW_TOKENS, c))?
+        .to_dtype(DType::F32)?
+        .mean(1)
 }
 
 #[cfg(test)]
@@ -331,9 +364,17 @@ mod tests {
         for x in &mut data[6..] {
             *x = true;
         }
-        let mask = BlockMask { heads, nq: 2, nk: 3, data };
+        let mask = BlockMask {
+            heads,
+            nq: 2,
+            nk: 3,
+            data,
+        };
         let out = block_sparse_attention(&q, &k, &v, &mask, 0.5)?;
-        let empty = out.i((0, WINDOW_TOKENS..2 * WINDOW_TOKENS))?.flatten_all()?.to_vec1::<f32>()?;
+        let empty = out
+            .i((0, WINDOW_TOKENS..2 * WINDOW_TOKENS))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert!(empty.iter().all(|&x| x == 0.0));
         // Dense reference for the rows that do attend.
         let q0 = q.i((0, 0..WINDOW_TOKENS))?;
@@ -341,10 +382,19 @@ mod tests {
         let v0 = v.i((0, 2 * WINDOW_TOKENS..3 * WINDOW_TOKENS))?;
         let want = candle_nn::ops::softmax_last_dim(&(q0.matmul(&k0.t()?)? * 0.5)?)?.matmul(&v0)?;
         let got = out.i((0, 0..WINDOW_TOKENS))?;
-        let d = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let d = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(d < 1e-5);
-        let want1 = candle_nn::ops::softmax_last_dim(&(q.i(1)?.matmul(&k.i(1)?.t()?)? * 0.5)?)?.matmul(&v.i(1)?)?;
-        let d = (out.i(1)? - want1)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let want1 = candle_nn::ops::softmax_last_dim(&(q.i(1)?.matmul(&k.i(1)?.t()?)? * 0.5)?)?
+            .matmul(&v.i(1)?)?;
+        let d = (out.i(1)? - want1)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(d < 1e-5);
         Ok(())
     }

@@ -18,14 +18,16 @@
 pub mod attention;
 pub mod block;
 pub mod embeddings;
+pub mod kv_cache;
 pub mod lcsa;
 pub mod rope;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-pub use attention::{BlockKv, LcsaContext};
+pub use attention::LcsaContext;
 pub use block::{BlockTaps, CrossKv, DitBlock};
+pub use kv_cache::{BlockKv, KvCache};
 pub use lcsa::{BlockMask, LcsaParams};
 
 use crate::config::DitConfig;
@@ -50,23 +52,6 @@ pub struct DitConstants {
     pub context: Tensor,
     /// Cross-attention K/V per block.
     pub cross: Vec<CrossKv>,
-}
-
-/// Per-video KV cache: post-RoPE k/v windows of the previous segments, per block.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    pub blocks: Vec<BlockKv>,
-}
-
-impl KvCache {
-    pub fn new(cfg: &DitConfig) -> Self {
-        Self { blocks: vec![BlockKv::default(); cfg.num_layers] }
-    }
-    pub fn clear(&mut self) {
-        for b in &mut self.blocks {
-            b.kv = None;
-        }
-    }
 }
 
 /// Intermediates of one step (tests and diagnostics).
@@ -121,8 +106,18 @@ impl Dit {
         let t_freq = sinusoidal_embedding(self.cfg.freq_dim, TIMESTEP, dtype, prompt.device())?;
         let (t, t_mod) = self.time_embedding.forward(&t_freq)?;
         let context = self.text_embedding.forward(&prompt.to_dtype(dtype)?)?;
-        let cross = self.blocks.iter().map(|b| b.cross_kv(&context)).collect::<Result<Vec<_>>>()?;
-        Ok(DitConstants { t_freq, t, t_mod, context, cross })
+        let cross = self
+            .blocks
+            .iter()
+            .map(|b| b.cross_kv(&context))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DitConstants {
+            t_freq,
+            t,
+            t_mod,
+            context,
+            cross,
+        })
     }
 
     /// One DiT step: velocity `[1, 16, f, H/8, W/8]` for `noise` of the same shape.
@@ -143,7 +138,9 @@ impl Dit {
             candle_core::bail!("DiT step: cache/constants made for another model");
         }
         let (_, _, _, lat_h, lat_w) = noise.dims5()?;
-        let (tokens, grid) = self.patch_embedding.forward(&noise.to_dtype(self.head_modulation.dtype())?)?;
+        let (tokens, grid) = self
+            .patch_embedding
+            .forward(&noise.to_dtype(self.head_modulation.dtype())?)?;
         if let Some(t) = taps.as_deref_mut() {
             t.patch_tokens = Some(tokens.clone());
             t.blocks.clear();
@@ -159,7 +156,14 @@ impl Dit {
 
         let ctx = self.lcsa_context(grid, t_pos0, lat_h * 8, lat_w * 8, params, noise.device())?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (y, bt) = block.forward(&x, &consts.t_mod, &consts.cross[i], &ctx, &mut cache.blocks[i], taps.is_some())?;
+            let (y, bt) = block.forward(
+                &x,
+                &consts.t_mod,
+                &consts.cross[i],
+                &ctx,
+                &mut cache.blocks[i],
+                taps.is_some(),
+            )?;
             x = y;
             if let (Some(t), Some(bt)) = (taps.as_deref_mut(), bt) {
                 t.blocks.push(bt);
@@ -168,9 +172,16 @@ impl Dit {
 
         // Head: (head.modulation + t) → shift, scale (note: t, not t_mod).
         let dt = self.head_modulation.dtype();
-        let m = self.head_modulation.to_dtype(DType::F32)?.broadcast_add(&consts.t.to_dtype(DType::F32)?.unsqueeze(1)?)?;
+        let m = self
+            .head_modulation
+            .to_dtype(DType::F32)?
+            .broadcast_add(&consts.t.to_dtype(DType::F32)?.unsqueeze(1)?)?;
         let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
-        let y = self.head_norm.forward(&x)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let y = self
+            .head_norm
+            .forward(&x)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
         let y = self.head.forward(&y.to_dtype(dt)?)?;
         self.unpatchify(&y, grid)
     }
@@ -222,4 +233,3 @@ impl Dit {
             .reshape((1, c, f * pt, h * ph, w * pw))
     }
 }
-

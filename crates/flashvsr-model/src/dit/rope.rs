@@ -19,7 +19,11 @@ pub struct RopeSplit {
 impl RopeSplit {
     /// Upstream's split; errors when a part is odd (upstream fails there too, e.g. d = 64).
     pub fn for_head_dim(d: usize) -> Result<Self> {
-        let s = Self { t: d - 2 * (d / 3), h: d / 3, w: d / 3 };
+        let s = Self {
+            t: d - 2 * (d / 3),
+            h: d / 3,
+            w: d / 3,
+        };
         if s.t % 2 != 0 || s.h % 2 != 0 {
             candle_core::bail!(
                 "RoPE: head_dim {d} splits into {}/{}/{} dims; every part must be even",
@@ -41,7 +45,9 @@ pub struct RopeTables {
 }
 
 fn part_freqs(size: usize, theta: f64) -> Vec<f64> {
-    (0..size / 2).map(|j| theta.powf(-((2 * j) as f64) / size as f64)).collect()
+    (0..size / 2)
+        .map(|j| theta.powf(-((2 * j) as f64) / size as f64))
+        .collect()
 }
 
 impl RopeTables {
@@ -65,7 +71,11 @@ impl RopeTables {
                 w.saturating_sub(1)
             );
         }
-        let (ft, fh, fw) = (part_freqs(split.t, theta), part_freqs(split.h, theta), part_freqs(split.w, theta));
+        let (ft, fh, fw) = (
+            part_freqs(split.t, theta),
+            part_freqs(split.h, theta),
+            part_freqs(split.w, theta),
+        );
         let half = head_dim / 2;
         let n = f * h * w;
         let mut cos = Vec::with_capacity(n * half);
@@ -107,8 +117,22 @@ mod tests {
 
     #[test]
     fn split_matches_upstream_rule() -> Result<()> {
-        assert_eq!(RopeSplit::for_head_dim(128)?, RopeSplit { t: 44, h: 42, w: 42 });
-        assert_eq!(RopeSplit::for_head_dim(32)?, RopeSplit { t: 12, h: 10, w: 10 });
+        assert_eq!(
+            RopeSplit::for_head_dim(128)?,
+            RopeSplit {
+                t: 44,
+                h: 42,
+                w: 42
+            }
+        );
+        assert_eq!(
+            RopeSplit::for_head_dim(32)?,
+            RopeSplit {
+                t: 12,
+                h: 10,
+                w: 10
+            }
+        );
         assert!(RopeSplit::for_head_dim(64).is_err());
         Ok(())
     }
@@ -131,7 +155,10 @@ mod tests {
         let a = 3.0f64 * 10000f64.powf(-2.0 / 12.0);
         assert!((tok[2] as f64 - a.cos()).abs() < 1e-6 && (tok[3] as f64 - a.sin()).abs() < 1e-6);
         // height pair 0 (pair index 6): angle 1 * 1
-        assert!((tok[12] as f64 - 1f64.cos()).abs() < 1e-6 && (tok[13] as f64 - 1f64.sin()).abs() < 1e-6);
+        assert!(
+            (tok[12] as f64 - 1f64.cos()).abs() < 1e-6
+                && (tok[13] as f64 - 1f64.sin()).abs() < 1e-6
+        );
         // width pair 2 (pair index 6 + 5 + 2 = 13): angle 1 * 10000^(-4/10)
         let a = 10000f64.powf(-4.0 / 10.0);
         assert!((tok[26] as f64 - a.cos()).abs() < 1e-6 && (tok[27] as f64 - a.sin()).abs() < 1e-6);

@@ -6,7 +6,12 @@ use flashvsr_model::preprocess::RgbFrame;
 use std::path::{Path, PathBuf};
 
 pub fn fixture(set: &str, file: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(set).join(file)
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .join(set)
+    .join(file)
 }
 
 pub fn npy(set: &str, file: &str) -> anyhow::Result<Tensor> {
@@ -38,7 +43,12 @@ pub fn weights(set: &str, file: &str) -> anyhow::Result<candle_nn::VarBuilder<'s
 
 /// Largest absolute difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
-    anyhow::ensure!(a.dims() == b.dims(), "shape {:?} vs {:?}", a.dims(), b.dims());
+    anyhow::ensure!(
+        a.dims() == b.dims(),
+        "shape {:?} vs {:?}",
+        a.dims(),
+        b.dims()
+    );
     Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
         .abs()?
         .flatten_all()?
