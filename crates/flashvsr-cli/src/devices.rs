@@ -95,12 +95,9 @@ fn cuda_ordinal(device: &Device) -> usize {
 }
 
 /// The default dtype for a device: f32 on the CPU (bf16 matmuls are widened there and bf16 conv
-/// is missing), bf16 on GPUs (the dtype upstream runs in).
+/// is missing), bf16 on GPUs (the dtype upstream runs in), f16 on GPUs without bf16 (pre-Ampere).
 pub fn default_dtype(device: &Device) -> DType {
-    match device {
-        Device::Cpu => DType::F32,
-        _ => DType::BF16,
-    }
+    flashvsr_model::gpu_caps::default_dtype(device)
 }
 
 #[derive(Debug, Serialize)]
@@ -127,13 +124,23 @@ pub fn list() -> Vec<DeviceEntry> {
         let mut found = false;
         for i in 0..16 {
             match Device::new_cuda(i) {
-                Ok(_) => {
+                Ok(d) => {
                     found = true;
+                    let note = match flashvsr_model::gpu_caps::compute_capability(&d) {
+                        Ok(Some(cc)) => format!(
+                            "compute capability {}.{}, default dtype {:?}",
+                            cc / 10,
+                            cc % 10,
+                            default_dtype(&d)
+                        )
+                        .to_lowercase(),
+                        _ => String::new(),
+                    };
                     out.push(DeviceEntry {
                         name: format!("cuda:{i}"),
                         kind: "cuda",
                         usable: true,
-                        note: String::new(),
+                        note,
                     });
                 }
                 Err(e) => {

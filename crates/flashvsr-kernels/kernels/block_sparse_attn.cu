@@ -486,6 +486,10 @@ BSA_SCALAR(f32, float, 128)
 BSA_SCALAR(f16, __half, 32)
 BSA_SCALAR(f16, __half, 64)
 BSA_SCALAR(f16, __half, 128)
+// Tensor cores (mma.m16n8k16) and bf16 need sm_80 (Ampere): older targets get the f32/f16 scalar
+// kernels only, so that the module still loads there (the Rust side picks kernels by compute
+// capability and refuses bf16 before launching).
+#if __CUDA_ARCH__ >= 800
 BSA_SCALAR(bf16, __nv_bfloat16, 32)
 BSA_SCALAR(bf16, __nv_bfloat16, 64)
 BSA_SCALAR(bf16, __nv_bfloat16, 128)
@@ -501,3 +505,4 @@ BSA_MMA2(f16, __half, 128)
 BSA_MMA2(bf16, __nv_bfloat16, 32)
 BSA_MMA2(bf16, __nv_bfloat16, 64)
 BSA_MMA2(bf16, __nv_bfloat16, 128)
+#endif // __CUDA_ARCH__ >= 800

@@ -353,8 +353,18 @@ mod cuda {
         if tensor_core && !aligned {
             bail!("block_sparse_attention: the tensor-core kernels need k/v offsets that are multiples of 8 elements")
         }
+        let gpu = crate::gpu_caps::compute_capability(&candle_core::Device::Cuda(dev.clone()))?;
+        let ptx = crate::gpu_caps::ptx_arch();
+        let tensor_cores = matches!((gpu, ptx), (Some(g), Some(p)) if crate::gpu_caps::tensor_cores(g, p));
+        if let (Some(g), Some(p)) = (gpu, ptx) {
+            let dtype = if dtype_name == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F16 };
+            crate::gpu_caps::check(g, p, dtype)?;
+        }
+        if tensor_core && !tensor_cores {
+            bail!("block_sparse_attention: the tensor-core kernels need an sm_80+ GPU and kernels built for sm_80+")
+        }
         let kernel = match op.variant {
-            KernelVariant::Auto if half_type && aligned => "mma2",
+            KernelVariant::Auto if half_type && aligned && tensor_cores => "mma2",
             KernelVariant::Auto | KernelVariant::Scalar => "scalar",
             KernelVariant::TensorCore => "mma2",
             KernelVariant::TensorCoreSimple => "mma",

@@ -8,6 +8,7 @@
 
 pub mod block_sparse;
 pub mod draft_mask;
+pub mod gpu_caps;
 
 pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
 pub use draft_mask::{draft_block_mask, kth_largest};

@@ -18,3 +18,6 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod schedule;
 pub mod tiling;
+
+/// GPU capability checks (compute capability, bf16 availability) shared with the CLI.
+pub use flashvsr_kernels::gpu_caps;

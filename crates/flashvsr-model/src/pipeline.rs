@@ -160,6 +160,8 @@ impl FlashVsr {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             candle_core::bail!("unsupported compute dtype {dtype:?}: use f32, f16 or bf16")
         }
+        // Pre-Ampere GPUs (no bf16) and kernels built for another GPU are refused here, by name.
+        flashvsr_kernels::gpu_caps::check_device(device, dtype)?;
         let dit_cfg = DitConfig::from_weights(&c.dit, c.head_dim)?;
         let dit = Dit::new(c.dit, &dit_cfg)?;
         let lq_cfg = LqProjConfig::from_weights(&c.lq_proj)?;

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# ON THE DEVICE MACHINE, from the repo root: stage parity (f32/f16/bf16), the fixture through the
+# CLI, and the 768x1408 benchmarks with Candle's im2col convs vs cuDNN convs, in one call.
+# Expects in device/lead (git-ignored, carried): flashvsr.xz (--features cuda),
+# flashvsr-cudnn.xz (--features cudnn), device_parity.xz, fixtures.tar.xz, compare.py.
+#   run(command="bash scripts/cuda/run-pipeline-gpu.sh", carry=["device/lead"])
+set -uo pipefail
+OUT=${OUT:-/tmp/flashvsr-gpu}; mkdir -p "$OUT"
+D=device/lead; B=/tmp/flashvsr-bin; mkdir -p $B
+SP=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia 2>/dev/null | head -1)
+CUDNN=$(dirname "$(ls $SP/cudnn/lib/libcudnn.so.9 2>/dev/null | head -1)" 2>/dev/null)
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$SP/cu13/lib:${CUDNN}:${LD_LIBRARY_PATH:-}
+export CUDA_CACHE_PATH=/tmp/flashvsr-nvcache
+for f in $D/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done; chmod +x $B/*
+mkdir -p /work/shared/fixtures /work/main/crates/flashvsr-model
+tar -xJf $D/fixtures.tar.xz -C /work/shared/fixtures
+FX=/work/shared/fixtures
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee $OUT/gpu.txt
+echo "cudnn: $CUDNN ($(ls $CUDNN 2>/dev/null | grep -c so))"
+$B/flashvsr devices 2>&1 | tee $OUT/devices.txt
+if [ "${SKIP_PARITY:-0}" != 1 ]; then
+  for dt in f32 f16 bf16; do
+    (cd /work/main/crates/flashvsr-model && FLASHVSR_TEST_DEVICE=cuda FLASHVSR_TEST_DTYPE=$dt $B/device_parity --nocapture --test-threads=1) > $OUT/parity_$dt.log 2>&1
+    echo "parity $dt rc=$?"; grep -E "rel|flips|test result" $OUT/parity_$dt.log | tail -14
+  done
+  $B/flashvsr upscale $FX/tiny-v1.1/input.y4m /tmp/o32/ --weights $FX/tiny-v1.1 --head-dim 32 --upstream-compat \
+    --noise $FX/tiny-v1.1/noise.npy --device cuda --dtype f32 -y --quiet
+  python3 $D/compare.py /tmp/o32 $FX/tiny-v1.1/frames 2>&1 | tee $OUT/fixture_f32.txt
+fi
+bench() { # label binary args...
+  local label=$1 bin=$2; shift 2
+  $bin bench --device cuda --json "$@" > $OUT/bench_$label.json 2> $OUT/bench_$label.err
+  echo "bench $label rc=$?"; python3 -c "import json,sys;r=json.load(open(sys.argv[1]));print(json.dumps({k:r[k] for k in r if k not in ('settings',)})[:900])" $OUT/bench_$label.json
+}
+# Warm the JIT of both binaries, then measure.
+bench warm_im2col $B/flashvsr --size 256x256 --frames 5 --dtype bf16
+bench warm_cudnn $B/flashvsr-cudnn --size 256x256 --frames 5 --dtype bf16
+for dt in bf16 f16; do
+  bench tiny_${dt}_im2col $B/flashvsr --size 1408x768 --frames 41 --dtype $dt
+  bench tiny_${dt}_cudnn $B/flashvsr-cudnn --size 1408x768 --frames 41 --dtype $dt
+done
+bench full_bf16_im2col $B/flashvsr --size 1408x768 --frames 25 --mode full --dtype bf16
+bench full_bf16_cudnn $B/flashvsr-cudnn --size 1408x768 --frames 25 --mode full --dtype bf16
