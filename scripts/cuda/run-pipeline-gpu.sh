@@ -29,6 +29,7 @@ if [ "${SKIP_PARITY:-0}" != 1 ]; then
 fi
 bench() { # label binary args...
   local label=$1 bin=$2; shift 2
+  [ -x "$bin" ] || { echo "bench $label: no $bin, skipped"; return; }
   $bin bench --device cuda --json "$@" > $OUT/bench_$label.json 2> $OUT/bench_$label.err
   echo "bench $label rc=$?"; python3 -c "import json,sys;r=json.load(open(sys.argv[1]));print(json.dumps({k:r[k] for k in r if k not in ('settings',)})[:900])" $OUT/bench_$label.json
 }
