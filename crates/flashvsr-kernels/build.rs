@@ -41,7 +41,10 @@ fn build_ptx() -> Result<(), String> {
     )?;
     let cap = compute_cap()?;
     // The runtime needs the PTX target to pick kernels and explain a GPU that cannot load them.
-    println!("cargo:rustc-env=FLASHVSR_PTX_ARCH={}", cap.trim_end_matches('a'));
+    println!(
+        "cargo:rustc-env=FLASHVSR_PTX_ARCH={}",
+        cap.trim_end_matches('a')
+    );
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");

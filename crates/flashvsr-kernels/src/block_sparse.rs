@@ -355,9 +355,14 @@ mod cuda {
         }
         let gpu = crate::gpu_caps::compute_capability(&candle_core::Device::Cuda(dev.clone()))?;
         let ptx = crate::gpu_caps::ptx_arch();
-        let tensor_cores = matches!((gpu, ptx), (Some(g), Some(p)) if crate::gpu_caps::tensor_cores(g, p));
+        let tensor_cores =
+            matches!((gpu, ptx), (Some(g), Some(p)) if crate::gpu_caps::tensor_cores(g, p));
         if let (Some(g), Some(p)) = (gpu, ptx) {
-            let dtype = if dtype_name == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F16 };
+            let dtype = if dtype_name == "bf16" {
+                candle_core::DType::BF16
+            } else {
+                candle_core::DType::F16
+            };
             crate::gpu_caps::check(g, p, dtype)?;
         }
         if tensor_core && !tensor_cores {

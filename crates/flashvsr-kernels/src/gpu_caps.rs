@@ -79,7 +79,11 @@ pub fn check_device(device: &Device, dtype: DType) -> Result<()> {
 
 /// The default compute dtype for a device: f32 on the CPU, bf16 on GPUs that run it, else f16.
 pub fn default_dtype(device: &Device) -> DType {
-    match (device, compute_capability(device).ok().flatten(), ptx_arch()) {
+    match (
+        device,
+        compute_capability(device).ok().flatten(),
+        ptx_arch(),
+    ) {
         (Device::Cpu, _, _) => DType::F32,
         (_, Some(gpu), Some(ptx)) => preferred_half(gpu, ptx),
         _ => DType::BF16,
@@ -118,7 +122,10 @@ mod tests {
     #[test]
     fn a_gpu_older_than_the_ptx_is_refused() {
         let e = check(80, 90, DType::F16).unwrap_err().to_string();
-        assert!(e.contains("built for sm_90") && e.contains("CUDA_COMPUTE_CAP=80"), "{e}");
+        assert!(
+            e.contains("built for sm_90") && e.contains("CUDA_COMPUTE_CAP=80"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -144,30 +144,57 @@ pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
             video.dims()
         )
     }
-    // [T, H, W, 3] on the host.
-    let hwc = video
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
+    // unit_to_u8 on the video's device, so that only bytes reach the host: the same f32
+    // operations in the same order ((x + 1) · 127.5, clamp, truncating cast).
+    let hwc = ((video.to_dtype(DType::F32)? + 1.0)? * 127.5)?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?
         .squeeze(0)?
         .permute((1, 2, 3, 0))?
         .contiguous()?
+        .to_device(&Device::Cpu)?
         .flatten_all()?
-        .to_vec1::<f32>()?;
+        .to_vec1::<u8>()?;
     let frame_len = h * w * 3;
-    (0..t)
-        .map(|ti| {
-            let data = hwc[ti * frame_len..(ti + 1) * frame_len]
-                .iter()
-                .map(|&v| unit_to_u8(v))
-                .collect();
-            RgbFrame::new(w, h, data)
-        })
+    hwc.chunks_exact(frame_len)
+        .take(t)
+        .map(|f| RgbFrame::new(w, h, f.to_vec()))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rgb_frames_match_the_scalar_conversion() -> Result<()> {
+        // Values around every truncation boundary, out of range, and ±1.
+        let mut vals: Vec<f32> = (0..=256)
+            .flat_map(|k| {
+                let x = k as f32 / 127.5 - 1.0;
+                [
+                    x,
+                    f32::from_bits(x.to_bits().wrapping_sub(1)),
+                    f32::from_bits(x.to_bits() + 1),
+                ]
+            })
+            .collect();
+        vals.extend([-3.0, 2.0, -1.0, 1.0, 0.0]);
+        let n = vals.len() / 3 * 3;
+        vals.truncate(n);
+        let video = Tensor::from_vec(vals.clone(), (1, 3, 1, 1, n / 3), &Device::Cpu)?;
+        let frames = to_rgb_frames(&video)?;
+        for (p, px) in frames[0].data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                assert_eq!(
+                    px[c],
+                    unit_to_u8(vals[c * (n / 3) + p]),
+                    "channel {c} pixel {p}"
+                );
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn u8_conversion_truncates() {

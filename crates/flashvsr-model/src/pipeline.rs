@@ -26,7 +26,7 @@ use crate::dit::{Dit, DitConstants, KvCache};
 use crate::lq_proj::{LqProj, LqProjState, LqProjVariant};
 use crate::noise::NoiseSource;
 use crate::preprocess::{
-    frames_to_tensor, FrameGeometry, FramePlan, FrameRule, RgbFrame, SizeRule,
+    frame_to_device, unit_video, FrameGeometry, FramePlan, FrameRule, RgbFrame, SizeRule,
 };
 use crate::schedule::{step_plan, StepPlan};
 use crate::tiling::{crop_rgb, tile_grid, Blender, Tile};
@@ -249,8 +249,9 @@ pub struct StreamSession<'m> {
     color_fix: ColorFix,
     lcsa: LcsaParams,
     noise: NoiseSource,
-    /// Preprocessed LQ frames still needed, with the index of the first one.
-    lq: VecDeque<RgbFrame>,
+    /// Preprocessed LQ frames still needed (`[H, W, 3]` u8, on the model's device: each frame
+    /// enters the device once), with the index of the first one.
+    lq: VecDeque<Tensor>,
     lq_first: usize,
     lq_total: usize,
     /// Real input frames seen so far.
@@ -347,6 +348,7 @@ impl<'m> StreamSession<'m> {
         let frame = RgbFrame::new(w, h, rgb24.to_vec())?;
         let t0 = Instant::now();
         let lq = self.geometry.prepare(&frame, self.size_rule)?;
+        let lq = frame_to_device(&lq, &self.model.device)?;
         self.stats.preprocess_s += t0.elapsed().as_secs_f64();
         self.frames_in += 1;
         self.stats.frames_in += 1;
@@ -403,8 +405,8 @@ impl<'m> StreamSession<'m> {
                 self.lq_total
             )
         }
-        let frames: Vec<&RgbFrame> = range.map(|i| &self.lq[i - self.lq_first]).collect();
-        frames_to_tensor(&frames, &self.model.device, self.model.dtype)
+        let frames: Vec<Tensor> = range.map(|i| self.lq[i - self.lq_first].clone()).collect();
+        unit_video(&frames, self.model.dtype)
     }
 
     fn run_step(&mut self, plan: &StepPlan) -> Result<Vec<Vec<u8>>> {

@@ -378,6 +378,44 @@ pub fn u8_to_unit(v: u8) -> f32 {
     (v as f32 / 255.0f32) * 2.0f32 - 1.0f32
 }
 
+/// Uploads one frame as it is, `[H, W, 3]` u8: a quarter of the bytes of an f32 frame, and
+/// no per-pixel work on the host. [`unit_video`] turns held frames into the model's input.
+pub fn frame_to_device(frame: &RgbFrame, device: &Device) -> Result<Tensor> {
+    Tensor::from_slice(&frame.data, (frame.height, frame.width, 3), device)
+}
+
+/// Equally sized `[H, W, 3]` u8 frames (on any device) → `[1, 3, T, H, W]` in [-1, 1], computed
+/// where the frames are. The values are exactly [`u8_to_unit`]'s (a 256-entry table, not a
+/// rescale, whose rounding could differ by an ulp), then cast to `dtype`.
+pub fn unit_video(frames: &[Tensor], dtype: DType) -> Result<Tensor> {
+    let Some(first) = frames.first() else {
+        candle_core::bail!("no frames to stack")
+    };
+    let (h, w, c) = first.dims3()?;
+    if let Some((i, f)) = frames
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.dims() != first.dims())
+    {
+        candle_core::bail!(
+            "frame {i} is {:?}, the first frame is {:?}",
+            f.dims(),
+            first.dims()
+        )
+    }
+    let table: Vec<f32> = (0..=255u8).map(u8_to_unit).collect();
+    let table = Tensor::from_vec(table, 256, first.device())?;
+    let t = frames.len();
+    let bytes = Tensor::stack(frames, 0)?.flatten_all()?;
+    table
+        .index_select(&bytes, 0)?
+        .reshape((t, h, w, c))?
+        .permute((3, 0, 1, 2))?
+        .to_dtype(dtype)?
+        .contiguous()?
+        .unsqueeze(0)
+}
+
 /// Stacks equally sized frames into the LQ video tensor `[1, 3, T, H, W]` in [-1, 1]
 /// (computed in f32, then cast to `dtype`).
 pub fn frames_to_tensor(frames: &[&RgbFrame], device: &Device, dtype: DType) -> Result<Tensor> {
@@ -408,6 +446,32 @@ pub fn frames_to_tensor(frames: &[&RgbFrame], device: &Device, dtype: DType) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_video_matches_the_host_conversion() -> Result<()> {
+        let frames: Vec<RgbFrame> = (0..3u8)
+            .map(|t| {
+                let data = (0..5 * 4 * 3)
+                    .map(|i| (i as u8).wrapping_mul(37).wrapping_add(t * 91))
+                    .collect();
+                RgbFrame::new(5, 4, data)
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&RgbFrame> = frames.iter().collect();
+        let want = frames_to_tensor(&refs, &Device::Cpu, DType::F32)?;
+        let held = frames
+            .iter()
+            .map(|f| frame_to_device(f, &Device::Cpu))
+            .collect::<Result<Vec<_>>>()?;
+        let got = unit_video(&held, DType::F32)?;
+        assert_eq!(got.dims(), &[1, 3, 3, 4, 5]);
+        let (got, want) = (
+            got.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert_eq!(got, want);
+        Ok(())
+    }
 
     #[test]
     fn frame_plans() -> Result<()> {
