@@ -177,7 +177,7 @@ fn png_folder_upstream_compat_with_noise_reproduces_the_fixture() {
     let o = upscale(
         tmp.path(),
         &tiny().join("input"),
-        &Path::new(&format!("{}/", out.display())),
+        Path::new(&format!("{}/", out.display())),
         &[
             "--upstream-compat",
             "--noise",

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
 use candle_nn::VarBuilder;
 use clap::Args;
 use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};

@@ -83,19 +83,6 @@ impl Progress {
         }
     }
 
-    pub fn inc(&mut self, n: u64) {
-        self.set_position(self.pos + n);
-    }
-
-    /// A message above the bar (or a plain line).
-    pub fn println(&self, msg: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(msg),
-            None if self.plain => eprintln!("{msg}"),
-            None => {}
-        }
-    }
-
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -173,7 +173,7 @@ impl LqProj {
         let (x2, c2) = self.conv_with_cache(&self.conv2, &a1, state.conv2_cache.take())?;
         state.conv2_cache = Some(c2);
         let a2 = candle_nn::ops::silu(&self.norm2.forward(&x2)?)?;
-        if let Some(taps) = taps.as_deref_mut() {
+        if let Some(taps) = taps {
             taps.act2 = Some(a2.clone());
         }
         // [1, C, f, h, w] -> [1, f·h·w, C]

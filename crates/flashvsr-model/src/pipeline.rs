@@ -502,7 +502,7 @@ pub struct Session<'m> {
 }
 
 enum Inner<'m> {
-    Whole(StreamSession<'m>),
+    Whole(Box<StreamSession<'m>>),
     Tiled(TiledSessions<'m>),
 }
 
@@ -523,7 +523,7 @@ impl<'m> Session<'m> {
     ) -> Result<Self> {
         let Some(tile) = opts.tile.filter(|t| t.size < width.max(height)) else {
             return Ok(Self {
-                inner: Inner::Whole(StreamSession::new(model, width, height, opts)?),
+                inner: Inner::Whole(Box::new(StreamSession::new(model, width, height, opts)?)),
             });
         };
         if opts.upstream_compat {

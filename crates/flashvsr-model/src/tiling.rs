@@ -104,6 +104,7 @@ impl Blender {
 
     /// Adds an RGB24 tile of `tw`×`th` at (`ox`, `oy`) with ramps of `ramp` pixels towards the
     /// neighbouring tiles (`neighbours` = left, right, top, bottom).
+    #[allow(clippy::too_many_arguments)] // a tile: pixels, size, origin, ramps, neighbours
     pub fn add(
         &mut self,
         rgb: &[u8],

@@ -222,8 +222,7 @@ fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
     s.push_frame(&synthetic_frame(64, 64, 0)).unwrap();
     let err = s
         .finish()
-        .err()
-        .expect("1 frame is too few upstream")
+        .expect_err("1 frame is too few upstream")
         .to_string();
     assert!(err.contains("21"), "{err}");
 }

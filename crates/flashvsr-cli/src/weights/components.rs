@@ -117,11 +117,11 @@ fn locate(role: Role, names: &[String]) -> Option<String> {
         Role::TcDecoder => {
             // `decoder.1.weight` (TCDecoder.ckpt), or renamed to `tc_decoder.1.weight`.
             for p in prefixes_of("decoder.1.weight") {
-                if p.ends_with('.') || p.is_empty() {
-                    if has(&format!("{p}decoder.26.weight")) || has(&format!("{p}decoder.3.weight"))
-                    {
-                        return Some(p);
-                    }
+                if (p.ends_with('.') || p.is_empty())
+                    && (has(&format!("{p}decoder.26.weight"))
+                        || has(&format!("{p}decoder.3.weight")))
+                {
+                    return Some(p);
                 }
             }
             None

@@ -96,6 +96,7 @@ impl Manifest {
         }
     }
 
+    #[cfg(test)]
     pub fn file(&self, role: Role) -> Option<&ManifestFile> {
         self.files.iter().find(|f| f.role == role)
     }

@@ -138,14 +138,11 @@ impl DitBlock {
             .ffn2
             .forward(&self.ffn0.forward(&b.to_dtype(dt)?)?.gelu()?)?;
         let x = (x + ffn.to_dtype(DType::F32)?.broadcast_mul(&gate2)?)?;
-        let taps = match draft {
-            Some(draft) => Some(BlockTaps {
-                draft,
-                self_attn_out: sa,
-                out: x.clone(),
-            }),
-            None => None,
-        };
+        let taps = draft.map(|draft| BlockTaps {
+            draft,
+            self_attn_out: sa,
+            out: x.clone(),
+        });
         Ok((x, taps))
     }
 }

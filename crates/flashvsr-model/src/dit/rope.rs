@@ -24,7 +24,7 @@ impl RopeSplit {
             h: d / 3,
             w: d / 3,
         };
-        if s.t % 2 != 0 || s.h % 2 != 0 {
+        if !s.t.is_multiple_of(2) || !s.h.is_multiple_of(2) {
             candle_core::bail!(
                 "RoPE: head_dim {d} splits into {}/{}/{} dims; every part must be even",
                 s.t,
