@@ -23,10 +23,17 @@ if [ "${SKIP_PARITY:-0}" != 1 ]; then
     (cd /work/main/crates/flashvsr-model && FLASHVSR_TEST_DEVICE=cuda FLASHVSR_TEST_DTYPE=$dt $B/device_parity --nocapture --test-threads=1) > $OUT/parity_$dt.log 2>&1
     echo "parity $dt rc=$?"; grep -E "rel|flips|test result" $OUT/parity_$dt.log | tail -14
   done
-  $B/flashvsr upscale $FX/tiny-v1.1/input.y4m /tmp/o32/ --weights $FX/tiny-v1.1 --head-dim 32 --upstream-compat \
-    --noise $FX/tiny-v1.1/noise.npy --device cuda --dtype f32 -y --quiet
-  python3 $D/compare.py /tmp/o32 $FX/tiny-v1.1/frames 2>&1 | tee $OUT/fixture_f32.txt
 fi
+# The fixture through the whole CLI pipeline, compared with upstream's output frames.
+for bin in flashvsr flashvsr-cudnn; do
+  [ -x $B/$bin ] || continue
+  for dt in f32 bf16; do
+    rm -rf /tmp/o_${bin}_$dt
+    $B/$bin upscale $FX/tiny-v1.1/input.y4m /tmp/o_${bin}_$dt/ --weights $FX/tiny-v1.1 --head-dim 32 --upstream-compat \
+      --noise $FX/tiny-v1.1/noise.npy --device cuda --dtype $dt -y --quiet
+    echo -n "$bin $dt: "; python3 $D/compare.py /tmp/o_${bin}_$dt $FX/tiny-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
+  done
+done
 bench() { # label binary args...
   local label=$1 bin=$2; shift 2
   [ -x "$bin" ] || { echo "bench $label: no $bin, skipped"; return; }
@@ -36,7 +43,7 @@ bench() { # label binary args...
 # Warm the JIT of both binaries, then measure.
 bench warm_im2col $B/flashvsr --size 256x256 --frames 5 --dtype bf16
 bench warm_cudnn $B/flashvsr-cudnn --size 256x256 --frames 5 --dtype bf16
-for dt in bf16 f16; do
+for dt in ${BENCH_DTYPES:-bf16}; do
   bench tiny_${dt}_im2col $B/flashvsr --size 1408x768 --frames 41 --dtype $dt
   bench tiny_${dt}_cudnn $B/flashvsr-cudnn --size 1408x768 --frames 41 --dtype $dt
 done
