@@ -4,11 +4,13 @@
 //! the 128-token key blocks a per-head block mask selects. With the `cuda` feature it runs our
 //! own flash-attention style kernel (`kernels/block_sparse_attn.cu`); on the CPU it runs a plain
 //! reference implementation, so the API works on every device. [`draft_block_mask`] builds the
-//! block mask itself (candle ops plus a top-k threshold kernel).
+//! block mask itself (candle ops plus a top-k threshold kernel). [`tap_conv::conv2d`] is a
+//! convolution without an im2col buffer (one cuBLAS GEMM per kernel tap).
 
 pub mod block_sparse;
 pub mod draft_mask;
 pub mod gpu_caps;
+pub mod tap_conv;
 
 pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
 pub use draft_mask::{draft_block_mask, kth_largest};

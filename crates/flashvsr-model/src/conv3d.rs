@@ -219,14 +219,8 @@ impl CausalConv3d {
                 .permute((0, 2, 1, 3, 4))?
                 .contiguous()?
                 .reshape((b * t_out, kt * c, hp, wp))?;
-        let w = self.weight2d.to_dtype(frames.dtype())?;
-        let (_, _, kh, kw) = w.dims4()?;
-        let chunk = crate::frame_conv::items_per_call(&frames, kh, kw)?;
-        let mut y =
-            crate::frame_conv::in_chunks(&frames, chunk, |f| f.conv2d(&w, conv_pad, 1, 1, 1))?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
-        }
+        let bias = self.bias.as_ref().map(|b| b.flatten_all()).transpose()?;
+        let y = crate::frame_conv::conv2d(&frames, &self.weight2d, bias.as_ref(), conv_pad)?;
         let (_, o, ho, wo) = y.dims4()?;
         y.reshape((b, t_out, o, ho, wo))?
             .permute((0, 2, 1, 3, 4))?

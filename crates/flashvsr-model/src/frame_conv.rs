@@ -3,10 +3,12 @@
 //! Candle's CUDA (and Metal) conv2d is im2col + GEMM: the im2col buffer holds
 //! `frames · H · W · C_in · kH · kW` values. At real output sizes that is gigabytes per frame
 //! (768×1408, 128 channels, 3×3: 2.5 GB in bf16), so a decoder call over 24 frames at once runs
-//! out of memory. [`FrameConv2d`] splits the batch so that one chunk's im2col stays under
-//! [`SCRATCH_BUDGET_BYTES`]; the results are identical to one big call.
+//! out of memory, and writing that buffer costs more than the GEMM. On CUDA, [`conv2d`] runs
+//! `flashvsr_kernels::tap_conv` instead (one GEMM per kernel tap, f32 accumulation, no im2col);
+//! elsewhere Candle's conv2d. Either way the batch is split so that one chunk's scratch stays
+//! under [`SCRATCH_BUDGET_BYTES`]; the results are identical to one big call.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::Conv2d;
 
 /// Upper bound for one conv call's im2col scratch.
@@ -39,7 +41,42 @@ pub fn in_chunks(
     Tensor::cat(&parts, 0)
 }
 
-/// A `candle_nn::Conv2d` whose batch is split to bound the im2col scratch.
+/// `x` `[N, C_in, H, W]` ⊛ `weight` `[C_out, C_in, kH, kW]` (+ `bias` `[C_out]`), stride 1,
+/// zero padding, in `x`'s dtype, with bounded scratch (see the module doc).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    let (cout, _, kh, kw) = weight.dims4()?;
+    let dtype = x.dtype();
+    let w = weight.to_dtype(dtype)?;
+    if x.device().is_cuda() {
+        let per_item = flashvsr_kernels::tap_conv::scratch_bytes_per_item(x, cout, kw, padding)?;
+        let chunk = (SCRATCH_BUDGET_BYTES / per_item.max(1)).max(1);
+        // f32 out of the GEMMs: the bias is added before the one rounding to `dtype`.
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.reshape((1, cout, 1, 1)))
+            .transpose()?;
+        return in_chunks(x, chunk, |part| {
+            let y = flashvsr_kernels::tap_conv::conv2d(part, &w, padding)?;
+            match &bias {
+                Some(b) => y.broadcast_add(b)?.to_dtype(dtype),
+                None => y.to_dtype(dtype),
+            }
+        });
+    }
+    let y = in_chunks(x, items_per_call(x, kh, kw)?, |part| {
+        part.conv2d(&w, padding, 1, 1, 1)
+    })?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(dtype)?.reshape((1, cout, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// A `candle_nn::Conv2d` whose batch is split to bound the scratch.
 #[derive(Debug, Clone)]
 pub struct FrameConv2d {
     inner: Conv2d,
@@ -57,6 +94,10 @@ impl FrameConv2d {
 
 impl Module for FrameConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let cfg = self.inner.config();
+        if x.device().is_cuda() && cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1 {
+            return conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding);
+        }
         let (_, _, kh, kw) = self.inner.weight().dims4()?;
         in_chunks(x, items_per_call(x, kh, kw)?, |part| {
             self.inner.forward(part)

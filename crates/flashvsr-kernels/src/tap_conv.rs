@@ -1,0 +1,296 @@
+//! 2-D convolution (stride 1) as one cuBLAS GEMM per kernel tap, without an im2col buffer.
+//!
+//! Candle's CUDA conv2d builds an im2col matrix of `kH·kW` times the input and multiplies it
+//! once. At FlashVSR's output sizes that matrix is gigabytes per frame and writing it costs
+//! more than the multiplication. Here the input is laid out channel-major on a zero-padded
+//! grid, `X[C_in, L]` with `L = N·Hp·Wp`, so that the tap `(dy, dx)` of every output position
+//! `q` reads `X[:, q + dy·Wp + dx]`: the whole convolution is
+//! `Y[:, q] = Σ_taps W_tap · X[:, q + offset_tap]`, one GEMM per tap over a shifted view of the
+//! same buffer, accumulated in an f32 output (f32 accumulation for f16/bf16 inputs, like
+//! Candle's matmuls; no TF32 for f32). Positions `q` that are not real outputs (the padding
+//! border) are computed too and cropped away.
+//!
+//! cuBLAS runs tensor-core kernels fastest on 16-byte aligned operands, so the padded width is
+//! rounded up to a multiple of 8 elements and the `dx` shifts are materialised as `kW` aligned
+//! copies of the input (instead of misaligned pointer offsets); the `dy` shifts are whole rows.
+//! Scratch per frame: about `(kW + 3)·C_in·Hp·Wp` input-dtype values plus `2·C_out·Hp·Wp` f32.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Rows of the padded grid are padded to a multiple of this many elements (16 bytes in f16).
+const ROW_ALIGN: usize = 8;
+
+/// Bytes of scratch one batch item of `x` `[N, C_in, H, W]` needs in [`conv2d`].
+pub fn scratch_bytes_per_item(
+    x: &Tensor,
+    out_channels: usize,
+    kw: usize,
+    padding: usize,
+) -> Result<usize> {
+    let (_, cin, h, w) = x.dims4()?;
+    let (hp, wp) = padded_grid(h, w, padding);
+    Ok(hp * wp * (cin * x.dtype().size_in_bytes() * (kw + 3) + 2 * out_channels * 4))
+}
+
+fn padded_grid(h: usize, w: usize, padding: usize) -> (usize, usize) {
+    // One extra zero row at the bottom keeps every read of a shifted copy inside its channel
+    // for the positions that are real outputs (see `conv2d`).
+    (
+        h + 2 * padding + 1,
+        (w + 2 * padding).div_ceil(ROW_ALIGN) * ROW_ALIGN,
+    )
+}
+
+/// `x` `[N, C_in, H, W]` ⊛ `weight` `[C_out, C_in, kH, kW]`, stride 1, zero padding `padding`
+/// on every side, no bias: `[N, C_out, H', W']` in **f32**. On CUDA this runs the tap GEMMs;
+/// elsewhere it is Candle's `conv2d` (cast to f32), so the function works on every device.
+pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, cin_w, kh, kw) = weight.dims4()?;
+    if cin != cin_w {
+        candle_core::bail!(
+            "tap conv2d: input has {cin} channels, weight {:?} expects {cin_w}",
+            weight.dims()
+        )
+    }
+    if h + 2 * padding < kh || w + 2 * padding < kw || kh == 0 || kw == 0 {
+        candle_core::bail!(
+            "tap conv2d: {h}x{w} input with padding {padding} is smaller than the {kh}x{kw} kernel"
+        )
+    }
+    if !x.device().is_cuda() {
+        return x
+            .conv2d(&weight.to_dtype(x.dtype())?, padding, 1, 1, 1)?
+            .to_dtype(DType::F32);
+    }
+    if kw > ROW_ALIGN {
+        candle_core::bail!("tap conv2d: kernels wider than {ROW_ALIGN} are not supported")
+    }
+    let (hp, wp) = padded_grid(h, w, padding);
+    let (ho, wo) = (h + 2 * padding - kh + 1, w + 2 * padding - kw + 1);
+    let l = n * hp * wp;
+    // [C_in, N, Hp, Wp], zero border (plus the extra bottom row and the alignment columns).
+    let grid = x
+        .transpose(0, 1)?
+        .pad_with_zeros(2, padding, hp - h - padding)?
+        .pad_with_zeros(3, padding, wp - w - padding)?
+        .contiguous()?
+        .flatten_all()?;
+    // Shifted copy dx holds X[i, q + dx] at i·L + q. Its length is cut by ROW_ALIGN (not kW−1)
+    // so that every copy starts aligned; the cut tail is never read (see `rows` below).
+    let copy_len = cin * l - ROW_ALIGN;
+    let shifted = (0..kw)
+        .map(|dx| grid.narrow(0, dx, copy_len))
+        .collect::<Result<Vec<_>>>()?;
+    let shifted = Tensor::stack(&shifted, 0)?; // [kW, copy_len]
+    let taps = weight
+        .to_dtype(x.dtype())?
+        .permute((2, 3, 0, 1))?
+        .contiguous()?
+        .reshape((kh * kw, cout, cin))?;
+    // Output positions computed: the real ones end before the last kH rows of the grid
+    // (the bottom padding, the extra row), so the shifted reads stay below i·L + L − Wp.
+    let rows = l - kh * wp;
+    let op = TapGemms {
+        kh,
+        kw,
+        cin,
+        cout,
+        l,
+        wp,
+        copy_len,
+        rows,
+    };
+    let y = shifted.apply_op2_no_bwd(&taps, &op)?; // [C_out, L] f32
+    y.reshape((cout, n, hp, wp))?
+        .narrow(2, 0, ho)?
+        .narrow(3, 0, wo)?
+        .transpose(0, 1)
+}
+
+/// The tap GEMMs: `xs` `[kW, copy_len]` (the shifted copies), `taps` `[kH·kW, C_out, C_in]`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct TapGemms {
+    kh: usize,
+    kw: usize,
+    cin: usize,
+    cout: usize,
+    l: usize,
+    wp: usize,
+    copy_len: usize,
+    rows: usize,
+}
+
+impl candle_core::CustomOp2 for TapGemms {
+    fn name(&self) -> &'static str {
+        "flashvsr-tap-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!(
+            "tap conv2d GEMMs run on CUDA only (conv2d falls back to Candle elsewhere)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xs_l: &candle_core::Layout,
+        taps: &candle_core::CudaStorage,
+        taps_l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::run(self, (xs, xs_l), (taps, taps_l))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::TapGemms;
+    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
+    use half::{bf16, f16};
+    use std::ffi::c_void;
+
+    fn start(layout: &Layout, what: &str) -> Result<usize> {
+        match layout.contiguous_offsets() {
+            Some((s, _)) => Ok(s),
+            None => bail!("tap conv2d: {what} is not contiguous"),
+        }
+    }
+
+    pub(super) fn run(
+        op: &TapGemms,
+        xs: (&CudaStorage, &Layout),
+        taps: (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        if xs.0.dtype() != taps.0.dtype() {
+            bail!(
+                "tap conv2d: input {:?} and weight {:?} dtypes differ",
+                xs.0.dtype(),
+                taps.0.dtype()
+            )
+        }
+        let dims = [op.l, op.rows, op.cin, op.cout];
+        if dims.iter().any(|&d| d > i32::MAX as usize) {
+            bail!("tap conv2d: {dims:?} exceeds cuBLAS's 32-bit sizes; split the batch")
+        }
+        let out = match xs.0.dtype() {
+            DType::F32 => gemms::<f32>(op, xs, taps, sys::cudaDataType_t::CUDA_R_32F)?,
+            DType::F16 => gemms::<f16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16F)?,
+            DType::BF16 => gemms::<bf16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16BF)?,
+            dt => bail!("tap conv2d: dtype {dt:?} is not supported"),
+        };
+        Ok((out, Shape::from((op.cout, op.l))))
+    }
+
+    fn gemms<T: CudaDType + DeviceRepr>(
+        op: &TapGemms,
+        xs: (&CudaStorage, &Layout),
+        taps: (&CudaStorage, &Layout),
+        data_type: sys::cudaDataType_t,
+    ) -> Result<CudaStorage> {
+        let dev = xs.0.device().clone();
+        let x = xs.0.as_cuda_slice::<T>()?.slice(start(xs.1, "input")?..);
+        let w = taps
+            .0
+            .as_cuda_slice::<T>()?
+            .slice(start(taps.1, "weight")?..);
+        if x.len() < op.kw * op.copy_len || w.len() < op.kh * op.kw * op.cout * op.cin {
+            bail!("tap conv2d: operand buffers are smaller than their shapes")
+        }
+        // Zeroed: the rows past `op.rows` are never written (they are cropped anyway).
+        let mut out = dev.alloc_zeros::<f32>(op.cout * op.l)?;
+        let blas = dev.cublas_handle();
+        let stream = dev.cuda_stream();
+        let elem = std::mem::size_of::<T>() as u64;
+        {
+            let (x_ptr, _gx) = x.device_ptr(&stream);
+            let (w_ptr, _gw) = w.device_ptr(&stream);
+            let (y_ptr, _gy) = out.device_ptr_mut(&stream);
+            let one = 1f32;
+            for dy in 0..op.kh {
+                for dx in 0..op.kw {
+                    let tap = dy * op.kw + dx;
+                    let beta = if tap == 0 { 0f32 } else { 1f32 };
+                    // Column-major view: Y^T [rows, C_out] (ld L) += X_shift^T [rows, C_in]
+                    // (ld L) · W_tap^T [C_in, C_out] (ld C_in).
+                    let a = x_ptr + elem * (dx * op.copy_len + dy * op.wp) as u64;
+                    let b = w_ptr + elem * (tap * op.cout * op.cin) as u64;
+                    // SAFETY: the pointers come from live device buffers of the checked sizes;
+                    // the largest element read is (C_in−1)·L + rows−1 + (kH−1)·Wp of a copy,
+                    // below copy_len (see `conv2d`); Y has C_out·L elements.
+                    unsafe {
+                        gemm_ex(
+                            *blas.handle(),
+                            sys::cublasOperation_t::CUBLAS_OP_N,
+                            sys::cublasOperation_t::CUBLAS_OP_N,
+                            op.rows as i32,
+                            op.cout as i32,
+                            op.cin as i32,
+                            &one as *const f32 as *const c_void,
+                            a as *const c_void,
+                            data_type,
+                            op.l as i32,
+                            b as *const c_void,
+                            data_type,
+                            op.cin as i32,
+                            &beta as *const f32 as *const c_void,
+                            y_ptr as *mut c_void,
+                            sys::cudaDataType_t::CUDA_R_32F,
+                            op.l as i32,
+                            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                        )
+                    }
+                    .w()?;
+                }
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cpu_fallback_is_candles_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
+        let got = conv2d(&x, &w, 1)?;
+        let want = x.conv2d(&w, 1, 1, 1, 1)?;
+        assert_eq!(got.dims(), &[2, 4, 5, 7]);
+        assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 2, 2), DType::F32, &dev).unwrap();
+        assert!(conv2d(
+            &x,
+            &Tensor::zeros((4, 5, 3, 3), DType::F32, &dev).unwrap(),
+            1
+        )
+        .is_err());
+        assert!(conv2d(
+            &x,
+            &Tensor::zeros((4, 3, 5, 5), DType::F32, &dev).unwrap(),
+            0
+        )
+        .is_err());
+    }
+}
