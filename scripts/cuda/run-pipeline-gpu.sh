@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ON THE DEVICE MACHINE, from the repo root: stage parity (f32/f16/bf16), the fixture through the
 # CLI, and the 768x1408 benchmarks with Candle's im2col convs vs cuDNN convs, in one call.
-# Expects in device/lead (git-ignored, carried): flashvsr.xz (--features cuda),
-# flashvsr-cudnn.xz (--features cudnn), device_parity.xz, fixtures.tar.xz, compare.py.
+# Expects in device/lead (git-ignored, carried): flashvsr.xz (--features cuda), optionally
+# flashvsr-im2col.xz / flashvsr-cudnn.xz (other conv paths to compare, same run),
+# device_parity.xz, cuda_tap_conv.xz, bench_conv.xz, fixtures.tar.xz, compare.py.
 #   run(command="bash scripts/cuda/run-pipeline-gpu.sh", carry=["device/lead"])
 set -uo pipefail
 OUT=${OUT:-/tmp/flashvsr-gpu}; mkdir -p "$OUT"
@@ -24,8 +25,12 @@ if [ "${SKIP_PARITY:-0}" != 1 ]; then
     echo "parity $dt rc=$?"; grep -E "rel|flips|test result" $OUT/parity_$dt.log | tail -14
   done
 fi
+if [ -x $B/cuda_tap_conv ]; then
+  $B/cuda_tap_conv --nocapture > $OUT/tap_conv_test.log 2>&1; echo "tap conv test rc=$?"; grep -E "rel err|test result" $OUT/tap_conv_test.log
+fi
+[ -x $B/bench_conv ] && { $B/bench_conv > $OUT/bench_conv.jsonl 2>&1; echo "bench_conv rc=$?"; cat $OUT/bench_conv.jsonl; }
 # The fixture through the whole CLI pipeline, compared with upstream's output frames.
-for bin in flashvsr flashvsr-cudnn; do
+for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
   [ -x $B/$bin ] || continue
   for dt in f32 bf16; do
     rm -rf /tmp/o_${bin}_$dt
@@ -40,12 +45,15 @@ bench() { # label binary args...
   $bin bench --device cuda --json "$@" > $OUT/bench_$label.json 2> $OUT/bench_$label.err
   echo "bench $label rc=$?"; python3 -c "import json,sys;r=json.load(open(sys.argv[1]));print(json.dumps({k:r[k] for k in r if k not in ('settings',)})[:900])" $OUT/bench_$label.json
 }
-# Warm the JIT of both binaries, then measure.
-bench warm_im2col $B/flashvsr --size 256x256 --frames 5 --dtype bf16
-bench warm_cudnn $B/flashvsr-cudnn --size 256x256 --frames 5 --dtype bf16
-for dt in ${BENCH_DTYPES:-bf16}; do
-  bench tiny_${dt}_im2col $B/flashvsr --size 1408x768 --frames 41 --dtype $dt
-  bench tiny_${dt}_cudnn $B/flashvsr-cudnn --size 1408x768 --frames 41 --dtype $dt
+# Warm the JIT of each binary, then measure.
+for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+  bench warm_$bin $B/$bin --size 256x256 --frames 5 --dtype bf16 > /dev/null
 done
-bench full_bf16_im2col $B/flashvsr --size 1408x768 --frames 25 --mode full --dtype bf16
-bench full_bf16_cudnn $B/flashvsr-cudnn --size 1408x768 --frames 25 --mode full --dtype bf16
+for dt in ${BENCH_DTYPES:-bf16}; do
+  for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+    bench tiny_${dt}_$bin $B/$bin --size 1408x768 --frames 41 --dtype $dt
+  done
+done
+for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+  bench full_bf16_$bin $B/$bin --size 1408x768 --frames 25 --mode full --dtype bf16
+done

@@ -153,6 +153,7 @@ impl candle_core::CustomOp2 for TapGemms {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::TapGemms;
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
     use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
     use candle_core::cuda_backend::{CudaDType, WrapErr};

@@ -63,7 +63,8 @@ pub fn conv2d(
             let y = flashvsr_kernels::tap_conv::conv2d(part, &w, padding)?;
             match &bias {
                 Some(b) => y.broadcast_add(b)?.to_dtype(dtype),
-                None => y.to_dtype(dtype),
+                // (an f32 conv without bias would otherwise stay a cropped view)
+                None => y.to_dtype(dtype)?.contiguous(),
             }
         });
     }
