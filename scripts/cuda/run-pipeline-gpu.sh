@@ -54,6 +54,6 @@ for dt in ${BENCH_DTYPES:-bf16}; do
     bench tiny_${dt}_$bin $B/$bin --size 1408x768 --frames 41 --dtype $dt
   done
 done
-for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+for bin in ${FULL_BINS:-flashvsr flashvsr-im2col flashvsr-cudnn}; do
   bench full_bf16_$bin $B/$bin --size 1408x768 --frames 25 --mode full --dtype bf16
 done
