@@ -5,7 +5,7 @@
 //! (768×1408, 128 channels, 3×3: 2.5 GB in bf16), so a decoder call over 24 frames at once runs
 //! out of memory, and writing that buffer costs more than the GEMM. On CUDA, [`conv2d`] runs
 //! `flashvsr_kernels::tap_conv` instead (one GEMM per kernel tap, f32 accumulation, no im2col);
-//! elsewhere Candle's conv2d. Either way the batch is split so that one chunk's scratch stays
+//! elsewhere, and with the `cudnn` feature (cuDNN behind Candle's conv2d), Candle's conv2d. Either way the batch is split so that one chunk's scratch stays
 //! under [`SCRATCH_BUDGET_BYTES`]; the results are identical to one big call.
 
 use candle_core::{DType, Module, Result, Tensor};
@@ -52,7 +52,8 @@ pub fn conv2d(
     let (cout, _, kh, kw) = weight.dims4()?;
     let dtype = x.dtype();
     let w = weight.to_dtype(dtype)?;
-    if x.device().is_cuda() {
+    // With the `cudnn` feature Candle's conv2d is cuDNN's, which that build asked for.
+    if x.device().is_cuda() && !cfg!(feature = "cudnn") {
         let per_item = flashvsr_kernels::tap_conv::scratch_bytes_per_item(x, cout, kw, padding)?;
         let chunk = (SCRATCH_BUDGET_BYTES / per_item.max(1)).max(1);
         // f32 out of the GEMMs: the bias is added before the one rounding to `dtype`.
@@ -96,7 +97,12 @@ impl FrameConv2d {
 impl Module for FrameConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = self.inner.config();
-        if x.device().is_cuda() && cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1 {
+        if x.device().is_cuda()
+            && cfg.stride == 1
+            && cfg.dilation == 1
+            && cfg.groups == 1
+            && !cfg!(feature = "cudnn")
+        {
             return conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding);
         }
         let (_, _, kh, kw) = self.inner.weight().dims4()?;
