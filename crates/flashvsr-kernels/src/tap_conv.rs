@@ -213,6 +213,14 @@ mod cuda {
         let blas = dev.cublas_handle();
         let stream = dev.cuda_stream();
         let elem = std::mem::size_of::<T>() as u64;
+        // f32 inputs use TF32 tensor cores only when Candle's reduced-precision f32 switch is
+        // on (as Candle's own matmuls do); half inputs always accumulate in f32.
+        let f32_inputs = matches!(data_type, sys::cudaDataType_t::CUDA_R_32F);
+        let compute = if f32_inputs && candle_core::cuda::gemm_reduced_precision_f32() {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
         {
             let (x_ptr, _gx) = x.device_ptr(&stream);
             let (w_ptr, _gw) = w.device_ptr(&stream);
@@ -248,7 +256,7 @@ mod cuda {
                             y_ptr as *mut c_void,
                             sys::cudaDataType_t::CUDA_R_32F,
                             op.l as i32,
-                            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            compute,
                             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
                         )
                     }

@@ -187,7 +187,11 @@ impl FlashVsr {
                 )
             }
         }
-        let vae = c.vae.map(WanVaeDecoder::new).transpose()?;
+        // The VAE computes in f32 (in f16 it drifts by ~2e-2); TF32 when the model is bf16/f16.
+        let vae = c
+            .vae
+            .map(|vb| WanVaeDecoder::new(vb).map(|v| v.with_tf32(dtype != DType::F32)))
+            .transpose()?;
         let prompt = c.prompt.to_device(device)?.to_dtype(dtype)?;
         let constants = dit.constants(&prompt)?;
         Ok(Self {

@@ -262,7 +262,10 @@ fn decoders_match_the_fixtures() {
     // Wan VAE decoder, full-v1.1: frames 0 and 20 are stored. The pipeline hands the decoders
     // x0 in f32 (noise − velocity computed in f32), so the latents are not rounded here.
     let dir = fixture("full-v1.1");
-    let vae = WanVaeDecoder::new(vb(dir.join("Wan2.1_VAE.pth"), &t)).unwrap();
+    // As the pipeline builds it: TF32 on CUDA unless the run is f32.
+    let vae = WanVaeDecoder::new(vb(dir.join("Wan2.1_VAE.pth"), &t))
+        .unwrap()
+        .with_tf32(t.dtype != DType::F32);
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap();
     let decoded = vae.decode(&latents, &mut WanVaeState::new()).unwrap();
     check(
