@@ -30,7 +30,7 @@ if [ -x $B/cuda_tap_conv ]; then
 fi
 [ -x $B/bench_conv ] && { $B/bench_conv > $OUT/bench_conv.jsonl 2>&1; echo "bench_conv rc=$?"; cat $OUT/bench_conv.jsonl; }
 # The fixture through the whole CLI pipeline, compared with upstream's output frames.
-for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+for bin in ${FIXTURE_BINS:-flashvsr flashvsr-im2col flashvsr-cudnn}; do
   [ -x $B/$bin ] || continue
   for dt in f32 bf16; do
     rm -rf /tmp/o_${bin}_$dt
@@ -45,12 +45,19 @@ bench() { # label binary args...
   $bin bench --device cuda --json "$@" > $OUT/bench_$label.json 2> $OUT/bench_$label.err
   echo "bench $label rc=$?"; python3 -c "import json,sys;r=json.load(open(sys.argv[1]));print(json.dumps({k:r[k] for k in r if k not in ('settings',)})[:900])" $OUT/bench_$label.json
 }
+# Full mode (Wan VAE) on its fixture.
+for dt in f32 bf16; do
+  rm -rf /tmp/of_$dt
+  $B/flashvsr upscale $FX/full-v1.1/input.y4m /tmp/of_$dt/ --weights $FX/full-v1.1 --head-dim 32 --mode full \
+    --upstream-compat --noise $FX/full-v1.1/noise.npy --device cuda --dtype $dt -y --quiet
+  echo -n "flashvsr full $dt: "; python3 $D/compare.py /tmp/of_$dt $FX/full-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
+done
 # Warm the JIT of each binary, then measure.
-for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+for bin in flashvsr flashvsr-tap flashvsr-im2col flashvsr-cudnn; do
   bench warm_$bin $B/$bin --size 256x256 --frames 5 --dtype bf16 > /dev/null
 done
 for dt in ${BENCH_DTYPES:-bf16}; do
-  for bin in flashvsr flashvsr-im2col flashvsr-cudnn; do
+  for bin in ${TINY_BINS:-flashvsr flashvsr-im2col flashvsr-cudnn}; do
     bench tiny_${dt}_$bin $B/$bin --size 1408x768 --frames 41 --dtype $dt
   done
 done
