@@ -315,6 +315,32 @@ fn odd_size_five_frames_give_exactly_scale_times_size() {
     assert_eq!((w, h), (81, 64));
 }
 
+#[test]
+fn tiled_upscale_keeps_size_and_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("odd");
+    write_png_clip(&input, 37, 29, 5);
+    let out = tmp.path().join("tiled/");
+    let o = upscale(
+        tmp.path(),
+        &input,
+        &out,
+        &["--tile", "16", "--tile-overlap", "4", "--json"],
+    );
+    ok(&o);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // 16-px tiles, stride 12, the last one aligned with the edge: columns at 0, 12, 21 of 37,
+    // rows at 0, 12, 13 of 29.
+    assert_eq!(summary["tiles"], 9, "{summary}");
+    assert_eq!(summary["output_size"], serde_json::json!([148, 116]));
+    let frames = sorted_files(&out);
+    assert_eq!(frames.len(), 5, "every input frame is output");
+    for f in &frames {
+        assert_eq!(png_rgb(f).0, 148);
+        assert_eq!(png_rgb(f).1, 116);
+    }
+}
+
 /// A C444 full-range y4m with `n` frames of `w`x`h`.
 fn y4m_bytes(w: usize, h: usize, n: usize) -> Vec<u8> {
     let mut v = format!("YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();

@@ -91,6 +91,8 @@ pub struct Summary {
     /// Output frames per second of model time (excluding weight loading).
     pub processing_fps: f64,
     pub stages_s: StageTimes,
+    /// Spatial tiles the picture was processed in (1 without `--tile`).
+    pub tiles: usize,
     /// Peak resident memory of the process (VmHWM).
     pub peak_ram_bytes: Option<u64>,
     /// Highest device memory in use seen between frames (CUDA only).

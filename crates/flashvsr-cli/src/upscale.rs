@@ -153,6 +153,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             0.0
         },
         stages_s: stages,
+        tiles: session.tiles(),
         peak_ram_bytes: summary::peak_rss_bytes(),
         peak_vram_bytes: peak_vram,
         device: devices::describe(&device),
@@ -412,6 +413,10 @@ mod engine {
     impl Session<'_> {
         pub fn output_size(&self) -> (usize, usize) {
             self.inner.output_size()
+        }
+
+        pub fn tiles(&self) -> usize {
+            self.inner.tiles()
         }
 
         pub fn push_frame(&mut self, rgb: &[u8]) -> Result<Vec<Vec<u8>>> {
