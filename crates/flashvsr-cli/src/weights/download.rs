@@ -285,6 +285,11 @@ fn fetch_blob(
     if fs::metadata(&blob).is_ok_and(|m| m.len() == size) {
         return Ok(blob);
     }
+    // One writer per blob across processes; held until this function returns.
+    let _lock = lock_blob(repo_dir, &sha, &f.path, quiet)?;
+    if fs::metadata(&blob).is_ok_and(|m| m.len() == size) {
+        return Ok(blob); // another process finished it while we waited
+    }
     let partial = blobs.join(format!("{sha}.incomplete"));
     let mut file = OpenOptions::new()
         .create(true)
@@ -384,6 +389,44 @@ fn fetch_blob(
     fs::rename(&partial, &blob)
         .with_context(|| format!("cannot move {} into place", partial.display()))?;
     Ok(blob)
+}
+
+/// An exclusive lock on `<cache>/.locks/<repo folder>/<sha256>.lock`, the lock file that
+/// `huggingface_hub` uses for the same blob (an advisory `flock` on Unix, as its `filelock`
+/// takes), so that two flashvsr runs, or flashvsr and a Python download, never write one
+/// `.incomplete` file at once. The OS releases it when the process ends: no stale locks.
+fn lock_blob(repo_dir: &Path, sha: &str, name: &str, quiet: bool) -> Result<fs::File> {
+    let folder = repo_dir.file_name().unwrap_or_default();
+    let dir = repo_dir
+        .parent()
+        .unwrap_or(repo_dir)
+        .join(".locks")
+        .join(folder);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{sha}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            if !quiet {
+                eprintln!(
+                    "waiting for another process that is downloading {name} (lock {})",
+                    path.display()
+                );
+            }
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    Ok(file)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -579,6 +622,32 @@ fn transport_error(what: &str, e: ureq::Error) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_lock_is_exclusive_across_handles_and_where_huggingface_hub_puts_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("hub").join("models--a--b");
+        std::fs::create_dir_all(&repo).unwrap();
+        let first = lock_blob(&repo, "abc", "x.bin", true).unwrap();
+        assert!(tmp
+            .path()
+            .join("hub/.locks/models--a--b/abc.lock")
+            .is_file());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let repo2 = repo.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock_blob(&repo2, "abc", "x.bin", true).unwrap();
+            tx.send(()).unwrap();
+        });
+        // The second lock cannot be taken while the first is held...
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(first);
+        // ...and is taken once it is released.
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+    }
 
     #[test]
     fn url_parts() {
