@@ -72,6 +72,23 @@ fn tc_decoder_tiny_v11_all_at_once_and_streamed() -> anyhow::Result<()> {
     check_decoded(set, &all, &[0, 1, 20], 2e-4)?;
     let streamed = tc_streamed(&dec, set, &latents)?;
     assert_eq!(max_abs_diff(&all, &streamed)?, 0.0);
+    for per_call in [1, 2, 4] {
+        let chunked = dec.decode_chunked(
+            &latents,
+            &lq_video(set, 0, 21)?,
+            &mut TcState::new(),
+            per_call,
+        )?;
+        assert_eq!(
+            max_abs_diff(&all, &chunked)?,
+            0.0,
+            "{per_call} latents per call"
+        );
+    }
+    // LQ frames that do not match the latents are refused.
+    assert!(dec
+        .decode_chunked(&latents, &lq_video(set, 0, 20)?, &mut TcState::new(), 2)
+        .is_err());
     Ok(())
 }
 

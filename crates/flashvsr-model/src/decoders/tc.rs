@@ -303,6 +303,46 @@ impl TcDecoder {
         }
     }
 
+    /// [`TcDecoder::decode`] at most `latents_per_call` latent frames at a time, consuming the
+    /// matching LQ frames call by call: the same frames (the MemBlock memory carries over, as
+    /// between DiT steps), with activations bounded by `4 · latents_per_call` output frames
+    /// instead of the whole call (DiT step 0 decodes 21 frames at once).
+    pub fn decode_chunked(
+        &self,
+        latents: &Tensor,
+        lq: &Tensor,
+        state: &mut TcState,
+        latents_per_call: usize,
+    ) -> Result<Tensor> {
+        let t = latents.dim(2)?;
+        let mut outputs = Vec::new();
+        let (mut k, mut f) = (0, 0);
+        while k < t {
+            let n = latents_per_call.max(1).min(t - k);
+            let frames = self.lq_frames_for(n, state);
+            if f + frames > lq.dim(2)? {
+                candle_core::bail!(
+                    "TCDecoder: {t} latent frames need more than the {} LQ frames given",
+                    lq.dim(2)?
+                )
+            }
+            outputs.push(self.decode(
+                &latents.narrow(2, k, n)?,
+                &lq.narrow(2, f, frames)?,
+                state,
+            )?);
+            k += n;
+            f += frames;
+        }
+        if f != lq.dim(2)? {
+            candle_core::bail!(
+                "TCDecoder: {t} latent frames need {f} LQ frames, got {}",
+                lq.dim(2)?
+            )
+        }
+        Tensor::cat(&outputs, 2)
+    }
+
     /// The (4, 8, 8) space-time-to-depth of the LQ frames `[1, 3, T_lq, H, W]`, front-padded
     /// with copies of its first frame to a multiple of 4: `[T_lq/4, 768, H/8, W/8]`,
     /// channel = c·256 + ft·64 + dy·8 + dx.
