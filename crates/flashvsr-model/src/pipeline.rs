@@ -121,8 +121,9 @@ pub struct ModelComponents {
 }
 
 /// Latent frames per TCDecoder call: 8 output frames, one later DiT step's worth, so that step 0
-/// (6 latents, 21 frames) does not need 2.6× the decoder memory of every other step (at
-/// 1920×1080 that peak filled an 80 GB GPU).
+/// (6 latents, 21 frames) does not need 2.6× the decoder memory of every other step. (At
+/// 1920×1080 before this, step 0 ran with 74.5 GB in use on an 80 GB GPU and did not finish
+/// in 200 s; benches/RESULTS.md.)
 const TC_LATENTS_PER_CALL: usize = 2;
 
 /// The dtype the tiny decoder computes in for a given compute dtype: f16 instead of bf16
