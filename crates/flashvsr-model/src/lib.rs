@@ -8,6 +8,7 @@
 pub mod color_fix;
 pub mod config;
 pub mod conv3d;
+pub mod decode_plan;
 pub mod decoders;
 pub mod dit;
 pub mod frame_conv;

@@ -19,6 +19,7 @@ use candle_nn::VarBuilder;
 use crate::color_fix;
 pub use crate::color_fix::ColorFix;
 use crate::config::{DitConfig, LqProjConfig};
+use crate::decode_plan;
 use crate::decoders::tc::{TcDecoder, TcState};
 use crate::decoders::wan_vae::{WanVaeDecoder, WanVaeState};
 use crate::dit::lcsa::LcsaParams;
@@ -119,12 +120,6 @@ pub struct ModelComponents {
     /// DiT head size; `None` = 128 (every real Wan DiT). Not recoverable from the shapes.
     pub head_dim: Option<usize>,
 }
-
-/// Latent frames per TCDecoder call: 8 output frames, one later DiT step's worth, so that step 0
-/// (6 latents, 21 frames) does not need 2.6× the decoder memory of every other step. (At
-/// 1920×1080 before this, step 0 ran with 74.5 GB in use on an 80 GB GPU and did not finish
-/// in 200 s; benches/RESULTS.md.)
-const TC_LATENTS_PER_CALL: usize = 2;
 
 /// The dtype the tiny decoder computes in for a given compute dtype: f16 instead of bf16
 /// (same tensor-core speed, 3 more mantissa bits; in bf16 its conv chain drifts by 2.6e-2
@@ -245,7 +240,8 @@ pub struct SessionStats {
 }
 
 enum DecoderState {
-    Tiny(TcState),
+    /// The tiny decoder's state and the latents it decodes per call.
+    Tiny(TcState, usize),
     Full(WanVaeState),
 }
 
@@ -290,17 +286,22 @@ impl<'m> StreamSession<'m> {
             (SizeRule::PadToGrid, FrameRule::EveryFrame)
         };
         let geometry = FrameGeometry::new(width, height, opts.scale, size_rule)?;
+        // Decoder calls sized so that no activation reaches Candle's CUDA element limit
+        // (decode_plan); step 0 then never needs more decoder memory than later steps.
+        let (mh, mw, cuda) = (geometry.model_h, geometry.model_w, model.device.is_cuda());
         let decoder = match opts.mode {
             Mode::Tiny | Mode::TinyLong => {
-                if model.tc_decoder.is_none() {
+                let Some(tc) = model.tc_decoder.as_ref() else {
                     candle_core::bail!("mode tiny needs the TCDecoder weights (TCDecoder.ckpt), which were not loaded")
-                }
-                DecoderState::Tiny(TcState::new())
+                };
+                let per_call = decode_plan::tc_latents_per_call(tc.config(), mh, mw, cuda)?;
+                DecoderState::Tiny(TcState::new(), per_call)
             }
             Mode::Full => {
-                if model.vae.is_none() {
+                let Some(vae) = model.vae.as_ref() else {
                     candle_core::bail!("mode full needs the Wan VAE weights (Wan2.1_VAE.pth), which were not loaded")
-                }
+                };
+                decode_plan::check_vae(vae.config(), mh, mw, cuda)?;
                 DecoderState::Full(WanVaeState::new())
             }
         };
@@ -460,20 +461,15 @@ impl<'m> StreamSession<'m> {
 
         let t0 = Instant::now();
         let decoder_lq = match self.decoder {
-            DecoderState::Tiny(_) => Some(self.lq_tensor(plan.decoder_lq.clone())?),
+            DecoderState::Tiny(..) => Some(self.lq_tensor(plan.decoder_lq.clone())?),
             DecoderState::Full(_) => None,
         };
         let decoded = match &mut self.decoder {
-            DecoderState::Tiny(state) => {
+            DecoderState::Tiny(state, per_call) => {
                 let lq = decoder_lq.expect("built above for the tiny decoder");
                 let tc = model.tc_decoder.as_ref().expect("checked in Session::new");
                 let dt = tiny_decoder_dtype(model.dtype);
-                tc.decode_chunked(
-                    &x0.to_dtype(dt)?,
-                    &lq.to_dtype(dt)?,
-                    state,
-                    TC_LATENTS_PER_CALL,
-                )?
+                tc.decode_chunked(&x0.to_dtype(dt)?, &lq.to_dtype(dt)?, state, *per_call)?
             }
             DecoderState::Full(state) => {
                 let vae = model.vae.as_ref().expect("checked in Session::new");
