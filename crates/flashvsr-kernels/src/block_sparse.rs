@@ -322,10 +322,7 @@ mod cuda {
     }
 
     fn offset(layout: &Layout, what: &str) -> Result<usize> {
-        match layout.contiguous_offsets() {
-            Some((start, _)) => Ok(start),
-            None => bail!("block_sparse_attention: {what} is not contiguous"),
-        }
+        crate::contiguous_start(layout, "block_sparse_attention", what)
     }
 
     pub(super) fn launch<T: CudaDType + DeviceRepr>(

@@ -15,6 +15,19 @@ pub mod tap_conv;
 pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
 pub use draft_mask::{draft_block_mask, kth_largest};
 
+/// Start offset of a contiguous operand of the CUDA op `op`; kernels take plain pointers.
+#[cfg(feature = "cuda")]
+pub(crate) fn contiguous_start(
+    layout: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<usize> {
+    match layout.contiguous_offsets() {
+        Some((start, _)) => Ok(start),
+        None => candle_core::bail!("{op}: {what} is not contiguous"),
+    }
+}
+
 /// PTX of our kernels, compiled by build.rs (only with the `cuda` feature).
 #[cfg(feature = "cuda")]
 pub(crate) mod ptx {

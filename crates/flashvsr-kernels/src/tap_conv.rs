@@ -162,10 +162,7 @@ mod cuda {
     use std::ffi::c_void;
 
     fn start(layout: &Layout, what: &str) -> Result<usize> {
-        match layout.contiguous_offsets() {
-            Some((s, _)) => Ok(s),
-            None => bail!("tap conv2d: {what} is not contiguous"),
-        }
+        crate::contiguous_start(layout, "tap conv2d", what)
     }
 
     pub(super) fn run(

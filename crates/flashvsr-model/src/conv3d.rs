@@ -75,7 +75,7 @@ impl Padding {
 pub struct CausalConv3d {
     /// Weight reshaped for the conv2d: `[O, kT·I, kH, kW]`, channel index = tap·I + i.
     weight2d: Tensor,
-    /// Bias as `[1, O, 1, 1]`.
+    /// Bias `[O]`.
     bias: Option<Tensor>,
     in_channels: usize,
     out_channels: usize,
@@ -129,7 +129,7 @@ impl CausalConv3d {
                         b.elem_count()
                     );
                 }
-                Some(b.reshape((1, o, 1, 1))?)
+                Some(b.reshape(o)?)
             }
             None => None,
         };
@@ -219,8 +219,7 @@ impl CausalConv3d {
                 .permute((0, 2, 1, 3, 4))?
                 .contiguous()?
                 .reshape((b * t_out, kt * c, hp, wp))?;
-        let bias = self.bias.as_ref().map(|b| b.flatten_all()).transpose()?;
-        let y = crate::frame_conv::conv2d(&frames, &self.weight2d, bias.as_ref(), conv_pad)?;
+        let y = crate::frame_conv::conv2d(&frames, &self.weight2d, self.bias.as_ref(), conv_pad)?;
         let (_, o, ho, wo) = y.dims4()?;
         y.reshape((b, t_out, o, ho, wo))?
             .permute((0, 2, 1, 3, 4))?

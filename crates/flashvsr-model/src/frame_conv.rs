@@ -97,12 +97,7 @@ impl FrameConv2d {
 impl Module for FrameConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = self.inner.config();
-        if x.device().is_cuda()
-            && cfg.stride == 1
-            && cfg.dilation == 1
-            && cfg.groups == 1
-            && !cfg!(feature = "cudnn")
-        {
+        if cfg.stride == 1 && cfg.dilation == 1 && cfg.groups == 1 {
             return conv2d(x, self.inner.weight(), self.inner.bias(), cfg.padding);
         }
         let (_, _, kh, kw) = self.inner.weight().dims4()?;
