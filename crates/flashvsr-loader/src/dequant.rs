@@ -42,15 +42,7 @@ pub fn dequantize(t: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
             }
             GgmlType::IQ4_NL => {
                 let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(
-                    qs.iter()
-                        .map(|&q| d * IQ4_CODEBOOK[(q & 0xf) as usize] as f32),
-                );
-                out.extend(
-                    qs.iter()
-                        .map(|&q| d * IQ4_CODEBOOK[(q >> 4) as usize] as f32),
-                );
+                push_iq4_nibbles(&mut out, &b[2..18], d);
             }
             GgmlType::IQ4_XS => {
                 // f16 d, u16 scales_h, 4 B scales_l, 128 B nibbles; 8 sub-blocks of 32
@@ -61,19 +53,23 @@ pub fn dequantize(t: GgmlType, data: &[u8]) -> Option<Vec<f32>> {
                     let lo = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf) as i32;
                     let hi = ((scales_h >> (2 * ib)) & 3) << 4;
                     let dl = d * ((lo | hi) - 32) as f32;
-                    let qs = &b[8 + 16 * ib..8 + 16 * (ib + 1)];
-                    out.extend(
-                        qs.iter()
-                            .map(|&q| dl * IQ4_CODEBOOK[(q & 0xf) as usize] as f32),
-                    );
-                    out.extend(
-                        qs.iter()
-                            .map(|&q| dl * IQ4_CODEBOOK[(q >> 4) as usize] as f32),
-                    );
+                    push_iq4_nibbles(&mut out, &b[8 + 16 * ib..8 + 16 * (ib + 1)], dl);
                 }
             }
             _ => return None,
         }
     }
     Some(out)
+}
+
+/// 16 bytes of IQ4 nibbles → 32 values: all low nibbles first, then all high ones.
+fn push_iq4_nibbles(out: &mut Vec<f32>, qs: &[u8], scale: f32) {
+    out.extend(
+        qs.iter()
+            .map(|&q| scale * IQ4_CODEBOOK[(q & 0xf) as usize] as f32),
+    );
+    out.extend(
+        qs.iter()
+            .map(|&q| scale * IQ4_CODEBOOK[(q >> 4) as usize] as f32),
+    );
 }

@@ -33,7 +33,6 @@ pub mod layout;
 pub mod pickle;
 pub mod store;
 pub mod torch_writer;
-pub mod var_builder;
 
 pub use error::LoadError;
 pub use gguf::ShapeSource;

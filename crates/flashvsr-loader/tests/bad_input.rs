@@ -5,7 +5,8 @@
 use candle_core::{DType, Device};
 use flashvsr_loader::{fuzzing, gguf, WeightStore};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus");
+mod common;
+use common::CORPUS;
 
 /// Minimal GGUF byte builder.
 #[derive(Clone)]

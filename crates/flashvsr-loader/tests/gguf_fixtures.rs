@@ -6,10 +6,11 @@ use flashvsr_loader::gguf::{self, Value};
 use flashvsr_loader::{ShapeSource, WeightStore};
 use serde_json::Value as J;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/gguf");
+mod common;
+use common::{bits, GGUF};
 
 fn expected(stem: &str) -> J {
-    let s = std::fs::read_to_string(format!("{DIR}/{stem}.expected.json")).unwrap();
+    let s = std::fs::read_to_string(format!("{GGUF}/{stem}.expected.json")).unwrap();
     serde_json::from_str(&s).unwrap()
 }
 
@@ -66,7 +67,7 @@ fn check_value(key: &str, exp: &J, got: &Value) {
 }
 
 fn check_file(stem: &str) {
-    let path = format!("{DIR}/{stem}.gguf");
+    let path = format!("{GGUF}/{stem}.gguf");
     let exp = expected(stem);
     let bytes = std::fs::read(&path).unwrap();
     let header = gguf::parse(&bytes).unwrap();
@@ -91,7 +92,7 @@ fn check_file(stem: &str) {
     let npz = if et.is_empty() {
         vec![]
     } else {
-        Tensor::read_npz(format!("{DIR}/{stem}.expected.npz")).unwrap()
+        Tensor::read_npz(format!("{GGUF}/{stem}.expected.npz")).unwrap()
     };
     for t in et {
         let name = t["name"].as_str().unwrap();
@@ -117,22 +118,7 @@ fn check_file(stem: &str) {
         let want = &npz.iter().find(|(n, _)| n == name).unwrap().1;
         let got = store.tensor(name, DType::F32, &Device::Cpu).unwrap();
         assert_eq!(got.dims(), want.dims(), "{name}");
-        let g: Vec<u32> = got
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        let w: Vec<u32> = want
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
+        let (g, w) = (bits(&got), bits(want));
         let diff = g.iter().zip(&w).filter(|(a, b)| a != b).count();
         assert_eq!(diff, 0, "{stem}/{name}: {diff} values differ bitwise");
 
@@ -145,17 +131,7 @@ fn check_file(stem: &str) {
             };
             let native = store.tensor(name, dt, &Device::Cpu).unwrap();
             assert_eq!(native.dtype(), dt);
-            let back: Vec<u32> = native
-                .to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            assert_eq!(back, w, "{name} as {dt:?}");
+            assert_eq!(bits(&native), w, "{name} as {dt:?}");
         }
     }
 }
@@ -197,7 +173,7 @@ fn nd_genuine_5d() {
 
 #[test]
 fn quantized_stays_quantized() {
-    let store = WeightStore::open(&[format!("{DIR}/types.gguf")]).unwrap();
+    let store = WeightStore::open(&[format!("{GGUF}/types.gguf")]).unwrap();
     let q = store.qtensor("q4_k.rand", &Device::Cpu).unwrap();
     assert_eq!(q.dtype(), candle_core::quantized::GgmlDType::Q4K);
     assert_eq!(q.shape().dims(), &[4, 512]);
@@ -218,7 +194,7 @@ fn quantized_stays_quantized() {
     let y = candle_core::Module::forward(&mm, &x).unwrap();
     assert_eq!(y.dims(), &[2, 4]);
     // A type candle cannot hold quantized says so and names the tensor.
-    let store = WeightStore::open(&[format!("{DIR}/types-extra.gguf")]).unwrap();
+    let store = WeightStore::open(&[format!("{GGUF}/types-extra.gguf")]).unwrap();
     let e = store
         .qtensor("iq4_xs.rand", &Device::Cpu)
         .unwrap_err()
@@ -228,7 +204,7 @@ fn quantized_stays_quantized() {
 
 #[test]
 fn reshape_by_element_count() {
-    let store = WeightStore::open(&[format!("{DIR}/types.gguf")]).unwrap();
+    let store = WeightStore::open(&[format!("{GGUF}/types.gguf")]).unwrap();
     let t = store
         .tensor_as("f32", &[1, 4, 512], DType::F32, &Device::Cpu)
         .unwrap();

@@ -2,11 +2,8 @@
 
 use flashvsr_loader::inspect;
 
-const GGUF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/gguf");
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/tiny-v1.1"
-);
+mod common;
+use common::{GGUF, TINY};
 
 #[test]
 fn inspect_gguf_table_and_json() {

@@ -3,14 +3,8 @@
 
 use flashvsr_loader::layout::{self, CheckMode};
 
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/tiny-v1.1"
-);
-const FULL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/full-v1.1"
-);
+mod common;
+use common::{dit, FULL, TINY};
 
 fn params(c: &str) -> (usize, usize) {
     let l = layout::component_layout(c).unwrap();
@@ -38,9 +32,7 @@ fn layouts_match_the_spec_counts() {
 
 #[test]
 fn fixture_dit_is_structurally_valid_but_not_real_sized() {
-    let f = [format!(
-        "{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors"
-    )];
+    let f = [dit()];
     let s = layout::validate_with(&f, "dit", CheckMode::Structure).unwrap();
     // The fixture has 2 blocks instead of 30: the rest are missing, nothing unexpected.
     assert!(s.unexpected.is_empty() && s.mismatched.is_empty(), "{s}");

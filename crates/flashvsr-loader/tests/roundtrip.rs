@@ -6,26 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use flashvsr_loader::convert::{self, ConvertOptions, Quant};
 use flashvsr_loader::{torch_writer, ShapeSource, WeightStore};
 
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/tiny-v1.1"
-);
-
-fn dit() -> String {
-    format!("{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors")
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
+mod common;
+use common::{bits, dit, TINY};
 
 #[test]
 fn torch_writer_round_trip() {
@@ -86,6 +68,18 @@ fn bound(q: Quant) -> f32 {
     }
 }
 
+/// Root mean square of all elements.
+fn rms(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn safetensors_to_gguf_every_quant() {
     let dev = Device::Cpu;
@@ -143,29 +137,12 @@ fn safetensors_to_gguf_every_quant() {
                         .unwrap();
                     assert_eq!(bits(&back), bits(&reference), "{name}");
                     // ... and within the type's known error.
-                    let err = (&back - &orig)
-                        .unwrap()
-                        .sqr()
-                        .unwrap()
-                        .mean_all()
-                        .unwrap()
-                        .sqrt()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
-                    let rms = orig
-                        .sqr()
-                        .unwrap()
-                        .mean_all()
-                        .unwrap()
-                        .sqrt()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let err = rms(&(&back - &orig).unwrap());
+                    let norm = rms(&orig);
                     assert!(
-                        err <= bound(q) * rms,
+                        err <= bound(q) * norm,
                         "{name} {q:?}: rel rmse {}",
-                        err / rms
+                        err / norm
                     );
                 }
             }

@@ -3,33 +3,15 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use flashvsr_loader::{Format, LoadError, WeightStore};
 
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/tiny-v1.1"
-);
-const FULL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/full-v1.1"
-);
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
+mod common;
+use common::{bits, dit, FULL, TINY};
 
 #[test]
 fn safetensors_dit_matches_candle_reader() {
-    let path = format!("{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors");
+    let path = dit();
     let store = WeightStore::open(&[&path]).unwrap();
     let reference = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     assert_eq!(store.len(), reference.len());
@@ -143,12 +125,7 @@ fn folder_of_components() {
 
 #[test]
 fn var_builder_reads_and_reshapes() {
-    let store = Arc::new(
-        WeightStore::open(&[format!(
-            "{TINY}/diffusion_pytorch_model_streaming_dmd.safetensors"
-        )])
-        .unwrap(),
-    );
+    let store = Arc::new(WeightStore::open(&[dit()]).unwrap());
     let vb = store.var_builder(DType::F32, &Device::Cpu);
     let dims = store.info("blocks.0.modulation").unwrap().shape.clone();
     let squeezed: Vec<usize> = dims.iter().copied().filter(|&d| d != 1).collect();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
-use crate::store::WeightStore;
+use super::WeightStore;
 
 struct StoreBackend(Arc<WeightStore>);
 
@@ -37,4 +37,15 @@ pub fn var_builder(
     device: &Device,
 ) -> candle_nn::VarBuilder<'static> {
     candle_nn::VarBuilder::from_backend(Box::new(StoreBackend(store)), dtype, device.clone())
+}
+
+impl WeightStore {
+    /// A candle-nn `VarBuilder` over this store; `get(shape, name)` reshapes by element count.
+    pub fn var_builder(
+        self: &Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_nn::VarBuilder<'static> {
+        var_builder(self.clone(), dtype, device)
+    }
 }
