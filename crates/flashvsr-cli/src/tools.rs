@@ -24,6 +24,10 @@ pub struct ConvertArgs {
     /// Component recorded in the metadata (dit, lq_proj, tc_decoder, wan_vae, prompt).
     #[arg(long)]
     pub component: Option<String>,
+    /// `general.architecture` of a GGUF output [default: wan for the DiT, which ComfyUI-GGUF
+    /// loads; flashvsr for the other components].
+    #[arg(long, value_name = "NAME")]
+    pub arch: Option<String>,
     /// Replace the output if it exists.
     #[arg(short = 'y', long)]
     pub overwrite: bool,
@@ -96,6 +100,7 @@ pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
             .model_version
             .map(|v| v.as_str().trim_start_matches('v').to_string()),
         component: args.component.clone(),
+        architecture: args.arch.clone(),
         ..ConvertOptions::default()
     };
     let report =

@@ -1,10 +1,13 @@
 //! `flashvsr convert`: safetensors / torch zip / GGUF in, GGUF or safetensors out.
 //!
-//! Quantization follows ComfyUI-GGUF's choices so its loader can read our files: only 2-D weight
-//! matrices whose inner dim fits the block are quantized; norms, biases, modulations and the Wan
-//! embedding/head tensors stay in float. Tensors of more than 4 dims are stored 4-D with
-//! `comfy.gguf.orig_shape.<name>` (INT32 array).
+//! GGUF outputs follow ComfyUI-GGUF's rules so its loader reads our files: `general.architecture`
+//! is `wan` for the DiT (on its list of architectures; our `flashvsr.*` keys stay) and
+//! `general.file_type` says the main type; only 2-D weight matrices whose inner dim fits the block
+//! are quantized; norms, biases and the Wan embedding/head tensors stay in float, and the
+//! modulations and the patch embedding in F32 whatever the source type (see [`keep_f32`]).
+//! Tensors of more than 4 dims are stored 4-D with `comfy.gguf.orig_shape.<name>` (INT32 array).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +18,7 @@ use crate::error::{LoadError, Result};
 use crate::fsutil::{tensor_le_bytes, write_atomic};
 use crate::gguf::{GgmlType, Value};
 use crate::gguf_writer::{self, TensorEntry};
-use crate::store::{Format, WeightStore};
+use crate::store::{Format, TensorInfo, WeightStore};
 
 /// Target type of `--quant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -57,6 +60,20 @@ impl Quant {
             Quant::Q4K,
             Quant::Q4_0,
         ]
+    }
+    /// llama.cpp's `LLAMA_FTYPE` number, written as `general.file_type` (K-quants as the `_M`
+    /// mix, which is what llama.cpp calls a file mostly of that type).
+    pub fn llama_file_type(self) -> u32 {
+        match self {
+            Quant::F32 => 0,
+            Quant::F16 => 1,
+            Quant::Q4_0 => 2,
+            Quant::Q8_0 => 7,
+            Quant::Q4K => 15,
+            Quant::Q5K => 17,
+            Quant::Q6K => 18,
+            Quant::BF16 => 32,
+        }
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -116,8 +133,8 @@ pub struct ConvertOptions {
     pub output_format: Option<OutputFormat>,
     /// Extra string metadata (GGUF key/values or safetensors `__metadata__`).
     pub metadata: Vec<(String, String)>,
-    /// `general.architecture` (default "flashvsr").
-    pub architecture: String,
+    /// `general.architecture`; `None`: [`WAN_ARCHITECTURE`] for a Wan DiT, else "flashvsr".
+    pub architecture: Option<String>,
     /// `flashvsr.version`, e.g. "1.1".
     pub flashvsr_version: Option<String>,
     /// `flashvsr.component`, e.g. "dit".
@@ -132,7 +149,7 @@ impl Default for ConvertOptions {
             quant: None,
             output_format: None,
             metadata: vec![],
-            architecture: "flashvsr".into(),
+            architecture: None,
             flashvsr_version: None,
             component: None,
             alignment: 32,
@@ -197,6 +214,50 @@ pub fn keep_high_precision(name: &str) -> bool {
         || name.contains("modulation")
         || name.ends_with(".gamma")
         || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Tensors a Wan model loads outside ComfyUI-GGUF's ggml layers, which take only F32/F16 there
+/// (BF16 only up to 1 dim): the modulations are plain parameters, the patch embedding a float
+/// Conv3d. GGUF outputs hold them in F32 whatever the source type or `--quant`, as
+/// ComfyUI-GGUF's own converter does.
+pub fn keep_f32(name: &str) -> bool {
+    let is = |n: &str| name == n || name.ends_with(&format!(".{n}"));
+    is("modulation") || is("patch_embedding.weight")
+}
+
+/// `general.architecture` of a Wan DiT: on ComfyUI-GGUF's list of image-model architectures.
+pub const WAN_ARCHITECTURE: &str = "wan";
+
+/// The tensors ComfyUI-GGUF's converter recognises a Wan DiT by.
+fn is_wan_dit(store: &WeightStore) -> bool {
+    [
+        "blocks.0.self_attn.norm_q.weight",
+        "text_embedding.2.weight",
+        "head.modulation",
+    ]
+    .iter()
+    .all(|n| store.contains(n))
+}
+
+/// `general.file_type` (llama.cpp's numbering): the `--quant` type, or without one the float
+/// type holding most of the parameters.
+fn llama_file_type(quant: Option<Quant>, plan: &[(&TensorInfo, GgmlDType)]) -> u32 {
+    if let Some(q) = quant {
+        return q.llama_file_type();
+    }
+    let mut params = BTreeMap::<u32, usize>::new();
+    for (info, target) in plan {
+        let q = match target {
+            GgmlDType::F16 => Quant::F16,
+            GgmlDType::BF16 => Quant::BF16,
+            _ => Quant::F32,
+        };
+        *params.entry(q.llama_file_type()).or_default() += info.elem_count();
+    }
+    params
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or(0, |(t, _)| t)
 }
 
 /// The ggml type a tensor gets under `quant` (its float fallback otherwise).
@@ -309,16 +370,30 @@ pub fn convert_store(
         if let Some(p) = &info.problem {
             return Err(LoadError::tensor(&info.file, name, p.clone()));
         }
-        let fallback = float_fallback(&info.dtype, opts.quant);
-        let target = target_type(name, &info.shape, opts.quant, fallback);
+        let target = if format == OutputFormat::Gguf && keep_f32(name) {
+            GgmlDType::F32
+        } else {
+            let fallback = float_fallback(&info.dtype, opts.quant);
+            target_type(name, &info.shape, opts.quant, fallback)
+        };
         plan.push((info, target));
     }
     let input_bytes = plan.iter().map(|(i, _)| i.nbytes.unwrap_or(0)).sum();
 
-    let mut meta: Vec<(String, Value)> = vec![(
-        "general.architecture".into(),
-        Value::Str(opts.architecture.clone()),
-    )];
+    let architecture = match &opts.architecture {
+        Some(a) => a.clone(),
+        None if opts.component.as_deref() == Some("dit") || is_wan_dit(store) => {
+            WAN_ARCHITECTURE.to_string()
+        }
+        None => "flashvsr".to_string(),
+    };
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::Str(architecture)),
+        (
+            "general.file_type".into(),
+            Value::U32(llama_file_type(opts.quant, &plan)),
+        ),
+    ];
     if opts.quant.is_some_and(|q| !q.is_float()) {
         meta.push(("general.quantization_version".into(), Value::U32(2)));
     }
@@ -342,7 +417,7 @@ pub fn convert_store(
         output_bytes: 0,
     };
     let cpu = Device::Cpu;
-    let produce = |info: &crate::store::TensorInfo, target: GgmlDType| -> Result<Vec<u8>> {
+    let produce = |info: &TensorInfo, target: GgmlDType| -> Result<Vec<u8>> {
         let cerr = |e: candle_core::Error| LoadError::Candle {
             path: info.file.clone(),
             name: info.name.clone(),
