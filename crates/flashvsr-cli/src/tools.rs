@@ -1,17 +1,19 @@
 //! `inspect`, `validate`, `convert`: thin wrappers over the loader.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use flashvsr_loader::convert::{self, ConvertOptions, Quant};
+use flashvsr_loader::convert::{self, ConvertOptions, OutputFormat, Quant};
 use flashvsr_loader::{inspect as loader_inspect, layout};
 
 use crate::VersionArg;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
-    /// Input files or folders, then the output file (.gguf or .safetensors).
+    /// Input files or folders, then the output: a file (.gguf or .safetensors) for one
+    /// component, or a folder (an existing one, or a path ending in `/`) to convert each input
+    /// file on its own into FOLDER/<name>.gguf (upstream's weights folder, for one).
     #[arg(required = true, num_args = 2.., value_name = "IN... OUT")]
     pub paths: Vec<PathBuf>,
     /// Target type: f32, f16, bf16, q8_0, q6_k, q5_k, q4_k, q4_0 (only 2-D weights are
@@ -85,15 +87,6 @@ pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
         .paths
         .split_last()
         .ok_or_else(|| anyhow!("convert needs inputs and an output"))?;
-    if output.exists() && !args.overwrite {
-        bail!(
-            "output {} already exists; pass -y/--overwrite to replace it",
-            output.display()
-        );
-    }
-    if let Some(c) = &args.component {
-        check_component(c)?;
-    }
     let opts = ConvertOptions {
         quant: args.quant,
         flashvsr_version: args
@@ -103,12 +96,59 @@ pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
         architecture: args.arch.clone(),
         ..ConvertOptions::default()
     };
+    if let Some(c) = &args.component {
+        check_component(c)?;
+    }
+    if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+        return convert_each(inputs, output, &opts, args, quiet);
+    }
+    if output.exists() && !args.overwrite {
+        bail!(
+            "output {} already exists; pass -y/--overwrite to replace it",
+            output.display()
+        );
+    }
     let report =
         convert::convert(inputs, output, &opts).map_err(|e| anyhow!("cannot convert: {e}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !quiet {
         print!("{report}");
+    }
+    Ok(())
+}
+
+/// `convert IN... FOLDER/`: every input file on its own (components are one per file).
+fn convert_each(
+    inputs: &[PathBuf],
+    dir: &Path,
+    opts: &ConvertOptions,
+    args: &ConvertArgs,
+    quiet: bool,
+) -> Result<()> {
+    let cannot = |e| anyhow!("cannot convert: {e}");
+    let pairs = convert::outputs_in(inputs, dir, OutputFormat::Gguf).map_err(cannot)?;
+    if args.component.is_some() && pairs.len() > 1 {
+        bail!(
+            "--component names one component, and {} files were given; convert them one at a time to record it",
+            pairs.len()
+        );
+    }
+    if !args.overwrite {
+        if let Some((_, out)) = pairs.iter().find(|(_, out)| out.exists()) {
+            bail!(
+                "output {} already exists; pass -y/--overwrite to replace it",
+                out.display()
+            );
+        }
+    }
+    let reports = convert::convert_each(inputs, dir, opts).map_err(cannot)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if !quiet {
+        for r in &reports {
+            print!("{r}");
+        }
     }
     Ok(())
 }

@@ -123,6 +123,12 @@ impl OutputFormat {
             _ => None,
         }
     }
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Gguf => "gguf",
+            OutputFormat::Safetensors => "safetensors",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -319,14 +325,65 @@ fn candle_float(t: GgmlDType) -> Option<DType> {
     }
 }
 
-/// Converts `inputs` into one `output` file.
+/// Converts `inputs` into one `output` file (several files only when their tensor names are
+/// distinct, e.g. shards of one component; see [`convert_each`] for one file per component).
 pub fn convert<P: AsRef<Path>>(
     inputs: &[P],
     output: &Path,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport> {
-    let store = WeightStore::open(inputs)?;
+    let store = WeightStore::open(inputs).map_err(|e| match e {
+        LoadError::Duplicate { .. } => LoadError::Other(format!(
+            "{e}: these files hold different components; convert them one at a time, or into a folder (OUT/) to convert each file on its own"
+        )),
+        e => e,
+    })?;
     convert_store(&store, output, opts)
+}
+
+/// Where [`convert_each`] writes each weight file of `inputs`: `dir/<file stem>.<format>`.
+pub fn outputs_in<P: AsRef<Path>>(
+    inputs: &[P],
+    dir: &Path,
+    format: OutputFormat,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut pairs: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for input in crate::store::weight_files(inputs)? {
+        // Not with_extension: stems like `Wan2.1_VAE` have dots of their own.
+        let stem = input.file_stem().unwrap_or(input.as_os_str());
+        let output = dir.join(format!("{}.{}", stem.to_string_lossy(), format.extension()));
+        if let Some((first, _)) = pairs.iter().find(|(_, o)| *o == output) {
+            return Err(LoadError::Other(format!(
+                "{} and {} would both be written to {}; convert them one at a time",
+                first.display(),
+                input.display(),
+                output.display()
+            )));
+        }
+        pairs.push((input, output));
+    }
+    Ok(pairs)
+}
+
+/// Converts every weight file of `inputs` on its own into `dir` (created if missing), as
+/// [`outputs_in`] names them (GGUF unless `opts.output_format` says otherwise). Upstream's
+/// components are one per file and reuse tensor names, so a weights folder converts this way.
+pub fn convert_each<P: AsRef<Path>>(
+    inputs: &[P],
+    dir: &Path,
+    opts: &ConvertOptions,
+) -> Result<Vec<ConvertReport>> {
+    let format = opts.output_format.unwrap_or(OutputFormat::Gguf);
+    let pairs = outputs_in(inputs, dir, format)?;
+    std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
+    let opts = ConvertOptions {
+        output_format: Some(format),
+        ..opts.clone()
+    };
+    pairs
+        .iter()
+        .map(|(input, output)| convert(std::slice::from_ref(input), output, &opts))
+        .collect()
 }
 
 /// Converts an opened store.

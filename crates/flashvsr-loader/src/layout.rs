@@ -2,10 +2,10 @@
 //! and validation of weight files against them.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{LoadError, Result};
-use crate::store::WeightStore;
+use crate::store::{weight_files, WeightStore};
 
 /// One expected tensor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -101,6 +101,8 @@ pub struct ValidationReport {
     pub mismatched: Vec<Mismatch>,
     /// Tensors present with a layout match but unreadable (unknown type, bad shape metadata).
     pub unreadable: Vec<(String, String)>,
+    /// Files given that hold other components (not checked).
+    pub skipped: Vec<String>,
 }
 
 impl ValidationReport {
@@ -122,8 +124,19 @@ impl std::fmt::Display for ValidationReport {
             f,
             "component {} ({mode}); files: {}",
             self.component,
-            self.files.join(", ")
+            if self.files.is_empty() {
+                "none holds it".to_string()
+            } else {
+                self.files.join(", ")
+            }
         )?;
+        if !self.skipped.is_empty() {
+            writeln!(
+                f,
+                "  skipped (other components): {}",
+                self.skipped.join(", ")
+            )?;
+        }
         for m in &self.missing {
             writeln!(f, "  missing     {} {:?}", m.name, m.shape)?;
         }
@@ -166,6 +179,15 @@ pub fn validate_store(
     component: &str,
     mode: CheckMode,
 ) -> Result<ValidationReport> {
+    check(Some(store), component, mode)
+}
+
+/// Checks `store` (`None`: no file holds the component) against a component layout.
+fn check(
+    store: Option<&WeightStore>,
+    component: &str,
+    mode: CheckMode,
+) -> Result<ValidationReport> {
     let specs = component_layout(component).ok_or_else(|| {
         LoadError::Other(format!(
             "unknown component '{component}' (known: {})",
@@ -175,20 +197,19 @@ pub fn validate_store(
     let mut report = ValidationReport {
         component: component.to_string(),
         mode,
-        files: store
-            .files()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        files: store.map_or_else(Vec::new, |s| {
+            s.files().iter().map(|p| p.display().to_string()).collect()
+        }),
         checked: 0,
         missing: vec![],
         unexpected: vec![],
         mismatched: vec![],
         unreadable: vec![],
+        skipped: vec![],
     };
     let known: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for spec in &specs {
-        let Some(info) = store.info(&spec.name) else {
+        let Some(info) = store.and_then(|s| s.info(&spec.name)) else {
             if !spec.optional {
                 report.missing.push(spec.clone());
             }
@@ -215,7 +236,7 @@ pub fn validate_store(
             });
         }
     }
-    for name in store.names() {
+    for name in store.map_or_else(Vec::new, |s| s.names()) {
         if !known.contains(name.as_str()) {
             report.unexpected.push(name);
         }
@@ -228,12 +249,53 @@ pub fn validate<P: AsRef<Path>>(paths: &[P], component: &str) -> Result<Validati
     validate_with(paths, component, CheckMode::Exact)
 }
 
-/// Like [`validate`] with a chosen [`CheckMode`].
+/// Like [`validate`] with a chosen [`CheckMode`]. Of several files, only those holding the
+/// component are checked (upstream's components are one per file and reuse names): the file
+/// with most of its tensors, plus any file that shares no tensor name with those chosen (a
+/// component split in shards); the others are listed as skipped.
 pub fn validate_with<P: AsRef<Path>>(
     paths: &[P],
     component: &str,
     mode: CheckMode,
 ) -> Result<ValidationReport> {
-    let store = WeightStore::open(paths)?;
-    validate_store(&store, component, mode)
+    let files = weight_files(paths)?;
+    if files.len() == 1 {
+        return validate_store(&WeightStore::open(&files)?, component, mode);
+    }
+    let specs = component_layout(component).unwrap_or_default();
+    let known: BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let stores = WeightStore::open_each(&files)?;
+    let held: Vec<usize> = stores
+        .iter()
+        .map(|s| {
+            s.names()
+                .iter()
+                .filter(|n| known.contains(n.as_str()))
+                .count()
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..stores.len()).filter(|&i| held[i] > 0).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(held[i])); // stable: file order among equals
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut taken = BTreeSet::new();
+    for i in order {
+        let names = stores[i].names();
+        if names.iter().any(|n| taken.contains(n)) {
+            continue; // another component that reuses names
+        }
+        taken.extend(names);
+        chosen.push(i);
+    }
+    chosen.sort();
+    let chosen_files: Vec<&PathBuf> = chosen.iter().map(|&i| &files[i]).collect();
+    let mut report = if chosen_files.is_empty() {
+        check(None, component, mode)?
+    } else {
+        check(Some(&WeightStore::open(&chosen_files)?), component, mode)?
+    };
+    report.skipped = (0..files.len())
+        .filter(|i| !chosen.contains(i))
+        .map(|i| files[i].display().to_string())
+        .collect();
+    Ok(report)
 }

@@ -13,8 +13,12 @@
 //! `QTensor` ([`WeightStore::qtensor`]). [`WeightStore::var_builder`] gives a candle-nn
 //! `VarBuilder` whose `get(shape, name)` reshapes by element count.
 //!
-//! Also: [`convert`] (GGUF/safetensors writer with ComfyUI-GGUF-compatible quantization),
-//! [`inspect`], [`layout`] (FlashVSR component layouts and validation) and [`torch_writer`].
+//! [`WeightStore::open`] merges files into one namespace; [`WeightStore::open_each`] keeps them
+//! apart (upstream's components are one per file and reuse names), which is how [`inspect`],
+//! [`layout::validate`] and [`convert::convert_each`] take a weights folder.
+//!
+//! Also: [`convert`] (GGUF/safetensors writer whose GGUFs ComfyUI-GGUF loads), [`inspect`],
+//! [`layout`] (FlashVSR component layouts and validation) and [`torch_writer`].
 //!
 //! Documented limits (all are constants, none is a "sane size" guess about tensors):
 //! [`gguf::MAX_DIMS`] (8), [`gguf::MAX_ARRAY_DEPTH`] (64 nested metadata arrays),
@@ -37,4 +41,4 @@ pub mod torch_writer;
 pub use error::LoadError;
 pub use gguf::ShapeSource;
 pub use layout::TensorSpec;
-pub use store::{detect_format, Format, TensorInfo, WeightStore};
+pub use store::{detect_format, weight_files, Format, TensorInfo, WeightStore};

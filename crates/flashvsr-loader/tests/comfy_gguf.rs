@@ -8,7 +8,7 @@ use flashvsr_loader::convert::{self, keep_f32, ConvertOptions, Quant};
 use flashvsr_loader::WeightStore;
 
 mod common;
-use common::{bits, dit, TINY};
+use common::{bits, dit, python_gguf_available, run_script, write_npz, TINY};
 
 fn convert_to(src: &str, out: &std::path::Path, quant: Option<Quant>) {
     let opts = ConvertOptions {
@@ -115,34 +115,11 @@ fn architecture_is_an_option_and_both_load() {
     }
 }
 
-fn write_npz(store: &WeightStore, path: &std::path::Path) {
-    let tensors: Vec<(String, Tensor)> = store
-        .names()
-        .into_iter()
-        .map(|n| {
-            let t = store.tensor(&n, DType::F32, &Device::Cpu).unwrap();
-            (n, t)
-        })
-        .collect();
-    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_npz(&refs, path).unwrap();
-}
-
 #[test]
 fn comfyui_gguf_loads_our_files() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIPPED comfyui_gguf_loads_our_files: python3 with the `gguf` package is not available (pip install gguf numpy)");
+    if !python_gguf_available("comfyui_gguf_loads_our_files") {
         return;
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/comfy_gguf_check.py"
-    );
     let dir = tempfile::tempdir().unwrap();
     let bf16 = bf16_dit(dir.path());
     // llama.cpp's file types: MOSTLY_F16, MOSTLY_BF16, MOSTLY_Q8_0, MOSTLY_Q4_K_M.
@@ -159,19 +136,16 @@ fn comfyui_gguf_loads_our_files() {
         write_npz(&converted, &ours);
         let source = dir.path().join(format!("{label}-source.npz"));
         write_npz(&WeightStore::open(&[&src]).unwrap(), &source);
-        let o = std::process::Command::new("python3")
-            .arg(script)
-            .arg(&out)
-            .arg(&ours)
-            .arg(&source)
-            .arg(ftype.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{label}: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+        let ftype = ftype.to_string();
+        run_script(
+            "comfy_gguf_check.py",
+            &[
+                out.as_os_str(),
+                ours.as_os_str(),
+                source.as_os_str(),
+                ftype.as_ref(),
+            ],
+            label,
         );
     }
 }

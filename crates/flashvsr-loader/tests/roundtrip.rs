@@ -7,7 +7,7 @@ use flashvsr_loader::convert::{self, ConvertOptions, Quant};
 use flashvsr_loader::{torch_writer, ShapeSource, WeightStore};
 
 mod common;
-use common::{bits, dit, TINY};
+use common::{bits, dit, python_gguf_available, run_script, write_npz, TINY};
 
 #[test]
 fn torch_writer_round_trip() {
@@ -213,20 +213,10 @@ fn failed_conversion_leaves_nothing() {
 
 #[test]
 fn gguf_py_reads_our_files() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIPPED gguf_py_reads_our_files: python3 with the `gguf` package is not available (pip install gguf numpy)");
+    if !python_gguf_available("gguf_py_reads_our_files") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/gguf_roundtrip.py"
-    );
     for q in [Quant::F16, Quant::Q8_0, Quant::Q4K] {
         let out = dir.path().join(format!("dit-{}.gguf", q.name()));
         convert::convert(
@@ -239,34 +229,12 @@ fn gguf_py_reads_our_files() {
         )
         .unwrap();
         // Our own dequantized values, for the script to compare with.
-        let store = WeightStore::open(&[&out]).unwrap();
-        let mut tensors = Vec::new();
-        for n in store.names() {
-            tensors.push((
-                n.clone(),
-                store.tensor(&n, DType::F32, &Device::Cpu).unwrap(),
-            ));
-        }
         let npz = dir.path().join(format!("dit-{}.npz", q.name()));
-        Tensor::write_npz(
-            &tensors
-                .iter()
-                .map(|(n, t)| (n.as_str(), t))
-                .collect::<Vec<_>>(),
-            &npz,
-        )
-        .unwrap();
-        let out_s = std::process::Command::new("python3")
-            .arg(script)
-            .arg(&out)
-            .arg(&npz)
-            .output()
-            .unwrap();
-        assert!(
-            out_s.status.success(),
-            "{q:?}: {}\n{}",
-            String::from_utf8_lossy(&out_s.stdout),
-            String::from_utf8_lossy(&out_s.stderr)
+        write_npz(&WeightStore::open(&[&out]).unwrap(), &npz);
+        run_script(
+            "gguf_roundtrip.py",
+            &[out.as_os_str(), npz.as_os_str()],
+            &format!("{q:?}"),
         );
     }
 }

@@ -154,6 +154,80 @@ fn file_identity(path: &Path) -> Result<(PathBuf, Option<(u64, u64)>)> {
     Ok((canon, None))
 }
 
+/// The weight files of `paths`: files as given, folders expanded to the files in them whose
+/// format is recognised (sorted; hidden files skipped); a file reached twice is listed once.
+pub fn weight_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    // Folders that gave nothing, with what they hold instead (for the error).
+    let mut barren: Vec<String> = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        let meta = std::fs::metadata(p).map_err(|e| LoadError::io(p, e))?;
+        if !meta.is_dir() {
+            files.push(p.to_path_buf());
+            continue;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| LoadError::io(p, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|e| e.is_file())
+            .filter(|e| {
+                !e.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+            })
+            .collect();
+        entries.sort();
+        let before = files.len();
+        let mut others = Vec::new();
+        for e in entries {
+            let (head, len) = peek(&e)?;
+            if detect_format(&e, &head, len).is_ok() {
+                files.push(e);
+            } else {
+                others.push(
+                    e.file_name()
+                        .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                );
+            }
+        }
+        if files.len() == before {
+            barren.push(match others.len() {
+                0 => format!("{}: the folder is empty", p.display()),
+                n => format!(
+                    "{}: the folder holds {n} other file{} ({}{})",
+                    p.display(),
+                    if n == 1 { "" } else { "s" },
+                    others[..n.min(3)].join(", "),
+                    if n > 3 { ", ..." } else { "" }
+                ),
+            });
+        }
+    }
+    if files.is_empty() {
+        return Err(LoadError::Other(if barren.is_empty() {
+            "no weight files found in the given paths".to_string()
+        } else {
+            format!(
+                "no weight files (GGUF, safetensors or PyTorch zip checkpoints) found; {}",
+                barren.join("; ")
+            )
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut unique = Vec::with_capacity(files.len());
+    for f in files {
+        let (canon, ident) = file_identity(&f)?;
+        if seen.insert(ident.map_or_else(
+            || format!("{}", canon.display()),
+            |(d, i)| format!("{d}:{i}"),
+        )) {
+            unique.push(f); // else: the same file reached twice
+        }
+    }
+    Ok(unique)
+}
+
 fn peek(path: &Path) -> Result<(Vec<u8>, u64)> {
     use std::io::Read;
     let f = File::open(path).map_err(|e| LoadError::io(path, e))?;
@@ -166,57 +240,29 @@ fn peek(path: &Path) -> Result<(Vec<u8>, u64)> {
 }
 
 impl WeightStore {
-    /// Opens files and/or folders (a folder: every file in it whose format is recognised).
-    /// Formats are detected by content; only headers are read.
+    /// Opens files and/or folders (a folder: every file in it whose format is recognised) as
+    /// one store: tensor names must be unique across the files. Formats are detected by
+    /// content; only headers are read.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<WeightStore> {
-        let mut files: Vec<PathBuf> = Vec::new();
-        for p in paths {
-            let p = p.as_ref();
-            let meta = std::fs::metadata(p).map_err(|e| LoadError::io(p, e))?;
-            if meta.is_dir() {
-                let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                    .map_err(|e| LoadError::io(p, e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|e| e.is_file())
-                    .filter(|e| {
-                        !e.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with('.'))
-                    })
-                    .collect();
-                entries.sort();
-                for e in entries {
-                    let (head, len) = peek(&e)?;
-                    if detect_format(&e, &head, len).is_ok() {
-                        files.push(e);
-                    }
-                }
-            } else {
-                files.push(p.to_path_buf());
-            }
-        }
-        if files.is_empty() {
-            return Err(LoadError::Other(
-                "no weight files found in the given paths".to_string(),
-            ));
-        }
         let mut store = WeightStore {
             sources: Vec::new(),
             tensors: BTreeMap::new(),
             metadata: BTreeMap::new(),
         };
-        let mut seen = HashSet::new();
-        for f in files {
-            let (canon, ident) = file_identity(&f)?;
-            if !seen.insert(ident.map_or_else(
-                || format!("{}", canon.display()),
-                |(d, i)| format!("{d}:{i}"),
-            )) {
-                continue; // same file reached twice
-            }
+        for f in weight_files(paths)? {
             store.add_file(&f)?;
         }
         Ok(store)
+    }
+
+    /// Opens every weight file of `paths` as a store of its own (upstream's components are
+    /// one per file and reuse names: the LQ projection and the Wan VAE both have
+    /// `conv2.weight`).
+    pub fn open_each<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<WeightStore>> {
+        weight_files(paths)?
+            .iter()
+            .map(|f| WeightStore::open(std::slice::from_ref(f)))
+            .collect()
     }
 
     /// A store over one in-memory file (format detected from the bytes); `name` is used as
@@ -248,10 +294,12 @@ impl WeightStore {
             file,
             records: HashMap::new(),
             gguf: None,
+            metadata: BTreeMap::new(),
         };
+        let mut metadata = BTreeMap::new();
         let infos = match format {
-            Format::Gguf => gguf_file::read(&mut source, index, &mut self.metadata)?,
-            Format::Safetensors => safetensors_file::read(&source, index, &mut self.metadata)?,
+            Format::Gguf => gguf_file::read(&mut source, index, &mut metadata)?,
+            Format::Safetensors => safetensors_file::read(&source, index, &mut metadata)?,
             Format::TorchZip => torch_zip::read(&mut source, index)?,
         };
         for info in infos {
@@ -264,6 +312,10 @@ impl WeightStore {
             }
             self.tensors.insert(info.name.clone(), info);
         }
+        for (k, v) in &metadata {
+            self.metadata.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        source.metadata = metadata;
         self.sources.push(source);
         Ok(())
     }
@@ -305,6 +357,14 @@ impl WeightStore {
     /// All tensor infos, sorted by name.
     pub fn infos(&self) -> impl Iterator<Item = &TensorInfo> {
         self.tensors.values()
+    }
+
+    /// Each file's own metadata, in file order.
+    pub fn file_metadata(&self) -> Vec<(&Path, &BTreeMap<String, gguf::Value>)> {
+        self.sources
+            .iter()
+            .map(|s| (s.path.as_path(), &s.metadata))
+            .collect()
     }
 
     /// Metadata merged over the files (GGUF key/values; safetensors `__metadata__` as strings).

@@ -1,6 +1,6 @@
 //! The bytes of one weight file and the reads of plain (uncompressed, unquantized) tensors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -36,6 +36,8 @@ pub(crate) struct Source {
     pub(super) file: Option<File>,
     pub(super) records: HashMap<String, Record>,
     pub(crate) gguf: Option<gguf::GgufHeader>,
+    /// This file's metadata (the store's is merged over its files).
+    pub(super) metadata: BTreeMap<String, gguf::Value>,
 }
 
 impl WeightStore {
