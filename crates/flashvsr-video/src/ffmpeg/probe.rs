@@ -1,11 +1,11 @@
 //! Stream facts from `ffprobe -of json -show_format -show_streams`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::{failure_message, ffmpeg_url, ffprobe_program, spawn_error};
+use super::command::{failure_message, last_lines, run_to_end};
+use super::{ffmpeg_url, ffprobe_program};
 use crate::{ColorTags, Rational, SourceOptions, VideoError, VideoInfo};
 
 /// One non-video stream of the source: its absolute index and codec.
@@ -166,31 +166,24 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
 /// Runs ffprobe on `path`.
 pub(crate) fn probe(path: &Path) -> Result<Probe, VideoError> {
     super::require_ffmpeg()?;
-    let out = Command::new(ffprobe_program())
-        .args([
-            "-v",
-            "error",
-            "-of",
-            "json",
-            "-show_format",
-            "-show_streams",
-            "-i",
-        ])
-        .arg(ffmpeg_url(path, false))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(path, e))?;
+    let args = [
+        "-v",
+        "error",
+        "-of",
+        "json",
+        "-show_format",
+        "-show_streams",
+        "-i",
+    ]
+    .map(std::ffi::OsString::from)
+    .into_iter()
+    .chain([ffmpeg_url(path, false)]);
+    let out = run_to_end(ffprobe_program(), args, path)?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect();
-        let tail = &tail[tail.len().saturating_sub(6)..];
+        let tail = last_lines(&out.stderr, 6);
         return Err(VideoError::Ffmpeg {
             path: path.to_path_buf(),
-            msg: format!("ffprobe {}", failure_message(Some(out.status), tail)),
+            msg: format!("ffprobe {}", failure_message(Some(out.status), &tail)),
         });
     }
     parse_probe_json(&String::from_utf8_lossy(&out.stdout), path)

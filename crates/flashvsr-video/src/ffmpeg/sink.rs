@@ -13,20 +13,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::ChildStdin;
 
+use super::command::{failure_message, FfmpegChild};
+use super::ffmpeg_url;
 use super::probe::{probe, Probe, StreamDesc};
-use super::{failure_message, ffmpeg_program, ffmpeg_url, spawn_error, spawn_stderr_tail};
 use crate::fs_util::{check_output_target, commit_file, temp_sibling};
-use crate::threaded::{Canceller, ThreadedSink};
+use crate::threaded::ThreadedSink;
 use crate::{EncodeOptions, FrameSink, InputSpec, Rational, RgbFrame, VideoError};
 
 struct FfmpegSink {
-    child: Arc<Mutex<Child>>,
+    ffmpeg: FfmpegChild,
     stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<Vec<String>>>,
     tmp: PathBuf,
     target: PathBuf,
     overwrite: bool,
@@ -36,21 +34,7 @@ struct FfmpegSink {
 impl FfmpegSink {
     fn reap(&mut self, kill: bool) -> (Option<std::process::ExitStatus>, Vec<String>) {
         self.stdin = None; // EOF for ffmpeg
-        let status = match self.child.lock() {
-            Ok(mut child) => {
-                if kill {
-                    let _ = child.kill();
-                }
-                child.wait().ok()
-            }
-            Err(_) => None,
-        };
-        let tail = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status, tail)
+        self.ffmpeg.reap(kill)
     }
 
     fn discard(&mut self) {
@@ -348,29 +332,11 @@ pub(crate) fn open(
         opts,
     )?;
     tracing::debug!("ffmpeg {}", args.join(" "));
-    let mut child = Command::new(ffmpeg_program())
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(target, e))?;
-    let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(VideoError::format(target, "could not open ffmpeg's pipes"));
-    };
-    let child = Arc::new(Mutex::new(child));
-    let killer = child.clone();
-    let cancel: Canceller = Box::new(move || {
-        if let Ok(mut c) = killer.lock() {
-            let _ = c.kill();
-        }
-    });
+    let (ffmpeg, stdin) = FfmpegChild::spawn_encoder(&args, target)?;
+    let cancel = ffmpeg.canceller();
     let sink = FfmpegSink {
-        child,
+        ffmpeg,
         stdin: Some(stdin),
-        stderr: Some(spawn_stderr_tail(stderr)),
         tmp,
         target: target.to_path_buf(),
         overwrite: opts.overwrite,
