@@ -3,6 +3,7 @@
 //! `$FLASHVSR_FFPROBE` when those are set.
 
 pub(crate) mod command;
+pub(crate) mod plan;
 pub(crate) mod probe;
 pub(crate) mod sink;
 pub(crate) mod source;
