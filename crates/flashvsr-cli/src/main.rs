@@ -282,6 +282,10 @@ pub struct UpscaleArgs {
     /// Replace the output if it exists.
     #[arg(short = 'y', long)]
     pub overwrite: bool,
+    /// Fail, instead of warning, when the input decodes to fewer frames than its container
+    /// declares (a cut or damaged file).
+    #[arg(long)]
+    pub strict: bool,
 
     /// Video encoder (libx264, libx265, libsvtav1, libvpx-vp9, ...).
     #[arg(long)]
@@ -292,7 +296,9 @@ pub struct UpscaleArgs {
     /// Encoder preset (e.g. medium, slow).
     #[arg(long)]
     pub preset: Option<String>,
-    /// Output pixel format (yuv420p, yuv420p10le, yuv444p, ...).
+    /// Output pixel format (yuv420p, yuv420p10le, yuv444p, ...) [default: the input's chroma
+    /// and bit depth where the encoder can, 4:4:4 for odd sizes; y4m: yuv420p, or yuv444p /
+    /// yuvj444p (full range) for 4:4:4].
     #[arg(long)]
     pub pix_fmt: Option<String>,
 

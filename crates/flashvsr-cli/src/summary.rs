@@ -86,7 +86,18 @@ pub struct Summary {
     pub output_size: [usize; 2],
     pub frame_rate: String,
     pub variable_frame_rate: bool,
+    /// Frames the input's container declares (counted, or estimated from its duration).
+    pub frames_expected: Option<u64>,
+    /// Fewer frames decoded than declared (a cut or damaged file; `--strict` fails instead).
+    pub input_truncated: bool,
+    /// Every audio stream of the input copied as it is.
     pub audio_copied: bool,
+    /// Some audio re-encoded because the output container cannot hold its codec.
+    pub audio_reencoded: bool,
+    /// Pixel format of the written video (`null` for pictures).
+    pub output_pix_fmt: Option<String>,
+    /// What the output check told the user (re-encoded audio, dropped subtitles, formats).
+    pub notes: Vec<String>,
     pub wall_s: f64,
     /// Output frames per second of model time (excluding weight loading).
     pub processing_fps: f64,

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use flashvsr_video::{
     ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec,
-    RgbFrame, SourceOptions, VideoError,
+    Rational, RgbFrame, SourceOptions, VideoError,
 };
 
 use crate::progress::Progress;
@@ -55,6 +55,25 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         );
     }
 
+    // The output next, with a one-frame test encode: a wrong name, container, codec, preset or
+    // pixel format fails now, not after the model ran.
+    let enc = encode_options(args, &output, info.fps);
+    let (plan_w, plan_h) = planned_output_size(info.width, info.height, args)?;
+    let output_plan = flashvsr_video::check_output(
+        &output,
+        plan_w,
+        plan_h,
+        info.fps,
+        Some((&input, &info)),
+        &enc,
+    )
+    .map_err(video_err)?;
+    if !quiet {
+        for note in &output_plan.notes {
+            eprintln!("note: {}: {note}", output.display_path().display());
+        }
+    }
+
     let noise = match &args.noise {
         Some(p) => Some(read_noise(p, &device)?),
         None => None,
@@ -69,21 +88,6 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let (out_w, out_h) = session.output_size();
 
     let fps = info.fps;
-    let enc = EncodeOptions {
-        codec: args.codec.clone(),
-        crf: args.crf,
-        preset: args.preset.clone(),
-        pix_fmt: args.pix_fmt.clone(),
-        overwrite: args.overwrite,
-        source_start_s: args
-            .frames
-            .filter(|r| r.start > 0 || r.end.is_some())
-            .map(|r| r.start as f64 / fps.as_f64()),
-        source_duration_s: args
-            .frames
-            .and_then(|r| r.end.map(|e| (e - r.start) as f64 / fps.as_f64())),
-        queue_frames: 0,
-    };
     let mut sink = open_sink(&output, out_w, out_h, fps, Some(&input), &enc).map_err(video_err)?;
 
     let mut progress = Progress::frames("upscaling", info.frame_count, quiet);
@@ -127,6 +131,15 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         sink.abort();
         return Err(e);
     }
+    let truncation = info.truncation(frames_in);
+    if let Some(t) = truncation {
+        let input_name = input.display_path().display().to_string();
+        if args.strict {
+            sink.abort();
+            bail!("{input_name}: {t}; nothing was written (--strict)");
+        }
+        eprintln!("warning: {input_name}: {t}; the output has the {frames_in} decoded frames (--strict makes this an error)");
+    }
     if !args.upstream_compat && frames_out != frames_in {
         sink.abort();
         bail!("internal error: the model returned {frames_out} frames for {frames_in} input frames; nothing was written");
@@ -145,7 +158,12 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         output_size: [out_w, out_h],
         frame_rate: info.fps.to_string(),
         variable_frame_rate: info.variable_frame_rate,
-        audio_copied: info.has_audio && matches!(output, OutputSpec::Container(_)),
+        frames_expected: info.declared_frames.map(|d| d.count()),
+        input_truncated: truncation.is_some(),
+        audio_copied: output_plan.audio_copied,
+        audio_reencoded: output_plan.audio_reencoded,
+        output_pix_fmt: output_plan.pix_fmt.clone(),
+        notes: output_plan.notes.clone(),
         wall_s: started.elapsed().as_secs_f64(),
         processing_fps: if model_s > 0.0 {
             frames_out as f64 / model_s
@@ -242,10 +260,7 @@ fn input_path(i: &InputSpec) -> Option<&Path> {
 }
 
 fn output_path(o: &OutputSpec) -> Option<&Path> {
-    match o {
-        OutputSpec::Container(p) | OutputSpec::Y4m(p) | OutputSpec::PngDir(p) => Some(p),
-        OutputSpec::Stdout => None,
-    }
+    o.path()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -297,6 +312,43 @@ fn check_output(path: &Path, png_dir: bool, overwrite: bool) -> Result<()> {
                 dir.display()
             )
         })
+}
+
+/// The encoder settings from the arguments; y4m gets 4:2:0 limited range (what players expect)
+/// unless `--pix-fmt` says otherwise.
+fn encode_options(args: &UpscaleArgs, output: &OutputSpec, fps: Rational) -> EncodeOptions {
+    let y4m_default = output
+        .is_y4m()
+        .then(|| flashvsr_video::y4m::PLAYER_PIX_FMT.to_string());
+    EncodeOptions {
+        codec: args.codec.clone(),
+        crf: args.crf,
+        preset: args.preset.clone(),
+        pix_fmt: args.pix_fmt.clone().or(y4m_default),
+        overwrite: args.overwrite,
+        source_start_s: args
+            .frames
+            .filter(|r| r.start > 0 || r.end.is_some())
+            .map(|r| r.start as f64 / fps.as_f64()),
+        source_duration_s: args
+            .frames
+            .and_then(|r| r.end.map(|e| (e - r.start) as f64 / fps.as_f64())),
+        queue_frames: 0,
+    }
+}
+
+/// The output frame size the session will have, known before the weights load (the model's
+/// own geometry rule; tiling keeps the scaled size).
+fn planned_output_size(w: usize, h: usize, args: &UpscaleArgs) -> Result<(usize, usize)> {
+    use flashvsr_model::preprocess::{FrameGeometry, SizeRule};
+    let rule = if args.upstream_compat {
+        SizeRule::UpstreamCrop
+    } else {
+        SizeRule::PadToGrid
+    };
+    let g = FrameGeometry::new(w, h, args.scale, rule)
+        .map_err(|e| anyhow!("cannot upscale a {w}x{h} video with these settings: {e}"))?;
+    Ok((g.out_w, g.out_h))
 }
 
 fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {

@@ -145,6 +145,78 @@ pub struct VideoInfo {
     pub color: ColorTags,
     /// The container reports a variable frame rate (`r_frame_rate != avg_frame_rate`).
     pub variable_frame_rate: bool,
+    /// How many frames the container says there are (in the selected range), counted or
+    /// estimated from the duration; compared with the decoded count by [`VideoInfo::truncation`].
+    pub declared_frames: Option<DeclaredFrames>,
+    /// The stream's own pixel format in ffmpeg's names (`yuv420p`, `yuv420p10le`, `yuv444p`,
+    /// ...), before the conversion to 8-bit RGB; `None` when unknown.
+    pub pix_fmt: Option<String>,
+}
+
+/// A frame count from the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclaredFrames {
+    /// Stored in the file (mp4 sample count, Matroska statistics tags, y4m size, image count).
+    Counted(u64),
+    /// Duration × frame rate, rounded: only about right (start offsets, rounded durations).
+    FromDuration(u64),
+}
+
+impl DeclaredFrames {
+    pub fn count(&self) -> u64 {
+        match *self {
+            DeclaredFrames::Counted(n) | DeclaredFrames::FromDuration(n) => n,
+        }
+    }
+
+    /// Frames that may be missing before the input counts as truncated: 1% of a stored count
+    /// (edit lists can legitimately hide a few frames), 5% and at least 2 frames of an estimate.
+    fn allowed_shortfall(&self) -> u64 {
+        match *self {
+            DeclaredFrames::Counted(n) => n / 100,
+            DeclaredFrames::FromDuration(n) => (n / 20).max(2),
+        }
+    }
+
+    /// The same count for a frame range (`start..end` of the decoded frames).
+    pub(crate) fn for_range(&self, opts: &crate::SourceOptions) -> Self {
+        match *self {
+            DeclaredFrames::Counted(n) => DeclaredFrames::Counted(opts.selected_count(n)),
+            DeclaredFrames::FromDuration(n) => DeclaredFrames::FromDuration(opts.selected_count(n)),
+        }
+    }
+}
+
+/// Fewer frames decoded than the container declares: a cut or damaged file, which ffmpeg
+/// decodes up to the damage and then ends as if the video were over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    pub decoded: u64,
+    pub declared: DeclaredFrames,
+}
+
+impl fmt::Display for Truncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match self.declared {
+            DeclaredFrames::Counted(n) => format!("the {n} frames the container declares"),
+            DeclaredFrames::FromDuration(n) => format!("the about {n} frames its duration implies"),
+        };
+        write!(
+            f,
+            "decoded only {} of {source}; the file looks truncated or damaged",
+            self.decoded
+        )
+    }
+}
+
+impl VideoInfo {
+    /// `Some` when `decoded` frames (of the selected range) fall short of what the container
+    /// declares by more than rounding and edit lists explain.
+    pub fn truncation(&self, decoded: u64) -> Option<Truncation> {
+        let declared = self.declared_frames?;
+        (decoded + declared.allowed_shortfall() < declared.count())
+            .then_some(Truncation { decoded, declared })
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +235,34 @@ mod tests {
         assert_eq!(Rational::parse("0/0"), None);
         assert_eq!(Rational::parse("x/1"), None);
         assert_eq!(Rational::new(30000, 1001).to_string(), "30000/1001");
+    }
+
+    #[test]
+    fn truncation_needs_a_real_shortfall() {
+        let mut info = VideoInfo {
+            width: 2,
+            height: 2,
+            fps: Rational::new(30, 1),
+            frame_count: Some(30),
+            duration_s: Some(1.0),
+            has_audio: false,
+            has_subtitles: false,
+            rotation: None,
+            color: ColorTags::default(),
+            variable_frame_rate: false,
+            declared_frames: Some(DeclaredFrames::Counted(30)),
+            pix_fmt: None,
+        };
+        assert_eq!(info.truncation(30), None);
+        let t = info.truncation(11).unwrap();
+        assert_eq!(t.decoded, 11);
+        assert!(t.to_string().contains("11 of the 30 frames"), "{t}");
+        assert!(info.truncation(29).is_some());
+        // An estimate from the duration tolerates rounding.
+        info.declared_frames = Some(DeclaredFrames::FromDuration(30));
+        assert_eq!(info.truncation(28), None);
+        assert!(info.truncation(20).is_some());
+        info.declared_frames = None;
+        assert_eq!(info.truncation(0), None);
     }
 }

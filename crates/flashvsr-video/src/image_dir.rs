@@ -1,10 +1,12 @@
-//! Folders of still images: PNG/JPEG input in natural order, PNG output written atomically.
+//! Still images: PNG/JPEG folders in natural order in; PNG folders, numbered sequences
+//! (`seq_%04d.png`) and single pictures out, each written atomically.
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use crate::{
-    ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
+    ColorTags, DeclaredFrames, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions,
+    VideoError, VideoInfo,
 };
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
@@ -138,6 +140,8 @@ impl ImageDirSource {
             rotation: None,
             color: ColorTags::default(),
             variable_frame_rate: false,
+            declared_frames: Some(DeclaredFrames::Counted(count)),
+            pix_fmt: None,
         };
         Ok(ImageDirSource {
             files: selected.into_iter(),
@@ -180,6 +184,39 @@ fn is_our_frame_name(name: &str) -> bool {
         .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
 }
 
+/// The early checks of a PNG folder output (an empty or absent folder in an existing one, or
+/// `overwrite`); returns the folder without its trailing `/`.
+pub(crate) fn check_png_dir_target(target: &Path, overwrite: bool) -> Result<PathBuf, VideoError> {
+    let target = PathBuf::from(
+        target
+            .to_string_lossy()
+            .trim_end_matches(['/', std::path::MAIN_SEPARATOR]),
+    );
+    if target.as_os_str().is_empty() {
+        return Err(VideoError::Invalid("output folder name is empty".into()));
+    }
+    if target.exists() {
+        if !target.is_dir() {
+            return Err(VideoError::format(&target, "exists and is not a folder"));
+        }
+        let non_empty = std::fs::read_dir(&target)
+            .map_err(|e| VideoError::io(&target, e))?
+            .next()
+            .is_some();
+        if non_empty && !overwrite {
+            return Err(VideoError::OutputExists { path: target });
+        }
+    }
+    let parent = crate::fs_util::parent_dir(&target);
+    if !parent.is_dir() {
+        return Err(VideoError::format(
+            &target,
+            format!("output folder {} does not exist", parent.display()),
+        ));
+    }
+    Ok(target)
+}
+
 /// Writes `frame_000000.png`, ... into a hidden sibling folder; `finish` moves it onto the target.
 ///
 /// The target is refused if it exists and is not empty, unless `overwrite`; then its existing
@@ -193,33 +230,7 @@ pub(crate) struct PngDirSink {
 
 impl PngDirSink {
     pub(crate) fn create(target: &Path, overwrite: bool) -> Result<Self, VideoError> {
-        let target = PathBuf::from(
-            target
-                .to_string_lossy()
-                .trim_end_matches(['/', std::path::MAIN_SEPARATOR]),
-        );
-        if target.as_os_str().is_empty() {
-            return Err(VideoError::Invalid("output folder name is empty".into()));
-        }
-        if target.exists() {
-            if !target.is_dir() {
-                return Err(VideoError::format(&target, "exists and is not a folder"));
-            }
-            let non_empty = std::fs::read_dir(&target)
-                .map_err(|e| VideoError::io(&target, e))?
-                .next()
-                .is_some();
-            if non_empty && !overwrite {
-                return Err(VideoError::OutputExists { path: target });
-            }
-        }
-        let parent = crate::fs_util::parent_dir(&target);
-        if !parent.is_dir() {
-            return Err(VideoError::format(
-                &target,
-                format!("output folder {} does not exist", parent.display()),
-            ));
-        }
+        let target = check_png_dir_target(target, overwrite)?;
         let tmp = crate::fs_util::temp_sibling(&target, false);
         std::fs::create_dir(&tmp).map_err(|e| VideoError::io(&target, e))?;
         Ok(PngDirSink {
@@ -266,32 +277,12 @@ impl PngDirSink {
 
 impl FrameSink for PngDirSink {
     fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
-        use image::ImageEncoder;
         let tmp = self
             .tmp
             .as_ref()
             .ok_or_else(|| VideoError::format(&self.target, "sink already closed"))?;
-        let path = tmp.join(png_frame_name(self.index));
-        let file = std::fs::File::create(&path).map_err(|e| VideoError::io(&self.target, e))?;
-        let mut out = std::io::BufWriter::new(file);
-        image::codecs::png::PngEncoder::new_with_quality(
-            &mut out,
-            image::codecs::png::CompressionType::Fast,
-            image::codecs::png::FilterType::Adaptive,
-        )
-        .write_image(
-            &frame.data,
-            frame.width as u32,
-            frame.height as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| {
-            VideoError::format(
-                &self.target,
-                format!("cannot write {}: {e}", png_frame_name(self.index)),
-            )
-        })?;
-        std::io::Write::flush(&mut out).map_err(|e| VideoError::io(&self.target, e))?;
+        let name = png_frame_name(self.index);
+        write_picture(&tmp.join(&name), frame, &self.target, &name)?;
         self.index += 1;
         Ok(())
     }
@@ -319,6 +310,311 @@ impl Drop for PngDirSink {
     fn drop(&mut self) {
         if let Some(tmp) = self.tmp.take() {
             let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+/// Writes one picture, PNG or JPEG by `path`'s extension. Errors name `target` and `what`.
+fn write_picture(
+    path: &Path,
+    frame: &RgbFrame,
+    target: &Path,
+    what: &str,
+) -> Result<(), VideoError> {
+    use image::ImageEncoder;
+    let file = std::fs::File::create(path).map_err(|e| VideoError::io(target, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let (w, h) = (frame.width as u32, frame.height as u32);
+    let written = if has_extension(path, "jpg") || has_extension(path, "jpeg") {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).write_image(
+            &frame.data,
+            w,
+            h,
+            image::ExtendedColorType::Rgb8,
+        )
+    } else {
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::Adaptive,
+        )
+        .write_image(&frame.data, w, h, image::ExtendedColorType::Rgb8)
+    };
+    written.map_err(|e| VideoError::format(target, format!("cannot write {what}: {e}")))?;
+    std::io::Write::flush(&mut out).map_err(|e| VideoError::io(target, e))
+}
+
+/// JPEG quality of written pictures (high: the point of upscaling is detail).
+const JPEG_QUALITY: u8 = 95;
+
+/// Extensions pictures are written in (PNG, JPEG).
+const WRITTEN_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
+
+/// An output name like `shots/seq_%04d.png`: one `%d`, `%Nd` or `%0Nd` (always zero-padded to N
+/// digits, as ffmpeg does), `%%` for a literal `%`, in the file name only. Frames are numbered
+/// from [`ImagePattern::FIRST_NUMBER`], as ffmpeg numbers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePattern {
+    dir: PathBuf,
+    prefix: String,
+    digits: usize,
+    suffix: String,
+}
+
+impl ImagePattern {
+    pub const FIRST_NUMBER: u64 = 1;
+
+    /// Parses and checks a pattern; the error says what is supported.
+    pub fn parse(path: &Path) -> Result<Self, VideoError> {
+        let usage = "an image sequence name takes one %d or %0Nd number (e.g. seq_%04d.png)";
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| VideoError::format(path, usage))?;
+        if !WRITTEN_EXTENSIONS.iter().any(|e| has_extension(path, e)) {
+            return Err(VideoError::format(
+                path,
+                "image sequences are written as .png or .jpg (e.g. seq_%04d.png)",
+            ));
+        }
+        let (mut prefix, mut suffix) = (String::new(), String::new());
+        let mut digits = None;
+        let mut chars = name.chars().peekable();
+        while let Some(c) = chars.next() {
+            let out = if digits.is_some() {
+                &mut suffix
+            } else {
+                &mut prefix
+            };
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            if chars.peek() == Some(&'%') {
+                chars.next();
+                out.push('%');
+                continue;
+            }
+            let mut width = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                width.push(*d);
+                chars.next();
+            }
+            if chars.next() != Some('d') || digits.is_some() {
+                return Err(VideoError::format(path, usage));
+            }
+            let width: usize = if width.is_empty() {
+                1
+            } else {
+                width.parse().unwrap_or(0)
+            };
+            if !(1..=12).contains(&width) {
+                return Err(VideoError::format(path, usage));
+            }
+            digits = Some(width);
+        }
+        let digits = digits.ok_or_else(|| VideoError::format(path, usage))?;
+        Ok(ImagePattern {
+            dir: crate::fs_util::parent_dir(path),
+            prefix,
+            digits,
+            suffix,
+        })
+    }
+
+    /// The path of the picture numbered `number`.
+    pub fn path_of(&self, number: u64) -> PathBuf {
+        self.dir.join(self.name_of(number))
+    }
+
+    fn name_of(&self, number: u64) -> String {
+        format!(
+            "{}{number:0width$}{}",
+            self.prefix,
+            self.suffix,
+            width = self.digits
+        )
+    }
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    crate::spec::has_extension(path, ext)
+}
+
+/// Writes a numbered sequence into a hidden folder beside the pictures; `finish` moves them to
+/// their names (refusing existing ones unless `overwrite`), `abort` or drop deletes them.
+pub(crate) struct ImageSequenceSink {
+    pattern: ImagePattern,
+    label: PathBuf,
+    tmp: Option<PathBuf>,
+    overwrite: bool,
+    written: u64,
+}
+
+impl ImageSequenceSink {
+    pub(crate) fn create(path: &Path, overwrite: bool) -> Result<Self, VideoError> {
+        let pattern = check_sequence_target(path, overwrite)?;
+        let tmp = crate::fs_util::temp_sibling(path, false);
+        std::fs::create_dir(&tmp).map_err(|e| VideoError::io(path, e))?;
+        Ok(ImageSequenceSink {
+            pattern,
+            label: path.to_path_buf(),
+            tmp: Some(tmp),
+            overwrite,
+            written: 0,
+        })
+    }
+
+    fn commit(&self, tmp: &Path) -> Result<(), VideoError> {
+        let numbers = ImagePattern::FIRST_NUMBER..ImagePattern::FIRST_NUMBER + self.written;
+        if !self.overwrite {
+            if let Some(existing) = numbers
+                .clone()
+                .map(|n| self.pattern.path_of(n))
+                .find(|p| p.exists())
+            {
+                return Err(VideoError::OutputExists { path: existing });
+            }
+        }
+        for n in numbers {
+            let (from, to) = (tmp.join(self.pattern.name_of(n)), self.pattern.path_of(n));
+            std::fs::rename(&from, &to).map_err(|e| VideoError::io(&to, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The early checks of a sequence output: a valid pattern, an existing folder, and no first
+/// picture in the way unless `overwrite`.
+pub(crate) fn check_sequence_target(
+    path: &Path,
+    overwrite: bool,
+) -> Result<ImagePattern, VideoError> {
+    let pattern = ImagePattern::parse(path)?;
+    if !pattern.dir.is_dir() {
+        return Err(VideoError::format(
+            path,
+            format!("output folder {} does not exist", pattern.dir.display()),
+        ));
+    }
+    let first = pattern.path_of(ImagePattern::FIRST_NUMBER);
+    if first.exists() && !overwrite {
+        return Err(VideoError::OutputExists { path: first });
+    }
+    Ok(pattern)
+}
+
+impl FrameSink for ImageSequenceSink {
+    fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
+        let tmp = self
+            .tmp
+            .as_ref()
+            .ok_or_else(|| VideoError::format(&self.label, "sink already closed"))?;
+        let name = self
+            .pattern
+            .name_of(ImagePattern::FIRST_NUMBER + self.written);
+        write_picture(&tmp.join(&name), frame, &self.label, &name)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
+        let tmp = self
+            .tmp
+            .take()
+            .ok_or_else(|| VideoError::format(&self.label, "sink already closed"))?;
+        let result = self.commit(&tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
+
+    fn abort(mut self: Box<Self>) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+impl Drop for ImageSequenceSink {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+/// Why a video cannot go into one picture; also the error at a second frame.
+pub(crate) fn one_picture_only(path: &Path) -> VideoError {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "frames".into());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    VideoError::format(
+        path,
+        format!(
+            "one picture file holds one frame and this video has more; write a folder \
+             (`{stem}/`) or a numbered sequence (`{stem}_%04d.{ext}`)"
+        ),
+    )
+}
+
+/// One picture, written under a hidden name and moved into place by `finish`.
+pub(crate) struct ImageSink {
+    target: PathBuf,
+    tmp: PathBuf,
+    overwrite: bool,
+    written: bool,
+    done: bool,
+}
+
+impl ImageSink {
+    pub(crate) fn create(target: &Path, overwrite: bool) -> Result<Self, VideoError> {
+        crate::fs_util::check_output_target(target, overwrite)?;
+        Ok(ImageSink {
+            target: target.to_path_buf(),
+            tmp: crate::fs_util::temp_sibling(target, true),
+            overwrite,
+            written: false,
+            done: false,
+        })
+    }
+}
+
+impl FrameSink for ImageSink {
+    fn write_frame(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
+        if self.written {
+            return Err(one_picture_only(&self.target));
+        }
+        let name = self
+            .target
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        write_picture(&self.tmp, frame, &self.target, &name)?;
+        self.written = true;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), VideoError> {
+        self.done = true;
+        crate::fs_util::commit_file(&self.tmp, &self.target, self.overwrite)
+    }
+
+    fn abort(mut self: Box<Self>) {
+        self.done = true;
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Drop for ImageSink {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
@@ -352,5 +648,29 @@ mod tests {
         assert!(is_our_frame_name("frame_000012.png"));
         assert!(!is_our_frame_name("frame_.png"));
         assert!(!is_our_frame_name("other.png"));
+    }
+
+    #[test]
+    fn image_patterns() {
+        let p = ImagePattern::parse(Path::new("out/seq_%04d.png")).unwrap();
+        assert_eq!(p.path_of(7), Path::new("out/seq_0007.png"));
+        let p = ImagePattern::parse(Path::new("a%%_%d.JPG")).unwrap();
+        assert_eq!(p.path_of(12), Path::new("./a%_12.JPG"));
+        assert_eq!(
+            ImagePattern::parse(Path::new("s_%3d.png"))
+                .unwrap()
+                .path_of(5),
+            Path::new("./s_005.png")
+        );
+        for bad in [
+            "s_%s.png",
+            "s_%d_%d.png",
+            "s.png",
+            "s_%.png",
+            "s_%04d.tif",
+            "s_%0d.png",
+        ] {
+            assert!(ImagePattern::parse(Path::new(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -9,8 +9,13 @@
 //!   rotation tag. Variable frame rate input: frames are passed exactly as decoded and played back
 //!   at the constant average rate ([`VideoInfo::fps`]); [`VideoInfo::variable_frame_rate`] says so.
 //! * **y4m** (pure Rust): 8-bit 4:2:0/4:2:2/4:4:4, full or limited range, BT.601; written as
-//!   C444 full range (or C420jpeg). `-` means stdin/stdout.
-//! * **image folders**: PNG/JPEG in natural order in, `frame_000000.png`... out.
+//!   C444 full range, or 4:2:0 / 4:4:4 in either range by pixel format ([`y4m::Y4mLayout`]).
+//!   `-` means stdin/stdout.
+//! * **pictures**: PNG/JPEG folders in natural order in; `frame_000000.png`... folders, numbered
+//!   sequences (`seq_%04d.png`) and single pictures out.
+//!
+//! [`check_output`] finds what would make an output fail (its name, the container, the encoder
+//! and its settings, by a one-frame test encode) before any frame is computed.
 //!
 //! Outputs never appear half-written: they are produced under a hidden temporary name next to
 //! the target and moved into place by [`FrameSink::finish`]; [`FrameSink::abort`] (or dropping
@@ -21,6 +26,7 @@ pub mod ffmpeg;
 mod frame;
 mod fs_util;
 pub mod image_dir;
+mod output_check;
 mod spec;
 mod threaded;
 pub mod y4m;
@@ -28,7 +34,8 @@ pub mod yuv;
 
 pub use error::VideoError;
 pub use ffmpeg::ffmpeg_available;
-pub use frame::{ColorTags, Rational, RgbFrame, VideoInfo};
+pub use frame::{ColorTags, DeclaredFrames, Rational, RgbFrame, Truncation, VideoInfo};
+pub use output_check::{check_output, OutputPlan};
 pub use spec::{EncodeOptions, InputSpec, OutputSpec, SourceOptions};
 
 /// A stream of frames, read ahead on a background thread.
@@ -105,8 +112,9 @@ pub fn open_source(
 }
 
 /// Opens an output for `width x height` frames at `fps`. With `source` = the input file, its
-/// audio, subtitles, metadata and colour tags are carried into container outputs (y4m and PNG
-/// outputs hold video only). Needs ffmpeg only for [`OutputSpec::Container`].
+/// audio, subtitles, metadata and colour tags are carried into container outputs (y4m and
+/// picture outputs hold video only). Needs ffmpeg only for [`OutputSpec::Container`].
+/// [`check_output`] first finds mistakes before any frame is computed.
 pub fn open_sink(
     spec: &OutputSpec,
     width: usize,
@@ -133,34 +141,30 @@ pub fn open_sink(
     } else {
         opts.queue_frames
     };
-    if !matches!(spec, OutputSpec::Container(_))
-        && source.is_some_and(|s| matches!(s, InputSpec::File(_)))
-    {
-        tracing::warn!(
-            "{}: y4m/PNG outputs hold video only; audio and subtitles are not carried",
-            label.display()
-        );
-    }
     let inner: Box<dyn FrameSink> = match spec {
         OutputSpec::Container(path) => {
             return ffmpeg::sink::open(path, width, height, fps, source, opts)
         }
         OutputSpec::Y4m(path) => {
-            let sub = y4m::subsampling_for_pix_fmt(opts.pix_fmt.as_deref(), path)?;
+            let layout = y4m::Y4mLayout::for_pix_fmt(opts.pix_fmt.as_deref(), path)?;
             Box::new(y4m::Y4mSink::create_file(
                 path,
                 width,
                 height,
                 fps,
-                sub,
+                layout,
                 opts.overwrite,
             )?)
         }
         OutputSpec::Stdout => {
-            let sub = y4m::subsampling_for_pix_fmt(opts.pix_fmt.as_deref(), &label)?;
-            Box::new(y4m::Y4mSink::stdout(width, height, fps, sub)?)
+            let layout = y4m::Y4mLayout::for_pix_fmt(opts.pix_fmt.as_deref(), &label)?;
+            Box::new(y4m::Y4mSink::stdout(width, height, fps, layout)?)
         }
         OutputSpec::PngDir(path) => Box::new(image_dir::PngDirSink::create(path, opts.overwrite)?),
+        OutputSpec::ImageSequence(path) => {
+            Box::new(image_dir::ImageSequenceSink::create(path, opts.overwrite)?)
+        }
+        OutputSpec::Image(path) => Box::new(image_dir::ImageSink::create(path, opts.overwrite)?),
     };
     Ok(Box::new(threaded::ThreadedSink::spawn(
         inner, width, height, queue, label, None,

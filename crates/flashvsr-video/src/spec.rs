@@ -52,14 +52,28 @@ pub enum OutputSpec {
     Stdout,
     /// A folder of `frame_000000.png`, `frame_000001.png`, ...
     PngDir(PathBuf),
+    /// Numbered pictures from a printf pattern such as `shots/seq_%04d.png` (`.png`, `.jpg`),
+    /// numbered from 1 as ffmpeg does (see [`crate::image_dir::ImagePattern`]).
+    ImageSequence(PathBuf),
+    /// One picture (`.png`, `.jpg`, `.jpeg`): only for a single frame.
+    Image(PathBuf),
 }
+
+/// Extensions of still-picture formats: a video into one of these names is a mistake.
+pub(crate) const STILL_IMAGE_EXTENSIONS: &[&str] = &[
+    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "ppm", "pgm", "pnm", "dpx", "exr", "tga", "jp2",
+];
 
 impl OutputSpec {
     /// `-` = y4m on stdout; an existing folder or a path ending in `/` = PNG folder; `.y4m` = y4m;
-    /// anything else = container via ffmpeg.
+    /// a file name with `%` = image sequence; `.png`/`.jpg`/`.jpeg` = one picture; anything else =
+    /// container via ffmpeg.
     pub fn detect(path: impl AsRef<Path>) -> OutputSpec {
         let path = path.as_ref();
         let text = path.to_string_lossy();
+        let name_has_percent = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains('%'));
         if text == "-" {
             OutputSpec::Stdout
         } else if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR)
@@ -67,6 +81,13 @@ impl OutputSpec {
             OutputSpec::PngDir(path.to_path_buf())
         } else if has_extension(path, "y4m") {
             OutputSpec::Y4m(path.to_path_buf())
+        } else if name_has_percent {
+            OutputSpec::ImageSequence(path.to_path_buf())
+        } else if ["png", "jpg", "jpeg"]
+            .iter()
+            .any(|e| has_extension(path, e))
+        {
+            OutputSpec::Image(path.to_path_buf())
         } else {
             OutputSpec::Container(path.to_path_buf())
         }
@@ -74,10 +95,26 @@ impl OutputSpec {
 
     /// The path for messages (`<stdout>` for standard output).
     pub fn display_path(&self) -> PathBuf {
+        self.path()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(crate::error::STDOUT_LABEL))
+    }
+
+    /// The file, folder or pattern written; `None` for standard output.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            OutputSpec::Container(p) | OutputSpec::Y4m(p) | OutputSpec::PngDir(p) => p.clone(),
-            OutputSpec::Stdout => PathBuf::from(crate::error::STDOUT_LABEL),
+            OutputSpec::Container(p)
+            | OutputSpec::Y4m(p)
+            | OutputSpec::PngDir(p)
+            | OutputSpec::ImageSequence(p)
+            | OutputSpec::Image(p) => Some(p),
+            OutputSpec::Stdout => None,
         }
+    }
+
+    /// Whether the output is YUV4MPEG2 (a file or standard output).
+    pub fn is_y4m(&self) -> bool {
+        matches!(self, OutputSpec::Y4m(_) | OutputSpec::Stdout)
     }
 }
 
@@ -139,8 +176,11 @@ pub struct EncodeOptions {
     pub crf: Option<u32>,
     /// Encoder preset (`-preset`), e.g. `medium`, `slow`.
     pub preset: Option<String>,
-    /// Output pixel format. Containers: `yuv420p` by default (`yuv420p10le`, `yuv444p`, ... allowed).
-    /// y4m: `yuv444p` (default, C444) or `yuv420p` (C420jpeg), always full range.
+    /// Output pixel format. Containers: `None` keeps the input's chroma and bit depth where the
+    /// encoder can (`yuv420p` for 8-bit 4:2:0 or non-ffmpeg input, `yuv420p10le` for 10-bit
+    /// input, ...), and 4:4:4 for odd frame sizes, which 4:2:0 cannot hold; any format the encoder
+    /// lists is allowed. y4m: see [`crate::y4m::Y4mLayout::for_pix_fmt`] (`None` = C444 full
+    /// range, `yuv420p` = 4:2:0 limited range, [`crate::y4m::PLAYER_PIX_FMT`]).
     pub pix_fmt: Option<String>,
     /// Replace an existing output.
     pub overwrite: bool,

@@ -5,16 +5,19 @@
 //! [`crate::yuv`] for the exact arithmetic. Subsampled chroma is replicated (nearest neighbour).
 //! High bit depth (`C420p10`, ...), `Cmono` and alpha formats are refused with a clear error.
 //!
-//! Writing: `C444 XCOLORRANGE=FULL` by default (the format of the golden fixtures), or
-//! `C420jpeg XCOLORRANGE=FULL`; progressive, square pixels.
+//! Writing ([`Y4mLayout::for_pix_fmt`]): `C444 XCOLORRANGE=FULL` when no pixel format is given
+//! (the format of the golden fixtures, the closest to the model's RGB), otherwise ffmpeg's names:
+//! `yuv420p` (`C420jpeg XCOLORRANGE=LIMITED`, what players expect, [`PLAYER_PIX_FMT`]),
+//! `yuv444p` (C444 limited), `yuvj420p` / `yuvj444p` (full range); progressive, square pixels.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use crate::yuv::{planar_to_rgb, rgb_to_planar_full, Subsampling, YuvRange};
+use crate::yuv::{planar_to_rgb, rgb_to_planar, Subsampling, YuvRange};
 use crate::{
-    ColorTags, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
+    ColorTags, DeclaredFrames, FrameSink, FrameSource, Rational, RgbFrame, SourceOptions,
+    VideoError, VideoInfo,
 };
 
 const MAGIC: &[u8] = b"YUV4MPEG2";
@@ -114,6 +117,19 @@ impl Y4mHeader {
             range,
             colorspace,
         })
+    }
+
+    /// The layout in ffmpeg's pixel format names (`yuv420p`, `yuvj444p`, ...).
+    pub fn pix_fmt(&self) -> &'static str {
+        let full = self.range == YuvRange::Full;
+        match (self.subsampling, full) {
+            (Subsampling::S444, false) => "yuv444p",
+            (Subsampling::S444, true) => "yuvj444p",
+            (Subsampling::S422, false) => "yuv422p",
+            (Subsampling::S422, true) => "yuvj422p",
+            (_, false) => "yuv420p",
+            (_, true) => "yuvj420p",
+        }
     }
 
     /// The header line, newline included.
@@ -274,6 +290,8 @@ impl<R: Read + Send> Y4mSource<R> {
                 ),
             },
             variable_frame_rate: false,
+            declared_frames: frame_count.map(DeclaredFrames::Counted),
+            pix_fmt: Some(h.pix_fmt().into()),
         };
         Y4mSource {
             reader,
@@ -333,14 +351,35 @@ pub struct Y4mWriter<W: Write> {
 }
 
 impl<W: Write> Y4mWriter<W> {
-    /// Writes the header. `subsampling` must be 4:4:4 or 4:2:0; the range is always full.
+    /// Writes a full range header. `subsampling` is 4:4:4, or 4:2:0 for anything else.
     pub fn new(
-        mut writer: W,
+        writer: W,
         width: usize,
         height: usize,
         fps: Rational,
         subsampling: Subsampling,
     ) -> std::io::Result<Self> {
+        Self::with_layout(
+            writer,
+            width,
+            height,
+            fps,
+            Y4mLayout {
+                subsampling,
+                range: YuvRange::Full,
+            },
+        )
+    }
+
+    /// Writes the header for `layout` (4:4:4, or 4:2:0 for any other subsampling).
+    pub fn with_layout(
+        mut writer: W,
+        width: usize,
+        height: usize,
+        fps: Rational,
+        layout: Y4mLayout,
+    ) -> std::io::Result<Self> {
+        let subsampling = layout.subsampling;
         let colorspace = if subsampling == Subsampling::S444 {
             "444"
         } else {
@@ -355,7 +394,7 @@ impl<W: Write> Y4mWriter<W> {
             } else {
                 Subsampling::S420
             },
-            range: YuvRange::Full,
+            range: layout.range,
             colorspace: colorspace.into(),
         };
         writer.write_all(header.to_line().as_bytes())?;
@@ -368,11 +407,12 @@ impl<W: Write> Y4mWriter<W> {
 
     pub fn write_frame(&mut self, frame: &RgbFrame) -> std::io::Result<()> {
         let h = &self.header;
-        rgb_to_planar_full(
+        rgb_to_planar(
             &frame.data,
             h.width,
             h.height,
             h.subsampling,
+            h.range,
             &mut self.planes,
         );
         self.writer.write_all(b"FRAME\n")?;
@@ -388,18 +428,36 @@ impl<W: Write> Y4mWriter<W> {
     }
 }
 
-/// Picks the y4m layout from an `EncodeOptions::pix_fmt`.
-pub(crate) fn subsampling_for_pix_fmt(
-    pix_fmt: Option<&str>,
-    path: &Path,
-) -> Result<Subsampling, VideoError> {
-    match pix_fmt {
-        None | Some("yuv444p") | Some("yuvj444p") => Ok(Subsampling::S444),
-        Some("yuv420p") | Some("yuvj420p") => Ok(Subsampling::S420),
-        Some(other) => Err(VideoError::format(
-            path,
-            format!("y4m output supports pix_fmt yuv444p (default) or yuv420p, not `{other}`"),
-        )),
+/// The pixel format to ask for when the y4m output goes to a player rather than back into
+/// flashvsr or a test: 4:2:0, limited range.
+pub const PLAYER_PIX_FMT: &str = "yuv420p";
+
+/// What a written y4m stream holds: chroma subsampling and value range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Y4mLayout {
+    pub subsampling: Subsampling,
+    pub range: YuvRange,
+}
+
+impl Y4mLayout {
+    /// From an `EncodeOptions::pix_fmt`: `None` = C444 full range (see the module docs).
+    pub fn for_pix_fmt(pix_fmt: Option<&str>, path: &Path) -> Result<Self, VideoError> {
+        let (subsampling, range) = match pix_fmt {
+            None | Some("yuvj444p") => (Subsampling::S444, YuvRange::Full),
+            Some("yuv444p") => (Subsampling::S444, YuvRange::Limited),
+            Some("yuv420p") => (Subsampling::S420, YuvRange::Limited),
+            Some("yuvj420p") => (Subsampling::S420, YuvRange::Full),
+            Some(other) => {
+                return Err(VideoError::format(
+                    path,
+                    format!(
+                        "y4m output is 8-bit yuv420p, yuv444p (limited range) or yuvj420p, \
+                         yuvj444p (full range); pixel format (--pix-fmt) `{other}` is not one of them"
+                    ),
+                ))
+            }
+        };
+        Ok(Y4mLayout { subsampling, range })
     }
 }
 
@@ -417,7 +475,7 @@ impl Y4mSink {
         width: usize,
         height: usize,
         fps: Rational,
-        sub: Subsampling,
+        layout: Y4mLayout,
         overwrite: bool,
     ) -> Result<Self, VideoError> {
         crate::fs_util::check_output_target(target, overwrite)?;
@@ -429,12 +487,12 @@ impl Y4mSink {
             file: Some((tmp, target.to_path_buf(), overwrite)),
             label: target.into(),
         };
-        match Y4mWriter::new(
+        match Y4mWriter::with_layout(
             BufWriter::with_capacity(1 << 20, out),
             width,
             height,
             fps,
-            sub,
+            layout,
         ) {
             Ok(w) => sink.writer = Some(w),
             Err(e) => return Err(VideoError::io(target, e)), // Drop removes the temporary file.
@@ -446,16 +504,16 @@ impl Y4mSink {
         width: usize,
         height: usize,
         fps: Rational,
-        sub: Subsampling,
+        layout: Y4mLayout,
     ) -> Result<Self, VideoError> {
         let label = PathBuf::from(crate::error::STDOUT_LABEL);
         let out: Box<dyn Write + Send> = Box::new(std::io::stdout());
-        let writer = Y4mWriter::new(
+        let writer = Y4mWriter::with_layout(
             BufWriter::with_capacity(1 << 20, out),
             width,
             height,
             fps,
-            sub,
+            layout,
         )
         .map_err(|e| VideoError::io(&label, e))?;
         Ok(Y4mSink {

@@ -19,7 +19,13 @@
 //!
 //! 8-bit YCbCr cannot hold every RGB triple, so RGB -> YCbCr -> RGB differs by at most a few
 //! levels per channel (the crate's tests bound it). Limited range ("TV" levels, Y 16..235,
-//! C 16..240) decoding uses the same matrix scaled by 255/219 and 255/224.
+//! C 16..240) uses the same matrix scaled by 219/255 and 224/255 (BT.601's studio levels):
+//!
+//! ```text
+//! Y  =  16 + ((16829*R + 33039*G +  6416*B + 32768) >> 16)
+//! Cb = 128 + ((-9714*R - 19070*G + 28784*B + 32768) >> 16)
+//! Cr = 128 + ((28784*R - 24103*G -  4681*B + 32768) >> 16)
+//! ```
 
 /// Luma/chroma value range of the YCbCr samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +71,17 @@ pub fn rgb_to_ycbcr_full(r: u8, g: u8, b: u8) -> [u8; 3] {
         clamp_u8((19595 * r + 38470 * g + 7471 * b + 32768) >> 16),
         clamp_u8(128 + ((-11059 * r - 21709 * g + 32768 * b + 32768) >> 16)),
         clamp_u8(128 + ((32768 * r - 27439 * g - 5329 * b + 32768) >> 16)),
+    ]
+}
+
+/// RGB to limited range BT.601 YCbCr, the inverse of [`ycbcr_limited_to_rgb`] up to rounding.
+#[inline]
+pub fn rgb_to_ycbcr_limited(r: u8, g: u8, b: u8) -> [u8; 3] {
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    [
+        clamp_u8(16 + ((16829 * r + 33039 * g + 6416 * b + 32768) >> 16)),
+        clamp_u8(128 + ((-9714 * r - 19070 * g + 28784 * b + 32768) >> 16)),
+        clamp_u8(128 + ((28784 * r - 24103 * g - 4681 * b + 32768) >> 16)),
     ]
 }
 
@@ -134,8 +151,7 @@ pub fn planar_to_rgb(
     }
 }
 
-/// Converts RGB24 to a planar full range YCbCr picture (Y, Cb, Cr). Subsampled chroma is the
-/// rounded mean of the full resolution chroma over the pixels it covers.
+/// Converts RGB24 to a planar full range YCbCr picture (Y, Cb, Cr); see [`rgb_to_planar`].
 pub fn rgb_to_planar_full(
     rgb: &[u8],
     width: usize,
@@ -143,6 +159,23 @@ pub fn rgb_to_planar_full(
     sub: Subsampling,
     planes: &mut Vec<u8>,
 ) {
+    rgb_to_planar(rgb, width, height, sub, YuvRange::Full, planes)
+}
+
+/// Converts RGB24 to a planar YCbCr picture (Y, Cb, Cr) in `range`. Subsampled chroma is the
+/// rounded mean of the full resolution chroma over the pixels it covers.
+pub fn rgb_to_planar(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    sub: Subsampling,
+    range: YuvRange,
+    planes: &mut Vec<u8>,
+) {
+    let convert = match range {
+        YuvRange::Full => rgb_to_ycbcr_full,
+        YuvRange::Limited => rgb_to_ycbcr_limited,
+    };
     let (cw, ch) = sub.chroma_size(width, height);
     planes.clear();
     planes.resize(sub.frame_bytes(width, height), 0);
@@ -150,7 +183,7 @@ pub fn rgb_to_planar_full(
     let (cb_plane, cr_plane) = chroma.split_at_mut(cw * ch);
     if sub == Subsampling::S444 {
         for (i, px) in rgb.chunks_exact(3).enumerate() {
-            let [y, cb, cr] = rgb_to_ycbcr_full(px[0], px[1], px[2]);
+            let [y, cb, cr] = convert(px[0], px[1], px[2]);
             luma[i] = y;
             cb_plane[i] = cb;
             cr_plane[i] = cr;
@@ -162,7 +195,7 @@ pub fn rgb_to_planar_full(
     for y in 0..height {
         for x in 0..width {
             let i = y * width + x;
-            let [yy, cb, cr] = rgb_to_ycbcr_full(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+            let [yy, cb, cr] = convert(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
             luma[i] = yy;
             let cell = &mut sums[(y >> sub.shift_y) * cw + (x >> sub.shift_x)];
             cell[0] += cb as u32;
@@ -206,5 +239,27 @@ mod tests {
             }
         }
         assert!(worst <= 2, "round trip error {worst}");
+    }
+
+    #[test]
+    fn limited_range_levels_and_round_trip() {
+        assert_eq!(rgb_to_ycbcr_limited(0, 0, 0), [16, 128, 128]);
+        assert_eq!(rgb_to_ycbcr_limited(255, 255, 255), [235, 128, 128]);
+        assert_eq!(rgb_to_ycbcr_limited(0, 0, 255)[1], 240);
+        assert_eq!(rgb_to_ycbcr_limited(255, 0, 0)[2], 240);
+        let mut worst = 0i32;
+        for r in (0..=255).step_by(5) {
+            for g in (0..=255).step_by(5) {
+                for b in (0..=255).step_by(5) {
+                    let [y, cb, cr] = rgb_to_ycbcr_limited(r as u8, g as u8, b as u8);
+                    let back = ycbcr_limited_to_rgb(y, cb, cr);
+                    for (a, o) in back.iter().zip([r, g, b]) {
+                        worst = worst.max((*a as i32 - o).abs());
+                    }
+                }
+            }
+        }
+        // Limited range has 219 luma levels for 256: one more level of rounding than full range.
+        assert!(worst <= 3, "round trip error {worst}");
     }
 }

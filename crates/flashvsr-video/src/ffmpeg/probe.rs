@@ -1,12 +1,12 @@
 //! Stream facts from `ffprobe -of json -show_format -show_streams`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::{failure_message, ffmpeg_url, ffprobe_program, spawn_error};
-use crate::{ColorTags, Rational, SourceOptions, VideoError, VideoInfo};
+use super::command::{failure_message, last_lines, run_to_end};
+use super::{ffmpeg_url, ffprobe_program};
+use crate::{ColorTags, DeclaredFrames, Rational, SourceOptions, VideoError, VideoInfo};
 
 /// One non-video stream of the source: its absolute index and codec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,31 @@ fn frame_count_of(stream: &Value) -> Option<u64> {
         })
 }
 
+/// `HH:MM:SS.fraction` (Matroska's `DURATION` statistics tag) in seconds.
+fn parse_clock(text: &str) -> Option<f64> {
+    let mut secs = 0.0;
+    for part in text.trim().split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(secs)
+}
+
+/// The video stream's own duration: its `duration`, else Matroska's `DURATION` tag.
+fn stream_duration_of(stream: &Value) -> Option<f64> {
+    parse_num::<f64>(stream.get("duration"))
+        .or_else(|| {
+            stream
+                .get("tags")
+                .and_then(Value::as_object)
+                .and_then(|tags| {
+                    tags.iter()
+                        .find(|(k, _)| k.starts_with("DURATION"))
+                        .and_then(|(_, v)| v.as_str().and_then(parse_clock))
+                })
+        })
+        .filter(|d| d.is_finite() && *d > 0.0)
+}
+
 /// Parses ffprobe's JSON output. `path` is for messages.
 pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoError> {
     let root: Value = serde_json::from_str(json)
@@ -138,11 +163,18 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
     let duration_s = parse_num::<f64>(root.get("format").and_then(|f| f.get("duration")))
         .or_else(|| parse_num::<f64>(v.get("duration")))
         .filter(|d| d.is_finite() && *d > 0.0);
+    let frame_count = frame_count_of(v);
+    // The video stream's duration first: the container's may include longer audio.
+    let declared_frames = frame_count.map(DeclaredFrames::Counted).or_else(|| {
+        stream_duration_of(v)
+            .or(duration_s)
+            .map(|d| DeclaredFrames::FromDuration((d * fps.as_f64()).round() as u64))
+    });
     let info = VideoInfo {
         width,
         height,
         fps,
-        frame_count: frame_count_of(v),
+        frame_count,
         duration_s,
         has_audio: !audio.is_empty(),
         has_subtitles: !subtitles.is_empty(),
@@ -154,6 +186,8 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
             range: known_tag(v, "color_range"),
         },
         variable_frame_rate,
+        declared_frames,
+        pix_fmt: str_field(v, "pix_fmt").map(str::to_string),
     };
     Ok(Probe {
         info,
@@ -166,31 +200,24 @@ pub(crate) fn parse_probe_json(json: &str, path: &Path) -> Result<Probe, VideoEr
 /// Runs ffprobe on `path`.
 pub(crate) fn probe(path: &Path) -> Result<Probe, VideoError> {
     super::require_ffmpeg()?;
-    let out = Command::new(ffprobe_program())
-        .args([
-            "-v",
-            "error",
-            "-of",
-            "json",
-            "-show_format",
-            "-show_streams",
-            "-i",
-        ])
-        .arg(ffmpeg_url(path, false))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(path, e))?;
+    let args = [
+        "-v",
+        "error",
+        "-of",
+        "json",
+        "-show_format",
+        "-show_streams",
+        "-i",
+    ]
+    .map(std::ffi::OsString::from)
+    .into_iter()
+    .chain([ffmpeg_url(path, false)]);
+    let out = run_to_end(ffprobe_program(), args, path)?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect();
-        let tail = &tail[tail.len().saturating_sub(6)..];
+        let tail = last_lines(&out.stderr, 6);
         return Err(VideoError::Ffmpeg {
             path: path.to_path_buf(),
-            msg: format!("ffprobe {}", failure_message(Some(out.status), tail)),
+            msg: format!("ffprobe {}", failure_message(Some(out.status), &tail)),
         });
     }
     parse_probe_json(&String::from_utf8_lossy(&out.stdout), path)
@@ -203,6 +230,7 @@ pub(crate) fn info_for_range(info: &VideoInfo, opts: &SourceOptions) -> VideoInf
     if ranged {
         out.frame_count = info.frame_count.map(|n| opts.selected_count(n));
         out.duration_s = out.frame_count.map(|n| n as f64 / info.fps.as_f64());
+        out.declared_frames = info.declared_frames.map(|d| d.for_range(opts));
     }
     out
 }
@@ -229,6 +257,7 @@ mod tests {
         assert!(p.info.variable_frame_rate);
         assert_eq!(p.info.fps, Rational::new(24, 1));
         assert_eq!(p.info.frame_count, Some(48));
+        assert_eq!(p.info.declared_frames, Some(DeclaredFrames::Counted(48)));
         assert_eq!(p.info.color.matrix.as_deref(), Some("bt709"));
         assert_eq!(p.info.color.primaries, None);
         assert!(p.info.has_audio && p.info.has_subtitles);
@@ -238,6 +267,34 @@ mod tests {
                 index: 3,
                 codec: "mov_text".into()
             }
+        );
+    }
+
+    #[test]
+    fn frames_declared_by_duration_and_pixel_format() {
+        // Matroska: no sample count, the duration in a tag; the audio makes the file longer.
+        let json = r#"{"streams":[
+          {"index":0,"codec_type":"video","codec_name":"h264","width":64,"height":48,
+           "pix_fmt":"yuv420p10le","r_frame_rate":"30/1","avg_frame_rate":"30/1",
+           "tags":{"DURATION":"00:00:01.000000000"}}],
+          "format":{"duration":"1.500000"}}"#;
+        let p = parse_probe_json(json, Path::new("x.mkv")).unwrap();
+        assert_eq!(p.info.frame_count, None);
+        assert_eq!(
+            p.info.declared_frames,
+            Some(DeclaredFrames::FromDuration(30))
+        );
+        assert_eq!(p.info.pix_fmt.as_deref(), Some("yuv420p10le"));
+        let ranged = info_for_range(
+            &p.info,
+            &SourceOptions {
+                start_frame: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ranged.declared_frames,
+            Some(DeclaredFrames::FromDuration(20))
         );
     }
 

@@ -4,29 +4,29 @@
 //! picks the same muxer) and renamed onto the target only when ffmpeg succeeded. `abort()` or
 //! dropping the sink without `finish()` kills ffmpeg and deletes the temporary file.
 //!
-//! From the source file (when given): every audio stream is copied (re-encoded only when the
-//! container cannot hold its codec: AAC for mp4, Opus for webm), subtitles are copied, converted
-//! to the container's text format (mov_text / webvtt / srt) or dropped with a warning when the container
-//! cannot hold them (bitmap subtitles in mp4/webm), global metadata and chapters are copied.
+//! What goes in (encoder, pixel format, each audio and subtitle stream of the source) is decided
+//! by [`super::plan`]: audio is copied unless the container cannot hold its codec, subtitles are
+//! copied, converted to the container's text format or dropped, global metadata and chapters are
+//! copied. [`check`] runs the same command on one black frame into a hidden file, so that a
+//! refused container, codec, preset or pixel format shows before any frame is computed.
 //! Colour: the RGB frames are converted with the source's YCbCr matrix and range and tagged with
 //! them (primaries and transfer copied when known); an untagged source gets BT.709 limited range.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::ChildStdin;
 
-use super::probe::{probe, Probe, StreamDesc};
-use super::{failure_message, ffmpeg_program, ffmpeg_url, spawn_error, spawn_stderr_tail};
+use super::command::{failure_message, FfmpegChild};
+use super::ffmpeg_url;
+use super::plan::{default_crf, lower_ext, plan, EncodePlan};
+use super::probe::{probe, Probe};
 use crate::fs_util::{check_output_target, commit_file, temp_sibling};
-use crate::threaded::{Canceller, ThreadedSink};
+use crate::threaded::ThreadedSink;
 use crate::{EncodeOptions, FrameSink, InputSpec, Rational, RgbFrame, VideoError};
 
 struct FfmpegSink {
-    child: Arc<Mutex<Child>>,
+    ffmpeg: FfmpegChild,
     stdin: Option<ChildStdin>,
-    stderr: Option<JoinHandle<Vec<String>>>,
     tmp: PathBuf,
     target: PathBuf,
     overwrite: bool,
@@ -36,21 +36,7 @@ struct FfmpegSink {
 impl FfmpegSink {
     fn reap(&mut self, kill: bool) -> (Option<std::process::ExitStatus>, Vec<String>) {
         self.stdin = None; // EOF for ffmpeg
-        let status = match self.child.lock() {
-            Ok(mut child) => {
-                if kill {
-                    let _ = child.kill();
-                }
-                child.wait().ok()
-            }
-            Err(_) => None,
-        };
-        let tail = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status, tail)
+        self.ffmpeg.reap(kill)
     }
 
     fn discard(&mut self) {
@@ -77,7 +63,10 @@ impl FrameSink for FfmpegSink {
             } else {
                 failure_message(status, &tail)
             };
-            return Err(VideoError::ffmpeg(&self.target, msg));
+            return Err(VideoError::ffmpeg(
+                &self.target,
+                hide_temp_name(&msg, &self.tmp, &self.target),
+            ));
         }
         Ok(())
     }
@@ -89,9 +78,10 @@ impl FrameSink for FfmpegSink {
             Some(s) if s.success() => commit_file(&self.tmp, &self.target, self.overwrite),
             other => {
                 let _ = std::fs::remove_file(&self.tmp);
+                let msg = failure_message(other, &tail);
                 Err(VideoError::ffmpeg(
                     &self.target,
-                    failure_message(other, &tail),
+                    hide_temp_name(&msg, &self.tmp, &self.target),
                 ))
             }
         }
@@ -110,59 +100,11 @@ impl Drop for FfmpegSink {
     }
 }
 
-fn lower_ext(path: &Path) -> String {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-fn default_codec(ext: &str) -> Option<&'static str> {
-    match ext {
-        "mp4" | "m4v" | "mov" | "mkv" | "avi" | "ts" | "flv" => Some("libx264"),
-        "webm" => Some("libvpx-vp9"),
-        _ => None,
-    }
-}
-
-fn default_crf(codec: &str) -> Option<u32> {
-    match codec {
-        "libx264" | "libx264rgb" => Some(18),
-        "libx265" => Some(20),
-        "libvpx-vp9" | "libsvtav1" | "libaom-av1" => Some(30),
-        _ => None,
-    }
-}
-
-/// How one source audio stream goes into the container: `None` = copy, `Some(enc)` = re-encode.
-fn audio_plan(ext: &str, codec: &str) -> Option<&'static str> {
-    match ext {
-        "mp4" | "m4v" => (!matches!(
-            codec,
-            "aac" | "mp3" | "ac3" | "eac3" | "opus" | "flac" | "alac" | "mp2"
-        ))
-        .then_some("aac"),
-        "mov" => matches!(codec, "opus" | "vorbis" | "flac").then_some("aac"),
-        "webm" => (!matches!(codec, "opus" | "vorbis")).then_some("libopus"),
-        _ => None,
-    }
-}
-
-/// Subtitle handling per container: `Ok(None)` copy, `Ok(Some(enc))` convert, `Err(())` drop.
-fn subtitle_plan(ext: &str, codec: &str) -> Result<Option<&'static str>, ()> {
-    let text = matches!(
-        codec,
-        "subrip" | "srt" | "ass" | "ssa" | "webvtt" | "mov_text" | "text"
-    );
-    match ext {
-        // Matroska holds nearly everything, but not mov_text (ffmpeg 5.1 refuses it): use SubRip.
-        "mkv" | "mka" if codec == "mov_text" => Ok(Some("srt")),
-        "mkv" | "mka" => Ok(None),
-        "mp4" | "m4v" | "mov" if codec == "mov_text" => Ok(None),
-        "mp4" | "m4v" | "mov" if text => Ok(Some("mov_text")),
-        "webm" if codec == "webvtt" => Ok(None),
-        "webm" if text => Ok(Some("webvtt")),
-        _ => Err(()),
-    }
+/// ffmpeg's messages name the hidden file it writes; users know the target.
+fn hide_temp_name(msg: &str, tmp: &Path, target: &Path) -> String {
+    let (tmp, target) = (tmp.to_string_lossy(), target.to_string_lossy());
+    msg.replace(&format!("file:{tmp}"), &target)
+        .replace(tmp.as_ref(), &target)
 }
 
 /// ffprobe colour-space names to the scale filter's `out_color_matrix` names.
@@ -182,17 +124,17 @@ fn pix_fmt_is_yuv(pix_fmt: &str) -> bool {
     pix_fmt.starts_with("yuv") || pix_fmt.starts_with("nv") || pix_fmt.starts_with("p01")
 }
 
-/// Builds the ffmpeg argument list (everything after the program name).
+/// Builds the ffmpeg argument list (everything after the program name) for `plan`.
 fn build_args(
     tmp: &Path,
-    target: &Path,
     width: usize,
     height: usize,
     fps: Rational,
     source: Option<(&Path, &Probe)>,
     opts: &EncodeOptions,
-) -> Result<Vec<String>, VideoError> {
-    let ext = lower_ext(target);
+    plan: &EncodePlan,
+) -> Vec<String> {
+    let ext = plan.ext.as_str();
     let mut a: Vec<String> = ["-nostdin", "-hide_banner", "-v", "error", "-y"]
         .map(String::from)
         .to_vec();
@@ -219,53 +161,20 @@ fn build_args(
         ]);
     }
     a.extend(["-map".into(), "0:v:0".into()]);
-    if let Some((_, probed)) = source {
-        for (k, StreamDesc { index, codec }) in probed.audio.iter().enumerate() {
-            a.extend(["-map".into(), format!("1:{index}")]);
-            let enc = audio_plan(&ext, codec);
-            if let Some(enc) = enc {
-                tracing::warn!("{}: audio stream {index} ({codec}) does not fit .{ext}; re-encoding it with {enc}", target.display());
-            }
+    if source.is_some() {
+        for (k, (stream, enc)) in plan.audio.iter().enumerate() {
+            a.extend(["-map".into(), format!("1:{}", stream.index)]);
             a.extend([format!("-c:a:{k}"), enc.unwrap_or("copy").into()]);
         }
-        let mut kept = 0;
-        for StreamDesc { index, codec } in &probed.subtitles {
-            match subtitle_plan(&ext, codec) {
-                Ok(enc) => {
-                    a.extend(["-map".into(), format!("1:{index}")]);
-                    a.extend([format!("-c:s:{kept}"), enc.unwrap_or("copy").into()]);
-                    kept += 1;
-                }
-                Err(()) => tracing::warn!(
-                    "{}: subtitle stream {index} ({codec}) cannot be stored in .{ext}; dropping it",
-                    target.display()
-                ),
-            }
+        for (k, (stream, enc)) in plan.subtitles.iter().enumerate() {
+            a.extend(["-map".into(), format!("1:{}", stream.index)]);
+            a.extend([format!("-c:s:{k}"), enc.unwrap_or("copy").into()]);
         }
         a.extend(["-map_metadata", "1", "-map_chapters", "1"].map(String::from));
     }
 
-    let codec = opts
-        .codec
-        .clone()
-        .or_else(|| default_codec(&ext).map(String::from));
-    let pix_fmt = opts.pix_fmt.clone().unwrap_or_else(|| "yuv420p".into());
-    let subsampled = pix_fmt.starts_with("yuv420")
-        || pix_fmt.starts_with("yuv422")
-        || pix_fmt.starts_with("nv")
-        || pix_fmt.starts_with("p01");
-    if subsampled
-        && (!width.is_multiple_of(2)
-            || (!height.is_multiple_of(2) && !pix_fmt.starts_with("yuv422")))
-    {
-        return Err(VideoError::format(
-            target,
-            format!(
-                "{width}x{height} cannot be encoded as {pix_fmt} (odd size); use pix_fmt yuv444p"
-            ),
-        ));
-    }
-    if let Some(codec) = &codec {
+    let pix_fmt = plan.pix_fmt.clone();
+    if let Some(codec) = &plan.codec {
         a.extend(["-c:v".into(), codec.clone()]);
         if let Some(crf) = opts.crf.or_else(|| default_crf(codec)) {
             a.extend(["-crf".into(), crf.to_string()]);
@@ -315,11 +224,11 @@ fn build_args(
         }
     }
     a.extend(["-pix_fmt".into(), pix_fmt]);
-    if matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
+    if matches!(ext, "mp4" | "m4v" | "mov") {
         a.extend(["-movflags".into(), "+faststart".into()]);
     }
     a.push(ffmpeg_url(tmp, true).to_string_lossy().into_owned());
-    Ok(a)
+    a
 }
 
 /// Starts ffmpeg writing `target` and wraps it in a writer thread.
@@ -337,40 +246,19 @@ pub(crate) fn open(
         Some(InputSpec::File(src)) => Some((src.as_path(), probe(src)?)),
         _ => None,
     };
+    let source = probed.as_ref().map(|(p, pr)| (*p, pr));
+    let plan = plan(target, width, height, source.map(|(_, p)| p), opts)?;
+    for note in &plan.notes {
+        tracing::info!("{}: {note}", target.display());
+    }
     let tmp = temp_sibling(target, true);
-    let args = build_args(
-        &tmp,
-        target,
-        width,
-        height,
-        fps,
-        probed.as_ref().map(|(p, pr)| (*p, pr)),
-        opts,
-    )?;
+    let args = build_args(&tmp, width, height, fps, source, opts, &plan);
     tracing::debug!("ffmpeg {}", args.join(" "));
-    let mut child = Command::new(ffmpeg_program())
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(target, e))?;
-    let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(VideoError::format(target, "could not open ffmpeg's pipes"));
-    };
-    let child = Arc::new(Mutex::new(child));
-    let killer = child.clone();
-    let cancel: Canceller = Box::new(move || {
-        if let Ok(mut c) = killer.lock() {
-            let _ = c.kill();
-        }
-    });
+    let (ffmpeg, stdin) = FfmpegChild::spawn_encoder(&args, target)?;
+    let cancel = ffmpeg.canceller();
     let sink = FfmpegSink {
-        child,
+        ffmpeg,
         stdin: Some(stdin),
-        stderr: Some(spawn_stderr_tail(stderr)),
         tmp,
         target: target.to_path_buf(),
         overwrite: opts.overwrite,
@@ -391,34 +279,107 @@ pub(crate) fn open(
     )?))
 }
 
+/// The largest frame the one-frame test encode feeds (bigger sizes skip it: their memory is
+/// the size checks' business, not a test encode's).
+const CHECK_MAX_PIXELS: usize = 1 << 27;
+
+/// The checks of an ffmpeg output that need no frames: the target, the plan, and one black frame
+/// through exactly the command the sink will run (with the source's streams cut to one frame's
+/// duration) into a hidden file beside the target, removed afterwards. Errors name the target,
+/// never the hidden file.
+pub(crate) fn check(
+    target: &Path,
+    width: usize,
+    height: usize,
+    fps: Rational,
+    source: Option<&InputSpec>,
+    opts: &EncodeOptions,
+) -> Result<EncodePlan, VideoError> {
+    super::require_ffmpeg()?;
+    check_output_target(target, opts.overwrite)?;
+    let ext = lower_ext(target);
+    if ext.is_empty() {
+        let name = target.to_string_lossy();
+        return Err(VideoError::format(
+            target,
+            format!(
+                "no file extension to choose a container from: name a video file \
+                 (e.g. {name}.mp4), or end a folder name with / ({name}/) for PNG frames"
+            ),
+        ));
+    }
+    let probed = match source {
+        Some(InputSpec::File(src)) => Some((src.as_path(), probe(src)?)),
+        _ => None,
+    };
+    let source = probed.as_ref().map(|(p, pr)| (*p, pr));
+    let plan = plan(target, width, height, source.map(|(_, p)| p), opts)?;
+    if width.saturating_mul(height) > CHECK_MAX_PIXELS {
+        return Ok(plan);
+    }
+    let one_frame = EncodeOptions {
+        source_duration_s: Some(1.0 / fps.as_f64().max(1e-3)),
+        ..opts.clone()
+    };
+    let tmp = temp_sibling(target, true);
+    let args = build_args(&tmp, width, height, fps, source, &one_frame, &plan);
+    let result = (|| {
+        let (mut ffmpeg, mut stdin) = FfmpegChild::spawn_encoder(&args, target)?;
+        // A write error means ffmpeg already gave up; its status and stderr say why.
+        let _ = stdin.write_all(&RgbFrame::new(width, height).data);
+        drop(stdin);
+        match ffmpeg.reap(false) {
+            (Some(s), _) if s.success() => Ok(()),
+            (status, tail) => Err(explain_refusal(status, &tail, &plan, &tmp, target)),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map(|()| plan)
+}
+
+/// The error of a refused test encode, in the user's terms where ffmpeg's are known.
+fn explain_refusal(
+    status: Option<std::process::ExitStatus>,
+    tail: &[String],
+    plan: &EncodePlan,
+    tmp: &Path,
+    target: &Path,
+) -> VideoError {
+    let text = tail.join(" | ");
+    let msg = if text.contains("Unable to find a suitable output format") {
+        format!(
+            "ffmpeg knows no container for .{} (try .mp4, .mkv, .mov, .webm, a .y4m file or a \
+             folder/ of PNG frames)",
+            plan.ext
+        )
+    } else if let Some(enc) = text
+        .split("Unknown encoder '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+    {
+        format!("ffmpeg has no encoder {enc} (`ffmpeg -encoders` lists those it has)")
+    } else {
+        let codec = plan.codec.as_deref().unwrap_or("the default encoder");
+        format!(
+            "a one-frame test encode ({codec}, {}, .{}) was refused, so nothing was upscaled: {}",
+            plan.pix_fmt,
+            plan.ext,
+            failure_message(status, tail)
+        )
+    };
+    VideoError::ffmpeg(target, hide_temp_name(&msg, tmp, target))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn subtitle_and_audio_plans() {
-        assert_eq!(subtitle_plan("mkv", "hdmv_pgs_subtitle"), Ok(None));
-        assert_eq!(subtitle_plan("mkv", "mov_text"), Ok(Some("srt")));
-        assert_eq!(subtitle_plan("mp4", "subrip"), Ok(Some("mov_text")));
-        assert_eq!(subtitle_plan("webm", "mov_text"), Ok(Some("webvtt")));
-        assert_eq!(subtitle_plan("webm", "dvd_subtitle"), Err(()));
-        assert_eq!(audio_plan("mp4", "aac"), None);
-        assert_eq!(audio_plan("mp4", "pcm_s16le"), Some("aac"));
-        assert_eq!(audio_plan("webm", "aac"), Some("libopus"));
-        assert_eq!(audio_plan("mkv", "pcm_s16le"), None);
-    }
-
-    #[test]
-    fn odd_size_420_is_refused() {
-        let err = build_args(
-            Path::new(".t.mp4"),
-            Path::new("o.mp4"),
-            5,
-            4,
-            Rational::new(24, 1),
-            None,
-            &EncodeOptions::default(),
+    fn temp_names_are_hidden() {
+        let msg = "[NULL @ 0x1] Unable to find a suitable output format for 'file:d/.o.partial-1-0.xyz' | d/.o.partial-1-0.xyz: Invalid argument";
+        assert_eq!(
+            hide_temp_name(msg, Path::new("d/.o.partial-1-0.xyz"), Path::new("d/o.xyz")),
+            "[NULL @ 0x1] Unable to find a suitable output format for 'd/o.xyz' | d/o.xyz: Invalid argument"
         );
-        assert!(err.unwrap_err().to_string().contains("odd size"));
     }
 }

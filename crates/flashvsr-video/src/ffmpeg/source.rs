@@ -8,21 +8,20 @@
 //! * Colour: ffmpeg converts to RGB with the file's own matrix and range (BT.601 when untagged).
 //! * Anamorphic video (non-square pixels) is delivered at its stored size, not stretched.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::ChildStdout;
 
+use super::command::{failure_message, FfmpegChild};
+use super::ffmpeg_url;
 use super::probe::{info_for_range, probe};
-use super::{failure_message, ffmpeg_program, ffmpeg_url, spawn_error, spawn_stderr_tail};
-use crate::threaded::{Canceller, ThreadedSource};
+use crate::threaded::ThreadedSource;
 use crate::{FrameSource, RgbFrame, SourceOptions, VideoError, VideoInfo};
 
 struct FfmpegSource {
-    child: Arc<Mutex<Child>>,
+    ffmpeg: FfmpegChild,
     stdout: ChildStdout,
-    stderr: Option<JoinHandle<Vec<String>>>,
     info: VideoInfo,
     opts: SourceOptions,
     path: PathBuf,
@@ -47,7 +46,7 @@ impl FfmpegSource {
             return Ok(true);
         }
         // End of stream: ffmpeg's exit status says whether it is a clean end.
-        let (status, tail) = self.reap(false);
+        let (status, tail) = self.ffmpeg.reap(false);
         self.done = true;
         match status {
             Some(s) if s.success() && filled == 0 => Ok(false),
@@ -64,25 +63,6 @@ impl FfmpegSource {
                 failure_message(other, &tail),
             )),
         }
-    }
-
-    /// Waits for ffmpeg (killing it first when `kill`) and collects its stderr tail.
-    fn reap(&mut self, kill: bool) -> (Option<std::process::ExitStatus>, Vec<String>) {
-        let status = match self.child.lock() {
-            Ok(mut child) => {
-                if kill {
-                    let _ = child.kill();
-                }
-                child.wait().ok()
-            }
-            Err(_) => None,
-        };
-        let tail = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status, tail)
     }
 }
 
@@ -108,7 +88,7 @@ impl FrameSource for FfmpegSource {
         }
         if self.opts.past_end(self.next_index) {
             // Range done: stop decoding the rest of the file.
-            self.reap(true);
+            self.ffmpeg.reap(true);
             self.done = true;
             return Ok(None);
         }
@@ -124,7 +104,7 @@ impl FrameSource for FfmpegSource {
 impl Drop for FfmpegSource {
     fn drop(&mut self) {
         if !self.done {
-            self.reap(true);
+            self.ffmpeg.reap(true);
         }
     }
 }
@@ -137,11 +117,14 @@ pub(crate) fn open(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSou
     // The explicit scale keeps every frame at the probed (upright) size even if the stream
     // changes resolution midway, so the byte stream never misaligns.
     let filter = format!("scale={w}:{h}:flags=bicubic+accurate_rnd+full_chroma_int");
-    let mut child = Command::new(ffmpeg_program())
-        .args(["-nostdin", "-hide_banner", "-v", "error", "-i"])
-        .arg(ffmpeg_url(path, false))
-        .args(["-map", &format!("0:{}", probed.video_index)])
-        .args([
+    let mut args: Vec<OsString> = ["-nostdin", "-hide_banner", "-v", "error", "-i"]
+        .map(OsString::from)
+        .to_vec();
+    args.push(ffmpeg_url(path, false));
+    args.extend(
+        [
+            "-map",
+            &format!("0:{}", probed.video_index),
             "-an",
             "-sn",
             "-dn",
@@ -149,29 +132,19 @@ pub(crate) fn open(path: &Path, opts: &SourceOptions) -> Result<Box<dyn FrameSou
             "passthrough",
             "-vf",
             &filter,
-        ])
-        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| spawn_error(path, e))?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(VideoError::format(path, "could not open ffmpeg's pipes"));
-    };
-    let child = Arc::new(Mutex::new(child));
-    let killer = child.clone();
-    let cancel: Canceller = Box::new(move || {
-        if let Ok(mut c) = killer.lock() {
-            let _ = c.kill();
-        }
-    });
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+        ]
+        .map(OsString::from),
+    );
+    let (ffmpeg, stdout) = FfmpegChild::spawn_decoder(&args, path)?;
+    let cancel = ffmpeg.canceller();
     let source = FfmpegSource {
-        child,
+        ffmpeg,
         stdout,
-        stderr: Some(spawn_stderr_tail(stderr)),
         info,
         opts: opts.clone(),
         path: path.to_path_buf(),
