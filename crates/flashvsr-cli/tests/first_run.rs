@@ -12,7 +12,7 @@ use std::process::Stdio;
 
 use support::hub::{Fault, HubEmulator};
 use support::{
-    assert_error, ffmpeg, flashvsr, ok, stderr, stdout, tiny, upscale, y4m_bytes, BINARY_ENV,
+    assert_error, ffmpeg, flashvsr, isolated, ok, stderr, stdout, tiny, upscale, y4m_bytes,
 };
 
 fn y4m_clip(dir: &Path, n: usize) -> std::path::PathBuf {
@@ -71,21 +71,14 @@ fn video_is_not_written_to_a_terminal() {
     let tmp = tempfile::tempdir().unwrap();
     let input = y4m_clip(tmp.path(), 1);
     // `script` runs the command on a pseudo-terminal (stdin, stdout and stderr).
-    let mut cmd = String::from("unset");
-    for v in BINARY_ENV {
-        cmd.push(' ');
-        cmd.push_str(v);
-    }
-    cmd.push_str(&format!(
-        "; {} upscale {} - --weights {} --head-dim 32 --device cpu",
+    let cmd = format!(
+        "{} upscale {} - --weights {} --head-dim 32 --device cpu",
         env!("CARGO_BIN_EXE_flashvsr"),
         input.display(),
         tiny().display()
-    ));
-    let o = std::process::Command::new("script")
+    );
+    let o = isolated("script", tmp.path())
         .args(["-qec", &cmd, "/dev/null"])
-        .current_dir(tmp.path())
-        .env("HOME", tmp.path())
         .stdin(Stdio::null())
         .output()
         .expect("`script` (util-linux) is installed");
@@ -342,8 +335,11 @@ fn synthetic_weights_are_readable_by_everyone() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("w");
-    ok(&flashvsr(tmp.path())
-        .arg("synth-weights")
+    // Even under a private umask: weights are data to share.
+    ok(&isolated("sh", tmp.path())
+        .arg("-c")
+        .arg("umask 077; exec \"$0\" synth-weights \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_flashvsr"))
         .arg(&dir)
         .output()
         .unwrap());

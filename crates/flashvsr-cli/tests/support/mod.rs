@@ -45,7 +45,13 @@ pub fn tiny() -> PathBuf {
 /// `HF_HOME` inside `home` (also the working folder, so no ComfyUI folder is found) and
 /// downloads off. Tests that download remove `HF_HUB_OFFLINE` and set `HF_ENDPOINT` themselves.
 pub fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
+    isolated(env!("CARGO_BIN_EXE_flashvsr"), home)
+}
+
+/// `program` (a wrapper that then runs the binary: a shell, `script`) in the environment
+/// [`flashvsr`] sets up.
+pub fn isolated(program: impl AsRef<std::ffi::OsStr>, home: &Path) -> Command {
+    let mut c = Command::new(program);
     for var in BINARY_ENV {
         c.env_remove(var);
     }
