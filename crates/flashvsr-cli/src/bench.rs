@@ -5,57 +5,17 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
 use candle_nn::VarBuilder;
-use clap::Args;
-use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
+use flashvsr_model::pipeline::{FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
 use serde::Serialize;
 
-use crate::devices::{self, DeviceChoice};
-use crate::progress::Progress;
+use crate::args::checked_output_size;
+use crate::devices;
+use crate::progress::{self, Progress};
 use crate::summary::{self, StageTimes};
 use crate::weights::Role;
-use crate::{DTypeArg, ModeArg, VersionArg};
-
-#[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Output size WxH (the input is this divided by --scale).
-    #[arg(long, default_value = "512x512", value_parser = parse_size)]
-    pub size: (usize, usize),
-    /// Input frames.
-    #[arg(long, default_value = "25")]
-    pub frames: usize,
-    #[arg(long, default_value = "4", value_parser = crate::parse_scale)]
-    pub scale: f64,
-    #[arg(long, value_enum, default_value = "tiny")]
-    pub mode: ModeArg,
-    /// real: the shipped model sizes (needs ~6 GB of memory); small: reduced widths (quick).
-    #[arg(long, default_value = "real", value_parser = ["real", "small"])]
-    pub dims: String,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, value_enum)]
-    pub dtype: Option<DTypeArg>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("size {s:?} must be WxH, e.g. 512x512"))?;
-    let w: usize = w
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad width in {s:?}"))?;
-    let h: usize = h
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad height in {s:?}"))?;
-    if w < 8 || h < 8 {
-        return Err(format!("size {s:?} is too small"));
-    }
-    Ok((w, h))
-}
+use crate::{BenchArgs, DimsArg, VersionArg};
 
 #[derive(Serialize)]
 struct BenchReport {
@@ -66,8 +26,8 @@ struct BenchReport {
     dtype: &'static str,
     input_size: [usize; 2],
     output_size: [usize; 2],
-    input_frames: usize,
-    output_frames: usize,
+    input_frames: u64,
+    output_frames: u64,
     weights_build_s: f64,
     model_load_s: f64,
     run_s: f64,
@@ -95,17 +55,41 @@ fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
     v
 }
 
-pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
-    if args.frames == 0 {
-        bail!("--frames must be at least 1");
+/// `--dims` as given, else real on GPUs and small on the CPU, where real dims take minutes
+/// (said up front either way).
+fn dims_for(args: &BenchArgs, device: &Device, quiet: bool) -> DimsArg {
+    let cpu = device.is_cpu();
+    let dims = args
+        .dims
+        .unwrap_or(if cpu { DimsArg::Small } else { DimsArg::Real });
+    if cpu && !quiet {
+        match args.dims {
+            None => eprintln!(
+                "note: bench on the CPU uses --dims small (reduced widths); the real dims (1.4 B parameters) take minutes here: pass --dims real to measure them"
+            ),
+            Some(DimsArg::Real) => eprintln!(
+                "note: real dims on the CPU take minutes (~40 s to build the 1.4 B random weights, then minutes per step); --dims small is quick"
+            ),
+            Some(DimsArg::Small) => {}
+        }
     }
+    dims
+}
+
+pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let device = devices::open(args.device)?;
     let dtype = args
         .dtype
-        .map(|d| d.dtype())
+        .map(Into::into)
         .unwrap_or_else(|| devices::default_dtype(&device));
-    let small = args.dims == "small";
-    let full = args.mode == ModeArg::Full;
+    let (ow, oh) = args.size;
+    let iw = ((ow as f64 / args.scale).round() as usize).max(1);
+    let ih = ((oh as f64 / args.scale).round() as usize).max(1);
+    checked_output_size(iw, ih, args.scale)?;
+    let dims = dims_for(args, &device, quiet);
+    let small = dims.is_small();
+    let full = args.mode.is_full();
+    let frames = args.frames;
 
     let t0 = Instant::now();
     let vb = |role: Role| -> Result<VarBuilder<'static>> {
@@ -137,46 +121,41 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         .context("cannot build the model")?;
     let model_load_s = t1.elapsed().as_secs_f64();
 
-    let (ow, oh) = args.size;
-    let iw = ((ow as f64 / args.scale).round() as usize).max(1);
-    let ih = ((oh as f64 / args.scale).round() as usize).max(1);
     let opts = UpscaleOptions {
         scale: args.scale,
-        mode: match args.mode {
-            ModeArg::Tiny => Mode::Tiny,
-            ModeArg::TinyLong => Mode::TinyLong,
-            ModeArg::Full => Mode::Full,
-        },
+        mode: args.mode.into(),
         ..UpscaleOptions::default()
     };
     let mut session = model.session(iw, ih, &opts)?;
     let out_size = session.output_size();
-    let clip: Vec<Vec<u8>> = (0..args.frames.min(16)).map(|t| frame(iw, ih, t)).collect();
-    let mut progress = Progress::frames("bench", Some(args.frames as u64), quiet || args.json);
-    let mut out_frames = 0usize;
+    let clip: Vec<Vec<u8>> = (0..frames.min(16) as usize)
+        .map(|t| frame(iw, ih, t))
+        .collect();
+    let mut progress = Progress::frames("bench", Some(frames), quiet || args.json);
+    let mut out_frames = 0u64;
     let mut peak_vram = devices::device_memory_used(&device);
     let t2 = Instant::now();
-    for t in 0..args.frames {
+    for t in 0..frames as usize {
         if crate::interrupt::requested() {
             bail!(crate::interrupt::Interrupted);
         }
-        out_frames += session.push_frame(&clip[t % clip.len()])?.len();
-        progress.set_position(out_frames as u64);
+        out_frames += session.push_frame(&clip[t % clip.len()])?.len() as u64;
+        progress.set_position(t as u64 + 1);
         peak_vram = peak_vram.max(devices::device_memory_used(&device));
     }
-    out_frames += session.finish()?.len();
+    out_frames += session.finish()?.len() as u64;
     let run_s = t2.elapsed().as_secs_f64();
     progress.finish();
     let s = session.stats();
     let report = BenchReport {
         command: "bench",
-        dims: args.dims.clone(),
-        mode: format!("{:?}", args.mode).to_ascii_lowercase(),
+        dims: dims.as_str().into(),
+        mode: args.mode.as_str().into(),
         device: devices::describe(&device),
         dtype: summary::dtype_name(dtype),
         input_size: [iw, ih],
         output_size: [out_size.0, out_size.1],
-        input_frames: args.frames,
+        input_frames: frames,
         output_frames: out_frames,
         weights_build_s,
         model_load_s,
@@ -197,7 +176,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} dims, {} mode, {} {}: {}x{} → {}x{}, {} frames in {:.2} s = {:.3} fps",
+            "{} dims, {} mode, {} {}: {}x{} → {}x{}, {} in {:.2} s = {}",
             report.dims,
             report.mode,
             report.device,
@@ -206,9 +185,9 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
             ih,
             out_size.0,
             out_size.1,
-            out_frames,
+            progress::frames(out_frames),
             run_s,
-            report.fps
+            progress::format_rate(report.fps, "fps")
         );
         let st = &report.stages_s;
         println!(

@@ -41,32 +41,21 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_args(a: &UpscaleArgs, w: &Resolved) -> Settings {
-        let enum_name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_ascii_lowercase();
         Settings {
             scale: a.scale,
-            mode: match a.mode {
-                crate::ModeArg::Tiny => "tiny".into(),
-                crate::ModeArg::TinyLong => "tiny-long".into(),
-                crate::ModeArg::Full => "full".into(),
-            },
+            mode: a.mode.as_str().into(),
             model_version: w.version.as_str().to_string(),
             model_version_source: w.version_source,
             sparse_ratio: a.sparse_ratio,
             kv_ratio: a.kv_ratio,
-            local_range: a.local_range,
-            color_fix: enum_name(&a.color_fix),
+            local_range: a.local_range.into(),
+            color_fix: a.color_fix.as_str().into(),
             seed: a.seed,
             noise_file: a.noise.as_ref().map(|p| p.display().to_string()),
             tile: a.tile,
             tile_overlap: a.tile.map(|_| a.tile_overlap),
             upstream_compat: a.upstream_compat,
-            frames: a.frames.map(|r| {
-                format!(
-                    "{}:{}",
-                    r.start,
-                    r.end.map(|e| e.to_string()).unwrap_or_default()
-                )
-            }),
+            frames: a.frames.map(|r| r.to_string()),
             codec: a.codec.clone(),
             crf: a.crf,
             preset: a.preset.clone(),
@@ -127,16 +116,16 @@ impl Summary {
             }
         } else if !quiet {
             eprintln!(
-                "{} → {}: {} frames {}x{} → {}x{} in {} ({:.2} fps), peak RAM {}",
+                "{} → {}: {} {}x{} → {}x{} in {} ({}), peak RAM {}",
                 self.input,
                 self.output,
-                self.output_frames,
+                crate::progress::frames(self.output_frames),
                 self.input_size[0],
                 self.input_size[1],
                 self.output_size[0],
                 self.output_size[1],
                 crate::progress::format_secs(self.wall_s),
-                self.processing_fps,
+                crate::progress::format_rate(self.processing_fps, "fps"),
                 self.peak_ram_bytes
                     .map(format_bytes)
                     .unwrap_or_else(|| "n/a".into())

@@ -19,27 +19,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use clap::Args;
 use flashvsr_loader::layout;
 
 use crate::weights::Role;
-use crate::VersionArg;
-
-#[derive(Args, Debug, Clone)]
-pub struct SynthArgs {
-    /// Folder to write the files into (created if missing).
-    pub dir: PathBuf,
-    #[arg(long, value_enum, default_value = "v1.1")]
-    pub model_version: VersionArg,
-    /// real: the shipped shapes (~7 GB on disk); small: reduced widths (see the module docs).
-    #[arg(long, default_value = "small", value_parser = ["real", "small"])]
-    pub dims: String,
-    #[arg(long, default_value = "0")]
-    pub seed: u64,
-    /// Replace existing files.
-    #[arg(short = 'y', long)]
-    pub overwrite: bool,
-}
+use crate::{SynthArgs, VersionArg};
 
 /// The loader layout that describes a role.
 fn component(role: Role, version: VersionArg) -> &'static str {
@@ -197,7 +180,12 @@ pub fn synth_part(
 /// for the rest (LQ projection and prompt in BF16, decoders in F32, as shipped).
 fn write_part(dir: &Path, role: Role, tensors: Vec<(String, Tensor)>) -> Result<PathBuf> {
     let path = dir.join(role.upstream_file());
-    let tmp = dir.join(format!(".{}.partial", role.upstream_file()));
+    // The partial-output naming `partials` recognises (so a killed run's file is cleaned up).
+    let tmp = dir.join(format!(
+        ".{}.partial-{}-0",
+        role.upstream_file(),
+        std::process::id()
+    ));
     let result = (|| -> Result<()> {
         match role {
             Role::Dit => {
@@ -226,6 +214,12 @@ fn write_part(dir: &Path, role: Role, tensors: Vec<(String, Tensor)>) -> Result<
                 flashvsr_loader::torch_writer::write_state_dict(&tmp, &tensors)?
             }
         }
+        // Weights are data for everyone to read (0644), whatever the writer's temporary mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        }
         std::fs::rename(&tmp, &path)?;
         Ok(())
     })();
@@ -237,9 +231,10 @@ fn write_part(dir: &Path, role: Role, tensors: Vec<(String, Tensor)>) -> Result<
 }
 
 pub fn run(args: &SynthArgs, quiet: bool) -> Result<()> {
-    let small = args.dims == "small";
+    let small = args.dims.is_small();
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    crate::partials::clean_next_to(&args.dir.join(Role::Dit.upstream_file()), quiet);
     if !args.overwrite {
         for role in Role::ALL {
             let p = args.dir.join(role.upstream_file());
@@ -261,7 +256,7 @@ pub fn run(args: &SynthArgs, quiet: bool) -> Result<()> {
     println!(
         "Random {} weights ({} dims) written to {}. Outputs made with them are meaningless (noise); use them for tests and benchmarks only.",
         args.model_version.as_str(),
-        args.dims,
+        args.dims.as_str(),
         args.dir.display()
     );
     Ok(())

@@ -3,20 +3,23 @@
 //! length. Everything that can fail cheaply (paths, overwrite, ffmpeg, input header, weights)
 //! is checked before the model is loaded; the output only appears when everything succeeded.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use flashvsr_model::preprocess::{FramePlan, FrameRule};
 use flashvsr_video::{
     ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec,
-    Rational, RgbFrame, SourceOptions, VideoError,
+    Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
 };
 
-use crate::progress::Progress;
+use crate::args::{checked_output_size, crf_range, FrameRange};
+use crate::progress::{Progress, Total};
 use crate::summary::{self, Settings, StageTimes, Summary};
 use crate::weights::components::{self, Resolved};
-use crate::{devices, interrupt, ColorFixArg, ModeArg, UpscaleArgs};
+use crate::{devices, interrupt, partials, UpscaleArgs};
 
 pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
@@ -27,7 +30,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let device = devices::open(args.device)?;
     let dtype = args
         .dtype
-        .map(|d| d.dtype())
+        .map(Into::into)
         .unwrap_or_else(|| devices::default_dtype(&device));
 
     // The input header next: a corrupt file fails here, before gigabytes of weights are read.
@@ -38,6 +41,19 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     };
     let mut source = open_source(&input, &src_opts).map_err(video_err)?;
     let info = source.info().clone();
+    // What the header tells is checked before anything heavy: the output size...
+    checked_output_size(info.width, info.height, args.scale)?;
+    // ...and upstream's frame rule, when the frame count is known.
+    if let (true, Some(n)) = (args.upstream_compat, info.frame_count) {
+        if n > 0 {
+            FramePlan::new(n as usize, FrameRule::Upstream).map_err(|e| {
+                anyhow!(
+                    "{}: --upstream-compat cannot run: {e}; drop --upstream-compat to upscale every frame",
+                    input.display_path().display()
+                )
+            })?;
+        }
+    }
     // Decode the first frame now too: corrupt frame data also fails before the weights load.
     let first = source.next_frame().map_err(video_err)?;
     if first.is_none() {
@@ -51,8 +67,13 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         eprintln!(
             "note: {} has a variable frame rate; frames are kept one for one and played at the average rate {}",
             input.display_path().display(),
-            info.fps
+            format_fps(info.fps)
         );
+    }
+
+    // Leftovers of killed runs into the same folder go first.
+    if let Some(target) = output_path(&output) {
+        partials::clean_next_to(&without_trailing_slash(target), quiet);
     }
 
     // The output next, with a one-frame test encode: a wrong name, container, codec, preset or
@@ -80,7 +101,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     };
 
     let load_started = Instant::now();
-    let weights = components::resolve(&args.weights, args.mode == ModeArg::Full, quiet)?;
+    let weights = components::resolve(&args.weights, args.mode.is_full(), quiet)?;
     let model = engine::Model::load(&weights, args, &device, dtype)?;
     let load_s = load_started.elapsed().as_secs_f64();
 
@@ -90,7 +111,8 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let fps = info.fps;
     let mut sink = open_sink(&output, out_w, out_h, fps, Some(&input), &enc).map_err(video_err)?;
 
-    let mut progress = Progress::frames("upscaling", info.frame_count, quiet);
+    let mut progress =
+        Progress::frames_in_out("upscaling", expected_frames(&info, args.frames), quiet);
     let mut frames_in: u64 = 0;
     let mut frames_out: u64 = 0;
     let mut peak_vram = devices::device_memory_used(&device);
@@ -106,12 +128,18 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             };
             let Some(frame) = next else { break };
             frames_in += 1;
+            progress.set_frames(frames_in, frames_out);
             let ready = session
                 .push_frame(&frame.data)
                 .with_context(|| format!("model failed on input frame {}", frames_in - 1))?;
             write_frames(&mut sink, ready, out_w, out_h, &mut frames_out)?;
-            progress.set_position(frames_out);
+            progress.set_frames(frames_in, frames_out);
             peak_vram = max_opt(peak_vram, devices::device_memory_used(&device));
+        }
+        // A signal may also end the input early (a decoder that died of it): never finish a
+        // clip that was cut short.
+        if interrupt::requested() {
+            bail!(interrupt::Interrupted);
         }
         if frames_in == 0 {
             bail!(
@@ -123,7 +151,10 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             .finish()
             .context("model failed while flushing the last frames")?;
         write_frames(&mut sink, ready, out_w, out_h, &mut frames_out)?;
-        progress.set_position(frames_out);
+        progress.set_frames(frames_in, frames_out);
+        if interrupt::requested() {
+            bail!(interrupt::Interrupted);
+        }
         Ok(())
     })();
     progress.finish();
@@ -183,6 +214,49 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// A video frame rate for people: `25 fps`, `29.97 fps`, `22.22 fps`.
+fn format_fps(r: Rational) -> String {
+    let text = format!("{:.2}", r.as_f64());
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} fps")
+}
+
+/// The frames the run will read: the count the input states, else one estimated from its
+/// duration (containers such as mkv and webm often state only that).
+fn expected_frames(info: &VideoInfo, range: Option<FrameRange>) -> Total {
+    if let Some(n) = info.frame_count {
+        return Total::Exact(n);
+    }
+    let ranged = range.is_some_and(|r| r.start > 0 || r.end.is_some());
+    let whole = info
+        .duration_s
+        .filter(|d| d.is_finite() && *d > 0.0 && info.fps.is_valid())
+        .map(|d| (d * info.fps.as_f64()).round() as u64);
+    match (whole, range) {
+        (Some(n), Some(r)) if ranged => Total::Estimated(r.selected(n)),
+        (Some(n), _) => Total::Estimated(n),
+        (
+            None,
+            Some(FrameRange {
+                start,
+                end: Some(end),
+            }),
+        ) => Total::Estimated(end - start),
+        (None, _) => Total::Unknown,
+    }
+}
+
+/// `out/` → `out` (the partial of a folder output lies next to the folder).
+fn without_trailing_slash(p: &Path) -> PathBuf {
+    let text = p.to_string_lossy();
+    let trimmed = text.trim_end_matches(['/', std::path::MAIN_SEPARATOR]);
+    if trimmed.is_empty() {
+        p.to_path_buf()
+    } else {
+        PathBuf::from(trimmed)
+    }
+}
+
 fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
@@ -240,14 +314,24 @@ fn preflight(input: &InputSpec, output: &OutputSpec, args: &UpscaleArgs) -> Resu
     if let Some(o) = output_path(output) {
         check_output(o, matches!(output, OutputSpec::PngDir(_)), args.overwrite)?;
     }
-    if args.tile.is_some_and(|t| t <= args.tile_overlap * 2) {
+    if matches!(output, OutputSpec::Stdout) && std::io::stdout().is_terminal() {
+        bail!("refusing to write y4m video to a terminal; redirect standard output (> out.y4m) or pipe it (| ffplay -)");
+    }
+    if let (Some(crf), OutputSpec::Container(path)) = (args.crf, output) {
+        let (lo, hi) = crf_range(args.codec.as_deref(), path);
+        if !(lo..=hi).contains(&crf) {
+            let codec = args.codec.as_deref().unwrap_or("the default encoder");
+            bail!("--crf {crf} is out of range for {codec}: use {lo} to {hi}");
+        }
+    }
+    if args
+        .tile
+        .is_some_and(|t| t <= args.tile_overlap.saturating_mul(2))
+    {
         bail!(
             "--tile must be more than twice --tile-overlap ({} px)",
             args.tile_overlap
         );
-    }
-    if matches!(output, OutputSpec::Stdout) && args.json {
-        // stdout carries the video; the summary goes to stderr instead (see Summary::emit).
     }
     Ok(())
 }
@@ -367,13 +451,9 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
 /// The model pipeline as this command uses it.
 mod engine {
     use super::*;
-    use flashvsr_model::color_fix::ColorFix;
-    use flashvsr_model::pipeline::{
-        self as p, FlashVsr, ModelComponents, ModelVersion, UpscaleOptions,
-    };
+    use flashvsr_model::pipeline::{self as p, FlashVsr, ModelComponents, UpscaleOptions};
 
     use crate::weights::Role;
-    use crate::VersionArg;
 
     pub struct Model {
         inner: FlashVsr,
@@ -401,29 +481,14 @@ mod engine {
         })
     }
 
-    pub fn version(v: VersionArg) -> ModelVersion {
-        match v {
-            VersionArg::V1 => ModelVersion::V1,
-            VersionArg::V1_1 => ModelVersion::V1_1,
-        }
-    }
-
     pub fn options(args: &UpscaleArgs, noise: Option<Tensor>) -> UpscaleOptions {
         UpscaleOptions {
             scale: args.scale,
-            mode: match args.mode {
-                ModeArg::Tiny => p::Mode::Tiny,
-                ModeArg::TinyLong => p::Mode::TinyLong,
-                ModeArg::Full => p::Mode::Full,
-            },
+            mode: args.mode.into(),
             sparse_ratio: args.sparse_ratio,
             kv_ratio: args.kv_ratio,
-            local_range: args.local_range,
-            color_fix: match args.color_fix {
-                ColorFixArg::Adain => ColorFix::AdaIn,
-                ColorFixArg::Wavelet => ColorFix::Wavelet,
-                ColorFixArg::None => ColorFix::None,
-            },
+            local_range: args.local_range.into(),
+            color_fix: args.color_fix.into(),
             upstream_compat: args.upstream_compat,
             seed: args.seed,
             noise,
@@ -442,7 +507,7 @@ mod engine {
             dtype: DType,
         ) -> Result<Model> {
             let c = components(w, device, dtype, args.head_dim)?;
-            let inner = FlashVsr::load(c, version(w.version), device, dtype)
+            let inner = FlashVsr::load(c, w.version.into(), device, dtype)
                 .map_err(|e| anyhow!("cannot load the model from {}: {e}", w.origin))?;
             Ok(Model { inner })
         }

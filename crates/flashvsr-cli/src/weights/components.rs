@@ -385,23 +385,12 @@ fn hub_config(args: &WeightArgs, quiet: bool) -> HubConfig {
     cfg
 }
 
-/// `flashvsr download`.
+/// `flashvsr download`. `HF_HUB_OFFLINE=1` is honoured here too: files already in the cache
+/// are found, nothing is fetched.
 pub fn download_command(args: &DownloadArgs, quiet: bool) -> Result<()> {
     let manifest = Manifest::load(args.model_version.as_str(), args.manifest.as_deref())?;
-    let roles: Vec<Role> = match args.parts.as_str() {
-        "full" => Role::ALL
-            .into_iter()
-            .filter(|r| r.needed_for(true))
-            .collect(),
-        "all" => Role::ALL.to_vec(),
-        _ => Role::ALL
-            .into_iter()
-            .filter(|r| r.needed_for(false))
-            .collect(),
-    };
-    let mut cfg = HubConfig::from_env(quiet);
-    cfg.offline = false;
-    let dir = ensure_bundle(&manifest, &roles, &cfg)?;
+    let cfg = HubConfig::from_env(quiet);
+    let dir = ensure_bundle(&manifest, &args.parts.roles(), &cfg)?;
     println!("{}", dir.display());
     Ok(())
 }

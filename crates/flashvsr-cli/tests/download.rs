@@ -4,9 +4,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::hub::{sha256_hex, Fault, HubEmulator, COMMIT};
+use support::{flashvsr, stderr};
 
 const REPO: &str = "Test/FlashVSR-v1.1";
 const FILES: [(&str, &str); 4] = [
@@ -96,13 +97,10 @@ impl Setup {
     }
 
     fn download(&self, parts: &str) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_flashvsr"))
+        flashvsr(self.tmp.path())
             .args(["download", "--parts", parts])
-            .env("HF_ENDPOINT", &self.hub.base)
-            .env("HF_HOME", self.hf_home())
-            .env_remove("HF_HUB_CACHE")
             .env_remove("HF_HUB_OFFLINE")
-            .env_remove("HF_TOKEN")
+            .env("HF_ENDPOINT", &self.hub.base)
             .env("FLASHVSR_MANIFEST", &self.manifest)
             .env("FLASHVSR_PROMPT_URL", self.hub.raw_url("posi_prompt.pth"))
             .output()
@@ -112,10 +110,6 @@ impl Setup {
     fn bytes(&self, name: &str) -> &[u8] {
         &self.files.iter().find(|(n, _)| n == name).unwrap().1
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn list_dir(p: &Path) -> Vec<String> {

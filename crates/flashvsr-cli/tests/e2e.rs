@@ -7,70 +7,10 @@ mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use support::hub::{sha256_hex, Fault, HubEmulator, COMMIT};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
-
-fn tiny() -> PathBuf {
-    fixtures().join("tiny-v1.1")
-}
-
-/// The binary, isolated from any weights or caches of the machine.
-fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
-    c.current_dir(home)
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("FLASHVSR_MODELS")
-        .env_remove("FLASHVSR_MANIFEST")
-        .env_remove("COMFYUI_PATH");
-    c
-}
-
-/// `upscale IN OUT` on the fixture weights, plus `extra` arguments.
-fn upscale(home: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
-    flashvsr(home)
-        .arg("upscale")
-        .arg(input)
-        .arg(output)
-        .arg("--weights")
-        .arg(tiny())
-        .args(["--head-dim", "32", "--device", "cpu"])
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "flashvsr failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn ffmpeg(args: &[&str]) {
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is installed");
-    assert!(
-        o.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use support::{ffmpeg, flashvsr, ok, tiny, upscale, y4m_bytes};
 
 fn ffprobe_json(path: &Path, args: &[&str]) -> serde_json::Value {
     let o = Command::new("ffprobe")
@@ -339,26 +279,6 @@ fn tiled_upscale_keeps_size_and_frames() {
         assert_eq!(png_rgb(f).0, 148);
         assert_eq!(png_rgb(f).1, 116);
     }
-}
-
-/// A C444 full-range y4m with `n` frames of `w`x`h`.
-fn y4m_bytes(w: usize, h: usize, n: usize) -> Vec<u8> {
-    let mut v = format!("YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C444 XCOLORRANGE=FULL\n").into_bytes();
-    for i in 0..n {
-        v.extend_from_slice(b"FRAME\n");
-        for plane in 0..3 {
-            for y in 0..h {
-                for x in 0..w {
-                    v.push(if plane == 0 {
-                        (x * 3 + y * 5 + i * 9) as u8
-                    } else {
-                        128 + ((x + y) % 16) as u8
-                    });
-                }
-            }
-        }
-    }
-    v
 }
 
 #[test]

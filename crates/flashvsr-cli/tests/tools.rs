@@ -1,36 +1,11 @@
 //! `synth-weights`, `inspect`, `validate`, `convert` and `bench` through the binary, and the
 //! weights they write used by `upscale` (GGUF version metadata included).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn tiny() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/tiny-v1.1"
-    ))
-}
-
-fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
-    c.current_dir(home)
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("FLASHVSR_MODELS")
-        .env_remove("FLASHVSR_MANIFEST");
-    c
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use support::{flashvsr, ok, tiny};
 
 fn tiny_y4m(dir: &Path) -> PathBuf {
     let (w, h) = (16, 16);

@@ -4,62 +4,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
-
-fn tiny() -> PathBuf {
-    fixtures().join("tiny-v1.1")
-}
-
-/// The binary with a clean environment: no weights anywhere, downloads off.
-fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
-    c.current_dir(home)
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("FLASHVSR_MODELS")
-        .env_remove("FLASHVSR_MANIFEST")
-        .env_remove("COMFYUI_PATH")
-        .env_remove("COMFYUI_DIR")
-        .env_remove("COMFYUI_HOME")
-        .env_remove("FLASHVSR_FFMPEG")
-        .env_remove("FLASHVSR_FFPROBE");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit code 1 and exactly one `error:` line that contains every `needle`.
-fn assert_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected, stderr: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
+use support::{assert_error, fixtures, flashvsr, names_in, stderr, tiny};
 
 #[test]
 fn help_shows_examples_and_defaults() {
