@@ -7,18 +7,17 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{tiny_decoder_dtype, FlashVsr, Mode, UpscaleOptions};
-use crate::color_fix::{self, ColorFix};
-use crate::decode_plan;
+use crate::color_fix::ColorFix;
+use crate::cuda_limits;
 use crate::decoders::tc::TcState;
 use crate::decoders::wan_vae::WanVaeState;
 use crate::dit::lcsa::LcsaParams;
 use crate::dit::KvCache;
 use crate::lq_proj::LqProjState;
+use crate::frames::{self, RgbFrame};
 use crate::noise::NoiseSource;
-use crate::preprocess::{
-    frame_to_device, unit_video, FrameGeometry, FramePlan, FrameRule, RgbFrame, SizeRule,
-};
-use crate::schedule::{step_plan, StepPlan};
+use crate::preprocess::{FrameGeometry, SizeRule};
+use crate::schedule::{step_plan, FramePlan, FrameRule, StepPlan};
 
 /// Seconds spent per stage, and frame counts.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -81,21 +80,21 @@ impl<'m> StreamSession<'m> {
         };
         let geometry = FrameGeometry::new(width, height, opts.scale, size_rule)?;
         // Decoder calls sized so that no activation reaches Candle's CUDA element limit
-        // (decode_plan); step 0 then never needs more decoder memory than later steps.
+        // (cuda_limits); step 0 then never needs more decoder memory than later steps.
         let (mh, mw, cuda) = (geometry.model_h, geometry.model_w, model.device.is_cuda());
         let decoder = match opts.mode {
             Mode::Tiny | Mode::TinyLong => {
                 let Some(tc) = model.tc_decoder.as_ref() else {
                     candle_core::bail!("mode tiny needs the TCDecoder weights (TCDecoder.ckpt), which were not loaded")
                 };
-                let per_call = decode_plan::tc_latents_per_call(tc.config(), mh, mw, cuda)?;
+                let per_call = cuda_limits::tc_latents_per_call(tc.config(), mh, mw, cuda)?;
                 DecoderState::Tiny(TcState::new(), per_call)
             }
             Mode::Full => {
                 let Some(vae) = model.vae.as_ref() else {
                     candle_core::bail!("mode full needs the Wan VAE weights (Wan2.1_VAE.pth), which were not loaded")
                 };
-                decode_plan::check_vae(vae.config(), mh, mw, cuda)?;
+                cuda_limits::check_vae(vae.config(), mh, mw, cuda)?;
                 DecoderState::Full(WanVaeState::new())
             }
         };
@@ -144,16 +143,16 @@ impl<'m> StreamSession<'m> {
         self.stats.clone()
     }
 
-    /// Feeds one RGB24 input frame; returns the output frames that became final, in order.
-    pub fn push_frame(&mut self, rgb24: &[u8]) -> Result<Vec<Vec<u8>>> {
+    /// Feeds one input frame; returns the output frames that became final, in order.
+    pub fn push_frame(&mut self, frame: &RgbFrame) -> Result<Vec<RgbFrame>> {
         if self.finished {
             candle_core::bail!("push_frame after finish: start a new session for a new video")
         }
         let (w, h) = self.input_size;
-        let frame = RgbFrame::new(w, h, rgb24.to_vec())?;
+        frames::check_size(frame, w, h)?;
         let t0 = Instant::now();
-        let lq = self.geometry.prepare(&frame, self.size_rule)?;
-        let lq = frame_to_device(&lq, &self.model.device)?;
+        let lq = self.geometry.prepare(frame, self.size_rule)?;
+        let lq = frames::to_device(&lq, &self.model.device)?;
         self.stats.preprocess_s += t0.elapsed().as_secs_f64();
         self.frames_in += 1;
         self.stats.frames_in += 1;
@@ -163,7 +162,7 @@ impl<'m> StreamSession<'m> {
     }
 
     /// Ends the video: pads the tail as the frame contract says and returns the remaining frames.
-    pub fn finish(&mut self) -> Result<Vec<Vec<u8>>> {
+    pub fn finish(&mut self) -> Result<Vec<RgbFrame>> {
         if self.finished {
             return Ok(Vec::new());
         }
@@ -181,7 +180,7 @@ impl<'m> StreamSession<'m> {
         Ok(out)
     }
 
-    fn run_ready_steps(&mut self) -> Result<Vec<Vec<u8>>> {
+    fn run_ready_steps(&mut self) -> Result<Vec<RgbFrame>> {
         let mut out = Vec::new();
         loop {
             let plan = step_plan(self.next_step);
@@ -191,8 +190,8 @@ impl<'m> StreamSession<'m> {
             out.extend(self.run_step(&plan)?);
             self.next_step += 1;
             self.stats.dit_steps += 1;
-            // Frames older than the next step's decoder window are no longer needed.
-            let keep_from = step_plan(self.next_step).decoder_lq.start;
+            // Frames older than the next step's outputs are no longer needed.
+            let keep_from = step_plan(self.next_step).outputs.start;
             while self.lq_first < keep_from && !self.lq.is_empty() {
                 self.lq.pop_front();
                 self.lq_first += 1;
@@ -211,10 +210,10 @@ impl<'m> StreamSession<'m> {
             )
         }
         let frames: Vec<Tensor> = range.map(|i| self.lq[i - self.lq_first].clone()).collect();
-        unit_video(&frames, self.model.dtype)
+        frames::unit_video(&frames, self.model.dtype)
     }
 
-    fn run_step(&mut self, plan: &StepPlan) -> Result<Vec<Vec<u8>>> {
+    fn run_step(&mut self, plan: &StepPlan) -> Result<Vec<RgbFrame>> {
         let model = self.model;
         let sync = |d: &Device| d.synchronize();
 
@@ -254,13 +253,11 @@ impl<'m> StreamSession<'m> {
         self.stats.dit_s += t0.elapsed().as_secs_f64();
 
         let t0 = Instant::now();
-        let decoder_lq = match self.decoder {
-            DecoderState::Tiny(..) => Some(self.lq_tensor(plan.decoder_lq.clone())?),
-            DecoderState::Full(_) => None,
-        };
+        // The LQ frames of this step's outputs: the tiny decoder's conditioning and the colour
+        // reference, built once.
+        let lq = self.lq_tensor(plan.outputs.clone())?;
         let decoded = match &mut self.decoder {
             DecoderState::Tiny(state, per_call) => {
-                let lq = decoder_lq.expect("built above for the tiny decoder");
                 let tc = model.tc_decoder.as_ref().expect("checked in Session::new");
                 let dt = tiny_decoder_dtype(model.dtype);
                 tc.decode_chunked(&x0.to_dtype(dt)?, &lq.to_dtype(dt)?, state, *per_call)?
@@ -291,11 +288,11 @@ impl<'m> StreamSession<'m> {
                 .narrow(4, 0, g.out_w)
         };
         let hq = crop(&decoded)?;
-        let reference = crop(&self.lq_tensor(plan.outputs.clone())?)?;
+        let reference = crop(&lq)?;
         let fixed = self.color_fix.apply(&hq, &reference)?.clamp(-1f32, 1f32)?;
-        let frames = color_fix::to_rgb_frames(&fixed)?;
+        let frames = frames::to_rgb_frames(&fixed)?;
         self.stats.color_fix_s += t0.elapsed().as_secs_f64();
         self.stats.frames_out += frames.len();
-        Ok(frames.into_iter().map(|f| f.data).collect())
+        Ok(frames)
     }
 }

@@ -4,7 +4,8 @@
 use candle_core::Result;
 
 use super::{FlashVsr, SessionStats, StreamSession, UpscaleOptions};
-use crate::tiling::{crop_rgb, tile_grid, Blender, Tile};
+use crate::frames::{self, RgbFrame};
+use crate::tiling::{tile_grid, Blender, Tile};
 
 /// A streaming upscale of one video: one session over the whole frame, or one per tile with
 /// the outputs blended (`UpscaleOptions::tile`).
@@ -104,35 +105,21 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// Feeds one RGB24 input frame; returns the output frames that became final, in order.
-    pub fn push_frame(&mut self, rgb24: &[u8]) -> Result<Vec<Vec<u8>>> {
+    /// Feeds one input frame; returns the output frames that became final, in order.
+    pub fn push_frame(&mut self, frame: &RgbFrame) -> Result<Vec<RgbFrame>> {
         match &mut self.inner {
-            Inner::Whole(s) => s.push_frame(rgb24),
+            Inner::Whole(s) => s.push_frame(frame),
             Inner::Tiled(t) => {
-                let (w, h) = (t.input_width, t.input_height);
-                if rgb24.len() != w * h * 3 {
-                    candle_core::bail!(
-                        "frame of {} bytes is not a {w}x{h} RGB24 frame",
-                        rgb24.len()
-                    )
-                }
-                let input_width = t.input_width;
+                frames::check_size(frame, t.input_width, t.input_height)?;
                 t.each(|tile, s| {
-                    s.push_frame(&crop_rgb(
-                        rgb24,
-                        input_width,
-                        tile.x,
-                        tile.y,
-                        tile.w,
-                        tile.h,
-                    ))
+                    s.push_frame(&frames::crop(frame, tile.x, tile.y, tile.w, tile.h)?)
                 })
             }
         }
     }
 
     /// Ends the video: pads the tail as the frame contract says and returns the remaining frames.
-    pub fn finish(&mut self) -> Result<Vec<Vec<u8>>> {
+    pub fn finish(&mut self) -> Result<Vec<RgbFrame>> {
         match &mut self.inner {
             Inner::Whole(s) => s.finish(),
             Inner::Tiled(t) => t.each(|_, s| s.finish()),
@@ -144,8 +131,8 @@ impl TiledSessions<'_> {
     /// Runs `f` on every tile's session and blends the frames they return.
     fn each(
         &mut self,
-        mut f: impl FnMut(&Tile, &mut StreamSession<'_>) -> Result<Vec<Vec<u8>>>,
-    ) -> Result<Vec<Vec<u8>>> {
+        mut f: impl FnMut(&Tile, &mut StreamSession<'_>) -> Result<Vec<RgbFrame>>,
+    ) -> Result<Vec<RgbFrame>> {
         let (ow, oh) = self.output_size;
         let mut blenders: Vec<Blender> = Vec::new();
         for (i, (tile, neighbours, session)) in self.tiles.iter_mut().enumerate() {
@@ -159,17 +146,8 @@ impl TiledSessions<'_> {
                     blenders.len()
                 )
             }
-            let (tw, th) = session.output_size();
             for (b, frame) in blenders.iter_mut().zip(&frames) {
-                b.add(
-                    frame,
-                    tw,
-                    th,
-                    tile.out_x,
-                    tile.out_y,
-                    self.ramp,
-                    *neighbours,
-                );
+                b.add(frame, tile.out_x, tile.out_y, self.ramp, *neighbours);
             }
         }
         Ok(blenders.into_iter().map(Blender::finish).collect())
