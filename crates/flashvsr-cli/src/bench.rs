@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_nn::VarBuilder;
 use clap::Args;
 use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
+use flashvsr_video::RgbFrame;
 use serde::Serialize;
 
 use crate::devices::{self, DeviceChoice};
@@ -78,7 +79,7 @@ struct BenchReport {
 }
 
 /// A synthetic input frame: moving gradients and a bright square (RGB24).
-fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
+fn frame(w: usize, h: usize, t: usize) -> RgbFrame {
     let mut v = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
@@ -92,7 +93,11 @@ fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
             v.push(((x + y + 3 * t) % 256) as u8);
         }
     }
-    v
+    RgbFrame {
+        width: w,
+        height: h,
+        data: v,
+    }
 }
 
 pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
@@ -151,7 +156,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let mut session = model.session(iw, ih, &opts)?;
     let out_size = session.output_size();
-    let clip: Vec<Vec<u8>> = (0..args.frames.min(16)).map(|t| frame(iw, ih, t)).collect();
+    let clip: Vec<RgbFrame> = (0..args.frames.min(16)).map(|t| frame(iw, ih, t)).collect();
     let mut progress = Progress::frames("bench", Some(args.frames as u64), quiet || args.json);
     let mut out_frames = 0usize;
     let mut peak_vram = devices::device_memory_used(&device);
