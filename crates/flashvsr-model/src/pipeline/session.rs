@@ -134,11 +134,6 @@ impl<'m> StreamSession<'m> {
         (self.geometry.out_w, self.geometry.out_h)
     }
 
-    /// The size the model runs at (multiples of 128).
-    pub fn model_size(&self) -> (usize, usize) {
-        (self.geometry.model_w, self.geometry.model_h)
-    }
-
     pub fn stats(&self) -> SessionStats {
         self.stats.clone()
     }
