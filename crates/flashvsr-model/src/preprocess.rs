@@ -266,9 +266,13 @@ impl FrameGeometry {
     pub fn prepare(&self, frame: &RgbFrame, rule: SizeRule) -> Result<RgbFrame> {
         let scaled = resize_bicubic(frame, self.scaled_w, self.scaled_h)?;
         match rule {
-            SizeRule::UpstreamCrop => {
-                frames::crop(&scaled, self.crop_x, self.crop_y, self.model_w, self.model_h)
-            }
+            SizeRule::UpstreamCrop => frames::crop(
+                &scaled,
+                self.crop_x,
+                self.crop_y,
+                self.model_w,
+                self.model_h,
+            ),
             SizeRule::PadToGrid => frames::pad_edge(&scaled, self.model_w, self.model_h),
         }
     }

@@ -170,7 +170,10 @@ mod tests {
             next_lat = p.latents.end;
             next_lq = p.lq_frames_needed();
             // 4 LQ frames per latent after the first; the output lags the LQ input by 4 frames.
-            assert_eq!(p.lq_frames_needed(), LQ_FRAMES_PER_LATENT * p.latents.end + 1);
+            assert_eq!(
+                p.lq_frames_needed(),
+                LQ_FRAMES_PER_LATENT * p.latents.end + 1
+            );
             assert_eq!(p.outputs.end + TAIL_COPIES, p.lq_frames_needed());
         }
     }
