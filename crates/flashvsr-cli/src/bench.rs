@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 use flashvsr_model::pipeline::{FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
+use flashvsr_video::RgbFrame;
 use serde::Serialize;
 
 use crate::args::checked_output_size;
@@ -38,7 +39,7 @@ struct BenchReport {
 }
 
 /// A synthetic input frame: moving gradients and a bright square (RGB24).
-fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
+fn frame(w: usize, h: usize, t: usize) -> RgbFrame {
     let mut v = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
@@ -52,7 +53,11 @@ fn frame(w: usize, h: usize, t: usize) -> Vec<u8> {
             v.push(((x + y + 3 * t) % 256) as u8);
         }
     }
-    v
+    RgbFrame {
+        width: w,
+        height: h,
+        data: v,
+    }
 }
 
 /// `--dims` as given, else real on GPUs and small on the CPU, where real dims take minutes
@@ -128,7 +133,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let mut session = model.session(iw, ih, &opts)?;
     let out_size = session.output_size();
-    let clip: Vec<Vec<u8>> = (0..frames.min(16) as usize)
+    let clip: Vec<RgbFrame> = (0..frames.min(16) as usize)
         .map(|t| frame(iw, ih, t))
         .collect();
     let mut progress = Progress::frames("bench", Some(frames), quiet || args.json);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use flashvsr_model::preprocess::{FramePlan, FrameRule};
+use flashvsr_model::schedule::{FramePlan, FrameRule};
 use flashvsr_video::{
     ffmpeg_available, open_sink, open_source, EncodeOptions, FrameSink, InputSpec, OutputSpec,
     Rational, RgbFrame, SourceOptions, VideoError, VideoInfo,
@@ -130,9 +130,9 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             frames_in += 1;
             progress.set_frames(frames_in, frames_out);
             let ready = session
-                .push_frame(&frame.data)
+                .push_frame(&frame)
                 .with_context(|| format!("model failed on input frame {}", frames_in - 1))?;
-            write_frames(&mut sink, ready, out_w, out_h, &mut frames_out)?;
+            write_frames(&mut sink, ready, &mut frames_out)?;
             progress.set_frames(frames_in, frames_out);
             peak_vram = max_opt(peak_vram, devices::device_memory_used(&device));
         }
@@ -150,7 +150,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         let ready = session
             .finish()
             .context("model failed while flushing the last frames")?;
-        write_frames(&mut sink, ready, out_w, out_h, &mut frames_out)?;
+        write_frames(&mut sink, ready, &mut frames_out)?;
         progress.set_frames(frames_in, frames_out);
         if interrupt::requested() {
             bail!(interrupt::Interrupted);
@@ -267,18 +267,12 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 
 fn write_frames(
     sink: &mut Box<dyn FrameSink>,
-    frames: Vec<Vec<u8>>,
-    w: usize,
-    h: usize,
+    frames: Vec<RgbFrame>,
     count: &mut u64,
 ) -> Result<()> {
-    for data in frames {
-        sink.write_frame(&RgbFrame {
-            width: w,
-            height: h,
-            data,
-        })
-        .map_err(video_err)?;
+    for frame in frames {
+        // By value: the sink queues it for its writer thread without copying the pixels.
+        sink.write_frame_owned(frame).map_err(video_err)?;
         *count += 1;
     }
     Ok(())
@@ -536,11 +530,11 @@ mod engine {
             self.inner.tiles()
         }
 
-        pub fn push_frame(&mut self, rgb: &[u8]) -> Result<Vec<Vec<u8>>> {
-            Ok(self.inner.push_frame(rgb)?)
+        pub fn push_frame(&mut self, frame: &RgbFrame) -> Result<Vec<RgbFrame>> {
+            Ok(self.inner.push_frame(frame)?)
         }
 
-        pub fn finish(&mut self) -> Result<Vec<Vec<u8>>> {
+        pub fn finish(&mut self) -> Result<Vec<RgbFrame>> {
             Ok(self.inner.finish()?)
         }
 

@@ -35,6 +35,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use flashvsr_loader::layout::component_layout;
 use flashvsr_loader::WeightStore;
+use flashvsr_model::frames::{self, RgbFrame};
 use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
 use serde_json::json;
 
@@ -257,8 +258,8 @@ impl SplitMix {
     }
 }
 
-/// Frame `i` of a synthetic clip: gradients, a moving band and some per-pixel noise (RGB24).
-fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
+/// Frame `i` of a synthetic clip: gradients, a moving band and some per-pixel noise .
+fn synthetic_frame(width: usize, height: usize, i: usize) -> RgbFrame {
     let mut rgb = Vec::with_capacity(width * height * 3);
     for y in 0..height {
         for x in 0..width {
@@ -275,7 +276,7 @@ fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
             ]);
         }
     }
-    rgb
+    frames::from_rgb24(width, height, rgb).expect("width × height × 3 bytes")
 }
 
 fn proc_field(file: &str, key: &str) -> Option<String> {
@@ -335,7 +336,7 @@ fn run(config: &Config, args: &Args) -> Result<serde_json::Value> {
         seed: args.seed,
         ..Default::default()
     };
-    let clip: Vec<Vec<u8>> = (0..config.frames)
+    let clip: Vec<RgbFrame> = (0..config.frames)
         .map(|i| synthetic_frame(w, h, i))
         .collect();
     let mut session = model.session(w, h, &opts)?;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use flashvsr_loader::WeightStore;
+use flashvsr_model::frames::{self, RgbFrame};
 use flashvsr_model::pipeline::{FlashVsr, ModelComponents, ModelVersion, UpscaleOptions};
 
 const FIXTURE: &str = concat!(
@@ -58,8 +59,8 @@ fn load_model(dir: &Path, head_dim: Option<usize>) -> Result<FlashVsr> {
     )?)
 }
 
-/// Frame `i` of a synthetic clip: gradients with a diagonal band moving 3 px per frame (RGB24).
-fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
+/// Frame `i` of a synthetic clip: gradients with a diagonal band moving 3 px per frame .
+fn synthetic_frame(width: usize, height: usize, i: usize) -> RgbFrame {
     let mut rgb = Vec::with_capacity(width * height * 3);
     for y in 0..height {
         for x in 0..width {
@@ -67,7 +68,7 @@ fn synthetic_frame(width: usize, height: usize, i: usize) -> Vec<u8> {
             rgb.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, band]);
         }
     }
-    rgb
+    frames::from_rgb24(width, height, rgb).expect("width × height × 3 bytes")
 }
 
 fn main() -> Result<()> {

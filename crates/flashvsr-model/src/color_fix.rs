@@ -1,12 +1,11 @@
-//! Colour correction of the decoded frames against the bicubic LQ frames, and the conversion
-//! to 8-bit frames (spec §7).
+//! Colour correction of the decoded frames against the bicubic LQ frames (spec §7; the
+//! conversion to 8-bit frames that follows is [`crate::frames::to_rgb_frames`]).
 //!
 //! Both videos are `[B, 3, T, H, W]` in [-1, 1] with frame j of the output matched to LQ frame
 //! j. Statistics and filters run in f32 whatever the input dtype (upstream's bf16 colour fix
 //! causes banding, issue 12); the result is cast back to the decoded video's dtype.
 
-use crate::preprocess::RgbFrame;
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 /// Variance epsilon of upstream's `calc_mean_std`.
 const ADAIN_EPS: f64 = 1e-5;
@@ -130,83 +129,13 @@ pub fn wavelet(hq: &Tensor, lq: &Tensor) -> Result<Tensor> {
         .to_dtype(hq.dtype())
 }
 
-/// Upstream's 8-bit conversion `((x + 1) * 127.5).clip(0, 255)` in f32, then truncation.
-pub fn unit_to_u8(x: f32) -> u8 {
-    ((x + 1.0) * 127.5).clamp(0.0, 255.0) as u8
-}
-
-/// Turns a `[1, 3, T, H, W]` video in [-1, 1] into T 8-bit RGB frames.
-pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
-    let (b, c, t, h, w) = video.dims5()?;
-    if b != 1 || c != 3 {
-        candle_core::bail!(
-            "to_rgb_frames: expected [1, 3, T, H, W], got {:?}",
-            video.dims()
-        )
-    }
-    // unit_to_u8 on the video's device, so that only bytes reach the host: the same f32
-    // operations in the same order ((x + 1) · 127.5, clamp, truncating cast).
-    let hwc = ((video.to_dtype(DType::F32)? + 1.0)? * 127.5)?
-        .clamp(0f32, 255f32)?
-        .to_dtype(DType::U8)?
-        .squeeze(0)?
-        .permute((1, 2, 3, 0))?
-        .contiguous()?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    let frame_len = h * w * 3;
-    hwc.chunks_exact(frame_len)
-        .take(t)
-        .map(|f| RgbFrame::new(w, h, f.to_vec()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rgb_frames_match_the_scalar_conversion() -> Result<()> {
-        // Values around every truncation boundary, out of range, and ±1.
-        let mut vals: Vec<f32> = (0..=256)
-            .flat_map(|k| {
-                let x = k as f32 / 127.5 - 1.0;
-                [
-                    x,
-                    f32::from_bits(x.to_bits().wrapping_sub(1)),
-                    f32::from_bits(x.to_bits() + 1),
-                ]
-            })
-            .collect();
-        vals.extend([-3.0, 2.0, -1.0, 1.0, 0.0]);
-        let n = vals.len() / 3 * 3;
-        vals.truncate(n);
-        let video = Tensor::from_vec(vals.clone(), (1, 3, 1, 1, n / 3), &Device::Cpu)?;
-        let frames = to_rgb_frames(&video)?;
-        for (p, px) in frames[0].data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                assert_eq!(
-                    px[c],
-                    unit_to_u8(vals[c * (n / 3) + p]),
-                    "channel {c} pixel {p}"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn u8_conversion_truncates() {
-        assert_eq!(unit_to_u8(-1.5), 0);
-        assert_eq!(unit_to_u8(1.5), 255);
-        assert_eq!(unit_to_u8(0.0), 127);
-        assert_eq!(unit_to_u8(1.0), 255);
-    }
-
-    #[test]
     fn wavelet_of_flat_frames_is_lq() -> Result<()> {
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let hq = Tensor::full(0.25f32, (1, 3, 2, 40, 40), &dev)?;
         let lq = Tensor::full(-0.5f32, (1, 3, 2, 40, 40), &dev)?;
         let out = wavelet(&hq, &lq)?;

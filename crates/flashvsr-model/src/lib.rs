@@ -8,10 +8,11 @@
 pub mod color_fix;
 pub mod config;
 pub mod conv3d;
-pub mod decode_plan;
+pub mod cuda_limits;
 pub mod decoders;
 pub mod dit;
 pub mod frame_conv;
+pub mod frames;
 pub mod linear;
 pub mod lq_proj;
 pub mod noise;

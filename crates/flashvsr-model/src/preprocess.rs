@@ -1,5 +1,6 @@
-//! Input preprocessing: PIL-exact bicubic resize of 8-bit RGB frames, the frame-size and
-//! frame-count rules, and the u8 → [-1, 1] mapping into a `[1, 3, T, H, W]` tensor.
+//! Input preprocessing: PIL-exact bicubic resize of 8-bit RGB frames and the frame-size rules
+//! that bring them onto the model's 128-px grid. (The frame-count rules live in
+//! [`crate::schedule`], the u8 → [-1, 1] mapping in [`crate::frames`].)
 //!
 //! The network only ever sees the bicubic-upscaled video at the target resolution, so the
 //! resize must match Pillow's `Image.resize(.., BICUBIC)` bit for bit (spec §2): cubic
@@ -8,89 +9,15 @@
 //! coefficients in 22-bit fixed point, horizontal pass first (rounded and clipped to u8), then
 //! the vertical pass.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::Result;
+
+use crate::frames::{self, RgbFrame};
 
 /// Fractional bits of Pillow's fixed-point resampling coefficients (`PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Side of the grid the DiT needs: H and W must be multiples of 128 px.
 pub const SIZE_MULTIPLE: usize = 128;
-
-/// An 8-bit RGB frame, rows top to bottom, pixels interleaved `RGBRGB…`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbFrame {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbFrame {
-    /// Wraps interleaved RGB bytes, checking that the buffer matches the size.
-    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
-        if width == 0 || height == 0 {
-            candle_core::bail!("frame size {width}x{height} is empty")
-        }
-        if data.len() != width * height * 3 {
-            candle_core::bail!(
-                "frame {width}x{height} needs {} RGB bytes, got {}",
-                width * height * 3,
-                data.len()
-            )
-        }
-        Ok(Self {
-            width,
-            height,
-            data,
-        })
-    }
-
-    /// The `w`×`h` window whose top-left corner is (`x`, `y`); it must lie inside the frame.
-    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Result<Self> {
-        if x + w > self.width || y + h > self.height || w == 0 || h == 0 {
-            candle_core::bail!(
-                "crop {w}x{h} at ({x},{y}) does not fit a {}x{} frame",
-                self.width,
-                self.height
-            )
-        }
-        let mut data = Vec::with_capacity(w * h * 3);
-        for row in y..y + h {
-            let start = (row * self.width + x) * 3;
-            data.extend_from_slice(&self.data[start..start + w * 3]);
-        }
-        Ok(Self {
-            width: w,
-            height: h,
-            data,
-        })
-    }
-
-    /// Grows the frame to `w`×`h` by repeating its last column and last row.
-    pub fn pad_edge(&self, w: usize, h: usize) -> Result<Self> {
-        if w < self.width || h < self.height {
-            candle_core::bail!(
-                "cannot pad a {}x{} frame to the smaller {w}x{h}",
-                self.width,
-                self.height
-            )
-        }
-        let mut data = Vec::with_capacity(w * h * 3);
-        for row in 0..h {
-            let src_row = row.min(self.height - 1);
-            let start = src_row * self.width * 3;
-            data.extend_from_slice(&self.data[start..start + self.width * 3]);
-            let last = start + (self.width - 1) * 3;
-            for _ in self.width..w {
-                data.extend_from_slice(&self.data[last..last + 3]);
-            }
-        }
-        Ok(Self {
-            width: w,
-            height: h,
-            data,
-        })
-    }
-}
 
 /// Pillow's bicubic kernel (a = -0.5).
 fn bicubic_filter(x: f64) -> f64 {
@@ -339,156 +266,16 @@ impl FrameGeometry {
     pub fn prepare(&self, frame: &RgbFrame, rule: SizeRule) -> Result<RgbFrame> {
         let scaled = resize_bicubic(frame, self.scaled_w, self.scaled_h)?;
         match rule {
-            SizeRule::UpstreamCrop => {
-                scaled.crop(self.crop_x, self.crop_y, self.model_w, self.model_h)
-            }
-            SizeRule::PadToGrid => scaled.pad_edge(self.model_w, self.model_h),
+            SizeRule::UpstreamCrop => frames::crop(
+                &scaled,
+                self.crop_x,
+                self.crop_y,
+                self.model_w,
+                self.model_h,
+            ),
+            SizeRule::PadToGrid => frames::pad_edge(&scaled, self.model_w, self.model_h),
         }
     }
-}
-
-/// How many LQ frames the pipeline runs for `N0` input frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FrameRule {
-    /// Upstream: append 4 copies of the last frame, keep the largest `8n+1` ≤ N0+4. Output
-    /// `F-4` frames, so 0–7 trailing input frames get no output; needs N0 ≥ 21.
-    Upstream,
-    /// Product default: append copies of the last frame until `F = 8n+1` ≥ max(N0+4, 25), so
-    /// every input frame gets its output frame (the extra outputs are dropped); any N0 ≥ 1.
-    #[default]
-    EveryFrame,
-}
-
-/// Frame counts of one clip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FramePlan {
-    /// Input frames N0.
-    pub input_frames: usize,
-    /// LQ frames F fed to the model (`8n+1`, ≥ 25); frame j is input frame `min(j, N0-1)`.
-    pub lq_frames: usize,
-    /// Frames the decoder produces, `F - 4`; decoded frame j belongs to LQ frame j.
-    pub decoded_frames: usize,
-    /// Frames to return: `decoded_frames` (Upstream) or N0 (EveryFrame).
-    pub output_frames: usize,
-    /// Latent frames `(F-1)/4`.
-    pub latent_frames: usize,
-    /// DiT steps `(F-1)/8 - 2`.
-    pub dit_steps: usize,
-}
-
-/// Smallest number of LQ frames the pipeline can run (one DiT step).
-pub const MIN_LQ_FRAMES: usize = 25;
-
-impl FramePlan {
-    pub fn new(input_frames: usize, rule: FrameRule) -> Result<Self> {
-        if input_frames == 0 {
-            candle_core::bail!("the clip has no frames")
-        }
-        let lq_frames = match rule {
-            FrameRule::Upstream => {
-                let f = (input_frames + 4 - 1) / 8 * 8 + 1;
-                if f < MIN_LQ_FRAMES {
-                    candle_core::bail!(
-                        "{input_frames} input frames are too few for the upstream frame rule \
-                         (needs at least 21)"
-                    )
-                }
-                f
-            }
-            FrameRule::EveryFrame => {
-                let needed = (input_frames + 4).max(MIN_LQ_FRAMES);
-                (needed - 1).div_ceil(8) * 8 + 1
-            }
-        };
-        let decoded_frames = lq_frames - 4;
-        let output_frames = match rule {
-            FrameRule::Upstream => decoded_frames,
-            FrameRule::EveryFrame => input_frames,
-        };
-        Ok(Self {
-            input_frames,
-            lq_frames,
-            decoded_frames,
-            output_frames,
-            latent_frames: (lq_frames - 1) / 4,
-            dit_steps: (lq_frames - 1) / 8 - 2,
-        })
-    }
-
-    /// Index of the input frame that LQ frame `j` repeats.
-    pub fn source_frame(&self, lq_index: usize) -> usize {
-        lq_index.min(self.input_frames - 1)
-    }
-}
-
-/// Upstream's exact u8 → [-1, 1] mapping, `(u8 / 255.0) * 2.0 - 1.0` in f32.
-pub fn u8_to_unit(v: u8) -> f32 {
-    (v as f32 / 255.0f32) * 2.0f32 - 1.0f32
-}
-
-/// Uploads one frame as it is, `[H, W, 3]` u8: a quarter of the bytes of an f32 frame, and
-/// no per-pixel work on the host. [`unit_video`] turns held frames into the model's input.
-pub fn frame_to_device(frame: &RgbFrame, device: &Device) -> Result<Tensor> {
-    Tensor::from_slice(&frame.data, (frame.height, frame.width, 3), device)
-}
-
-/// Equally sized `[H, W, 3]` u8 frames (on any device) → `[1, 3, T, H, W]` in [-1, 1], computed
-/// where the frames are. The values are exactly [`u8_to_unit`]'s (a 256-entry table, not a
-/// rescale, whose rounding could differ by an ulp), then cast to `dtype`.
-pub fn unit_video(frames: &[Tensor], dtype: DType) -> Result<Tensor> {
-    let Some(first) = frames.first() else {
-        candle_core::bail!("no frames to stack")
-    };
-    let (h, w, c) = first.dims3()?;
-    if let Some((i, f)) = frames
-        .iter()
-        .enumerate()
-        .find(|(_, f)| f.dims() != first.dims())
-    {
-        candle_core::bail!(
-            "frame {i} is {:?}, the first frame is {:?}",
-            f.dims(),
-            first.dims()
-        )
-    }
-    let table: Vec<f32> = (0..=255u8).map(u8_to_unit).collect();
-    let table = Tensor::from_vec(table, 256, first.device())?;
-    let t = frames.len();
-    let bytes = Tensor::stack(frames, 0)?.flatten_all()?;
-    table
-        .index_select(&bytes, 0)?
-        .reshape((t, h, w, c))?
-        .permute((3, 0, 1, 2))?
-        .to_dtype(dtype)?
-        .contiguous()?
-        .unsqueeze(0)
-}
-
-/// Stacks equally sized frames into the LQ video tensor `[1, 3, T, H, W]` in [-1, 1]
-/// (computed in f32, then cast to `dtype`).
-pub fn frames_to_tensor(frames: &[&RgbFrame], device: &Device, dtype: DType) -> Result<Tensor> {
-    let Some(first) = frames.first() else {
-        candle_core::bail!("no frames to stack")
-    };
-    let (w, h) = (first.width, first.height);
-    let plane = w * h;
-    let t = frames.len();
-    let mut data = vec![0f32; 3 * t * plane];
-    for (ti, frame) in frames.iter().enumerate() {
-        if frame.width != w || frame.height != h {
-            candle_core::bail!(
-                "frame {ti} is {}x{}, the first frame is {w}x{h}",
-                frame.width,
-                frame.height
-            )
-        }
-        for (p, px) in frame.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[(c * t + ti) * plane + p] = u8_to_unit(px[c]);
-            }
-        }
-    }
-    Tensor::from_vec(data, (1, 3, t, h, w), device)?.to_dtype(dtype)
 }
 
 #[cfg(test)]
@@ -500,7 +287,7 @@ mod tests {
         let data = (0..301 * 203 * 3)
             .map(|i: usize| (i.wrapping_mul(2654435761) >> 7) as u8)
             .collect();
-        let src = RgbFrame::new(301, 203, data)?;
+        let src = frames::from_rgb24(301, 203, data)?;
         let one = resize_bicubic_on(&src, 1204, 812, 1)?;
         for threads in [2, 3, 7, 5000] {
             assert_eq!(
@@ -510,55 +297,6 @@ mod tests {
             );
         }
         assert_eq!(resize_bicubic(&src, 1204, 812)?.data, one.data);
-        Ok(())
-    }
-
-    #[test]
-    fn unit_video_matches_the_host_conversion() -> Result<()> {
-        let frames: Vec<RgbFrame> = (0..3u8)
-            .map(|t| {
-                let data = (0..5 * 4 * 3)
-                    .map(|i| (i as u8).wrapping_mul(37).wrapping_add(t * 91))
-                    .collect();
-                RgbFrame::new(5, 4, data)
-            })
-            .collect::<Result<_>>()?;
-        let refs: Vec<&RgbFrame> = frames.iter().collect();
-        let want = frames_to_tensor(&refs, &Device::Cpu, DType::F32)?;
-        let held = frames
-            .iter()
-            .map(|f| frame_to_device(f, &Device::Cpu))
-            .collect::<Result<Vec<_>>>()?;
-        let got = unit_video(&held, DType::F32)?;
-        assert_eq!(got.dims(), &[1, 3, 3, 4, 5]);
-        let (got, want) = (
-            got.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?,
-        );
-        assert_eq!(got, want);
-        Ok(())
-    }
-
-    #[test]
-    fn frame_plans() -> Result<()> {
-        let p = FramePlan::new(25, FrameRule::Upstream)?;
-        assert_eq!(
-            (p.lq_frames, p.decoded_frames, p.latent_frames, p.dit_steps),
-            (25, 21, 6, 1)
-        );
-        let p = FramePlan::new(100, FrameRule::Upstream)?;
-        assert_eq!(p.decoded_frames, 93);
-        let p = FramePlan::new(81, FrameRule::Upstream)?;
-        assert_eq!(p.decoded_frames, 77);
-        assert!(FramePlan::new(20, FrameRule::Upstream).is_err());
-        let p = FramePlan::new(46, FrameRule::Upstream)?;
-        assert_eq!((p.lq_frames, p.source_frame(48)), (49, 45));
-        for n in 1..200 {
-            let p = FramePlan::new(n, FrameRule::EveryFrame)?;
-            assert!(p.decoded_frames >= n && p.lq_frames % 8 == 1 && p.lq_frames >= 25);
-            assert!(p.decoded_frames < n + 8 || p.lq_frames == 25);
-            assert_eq!(p.output_frames, n);
-        }
         Ok(())
     }
 
@@ -580,23 +318,5 @@ mod tests {
         assert_eq!((g.scaled_w, g.scaled_h), (12, 18));
         assert!(FrameGeometry::new(10, 10, 4.0, SizeRule::UpstreamCrop).is_err());
         Ok(())
-    }
-
-    #[test]
-    fn pad_and_crop() -> Result<()> {
-        let f = RgbFrame::new(2, 1, vec![1, 2, 3, 4, 5, 6])?;
-        let p = f.pad_edge(3, 2)?;
-        assert_eq!(
-            p.data,
-            vec![1, 2, 3, 4, 5, 6, 4, 5, 6, 1, 2, 3, 4, 5, 6, 4, 5, 6]
-        );
-        assert_eq!(p.crop(0, 0, 2, 1)?, f);
-        Ok(())
-    }
-
-    #[test]
-    fn unit_mapping_ends() {
-        assert_eq!(u8_to_unit(0), -1.0);
-        assert_eq!(u8_to_unit(255), 1.0);
     }
 }

@@ -5,6 +5,8 @@
 //! Tiles see only their own picture: attention, colour statistics and the decoder's context
 //! stop at the tile border, so tiled output is close to, not identical with, untiled output.
 
+use crate::frames::RgbFrame;
+
 /// One tile: where it sits in the input and in the output, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tile {
@@ -102,20 +104,18 @@ impl Blender {
         }
     }
 
-    /// Adds an RGB24 tile of `tw`×`th` at (`ox`, `oy`) with ramps of `ramp` pixels towards the
+    /// Adds a tile's output frame at (`ox`, `oy`) with ramps of `ramp` pixels towards the
     /// neighbouring tiles (`neighbours` = left, right, top, bottom).
-    #[allow(clippy::too_many_arguments)] // a tile: pixels, size, origin, ramps, neighbours
     pub fn add(
         &mut self,
-        rgb: &[u8],
-        tw: usize,
-        th: usize,
+        tile: &RgbFrame,
         ox: usize,
         oy: usize,
         ramp: usize,
         neighbours: [bool; 4],
     ) {
         let [left, right, top, bottom] = neighbours;
+        let (tw, th, rgb) = (tile.width, tile.height, &tile.data);
         for ty in 0..th {
             let wy = ramp_weight(ty, th, ramp, top, bottom);
             let row = (oy + ty) * self.width;
@@ -130,8 +130,8 @@ impl Blender {
         }
     }
 
-    /// The blended RGB24 frame (rounded to nearest).
-    pub fn finish(self) -> Vec<u8> {
+    /// The blended frame (rounded to nearest).
+    pub fn finish(self) -> RgbFrame {
         let mut out = Vec::with_capacity(self.width * self.height * 3);
         for (p, &w) in self.weight.iter().enumerate() {
             for c in 0..3 {
@@ -143,18 +143,12 @@ impl Blender {
                 out.push(v.round().clamp(0.0, 255.0) as u8);
             }
         }
-        out
+        RgbFrame {
+            width: self.width,
+            height: self.height,
+            data: out,
+        }
     }
-}
-
-/// Copies the `w`×`h` rectangle at (`x`, `y`) out of an RGB24 frame `frame_w` wide.
-pub fn crop_rgb(frame: &[u8], frame_w: usize, x: usize, y: usize, w: usize, h: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(w * h * 3);
-    for row in y..y + h {
-        let start = (row * frame_w + x) * 3;
-        out.extend_from_slice(&frame[start..start + w * 3]);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -178,13 +172,14 @@ mod tests {
     #[test]
     fn blending_identical_tiles_reproduces_the_frame() {
         let (w, h) = (20, 12);
-        let frame: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let frame = crate::frames::from_rgb24(w, h, data).unwrap();
         let tiles = tile_grid(w, h, 8, 3, |n| n);
         let mut b = Blender::new(w, h);
         for t in &tiles {
-            let rgb = crop_rgb(&frame, w, t.x, t.y, t.w, t.h);
+            let tile = crate::frames::crop(&frame, t.x, t.y, t.w, t.h).unwrap();
             let n = [t.x > 0, t.x + t.w < w, t.y > 0, t.y + t.h < h];
-            b.add(&rgb, t.w, t.h, t.out_x, t.out_y, 3, n);
+            b.add(&tile, t.out_x, t.out_y, 3, n);
         }
         assert_eq!(b.finish(), frame);
     }

@@ -1,21 +1,11 @@
 //! AdaIN colour fix and 8-bit conversion against the upstream fixtures, fed with the
 //! fixture's own decoder output (`decoded_pre_cc.npy`) and bicubic LQ frames.
-mod common_dec;
+mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use common_dec::*;
+use candle_core::IndexOp;
+use common::*;
 use flashvsr_model::color_fix::{self, ColorFix};
-use flashvsr_model::preprocess::{frames_to_tensor, RgbFrame};
-
-/// The LQ video `[1,3,n,H,W]` of frames `indices` from the fixture's `lq_upscaled` PNGs.
-fn lq_frames(set: &str, indices: &[usize]) -> anyhow::Result<Tensor> {
-    let frames = indices
-        .iter()
-        .map(|i| png(&fixture(set, &format!("lq_upscaled/frame_{i:04}.png"))))
-        .collect::<anyhow::Result<Vec<RgbFrame>>>()?;
-    let refs: Vec<&RgbFrame> = frames.iter().collect();
-    Ok(frames_to_tensor(&refs, &Device::Cpu, DType::F32)?)
-}
+use flashvsr_model::frames;
 
 /// `decoded_frames`: the frame indices held by `decoded_pre_cc.npy`; the last one is the
 /// frame of `final_float.npy`.
@@ -31,7 +21,7 @@ fn check_set(
 
     // LQ statistics of every output frame.
     let all: Vec<usize> = (0..n_out).collect();
-    let lq_all = lq_frames(set, &all)?;
+    let lq_all = lq_frames(set, all.iter().copied())?;
     let (mean_lq, std_lq) = color_fix::mean_std(&lq_all)?; // [1,3,n]
     let want_mean_lq = stats.i((.., .., 2))?.t()?.unsqueeze(0)?;
     let want_std_lq = stats.i((.., .., 3))?.t()?.unsqueeze(0)?;
@@ -56,14 +46,14 @@ fn check_set(
     let last = *decoded_frames.last().unwrap();
     let k = decoded_frames.len() - 1;
     let hq = decoded.narrow(2, k, 1)?;
-    let lq = lq_frames(set, &[last])?;
+    let lq = lq_frames(set, [last])?;
     let fixed = ColorFix::AdaIn.apply(&hq, &lq)?;
     let want = npy(set, "final_float.npy")?;
     let diff = max_abs_diff(&fixed, &want)?;
     assert!(diff <= final_tol, "{set} final_float: max diff {diff}");
 
-    let ours = &color_fix::to_rgb_frames(&fixed)?[0];
-    let png_frame = png(&fixture(set, &format!("output/frame_{last:04}.png")))?;
+    let ours = &frames::to_rgb_frames(&fixed)?[0];
+    let png_frame = png_frame(set, "output", last)?;
     let mut off = 0usize;
     for (a, b) in ours.data.iter().zip(&png_frame.data) {
         let d = (*a as i32 - *b as i32).abs();
@@ -75,7 +65,7 @@ fn check_set(
         "{set}: {off} values off by one"
     );
     // The stored float frame converts to the stored PNG exactly (upstream conversion).
-    let exact = &color_fix::to_rgb_frames(&want)?[0];
+    let exact = &frames::to_rgb_frames(&want)?[0];
     assert_eq!(
         exact.data, png_frame.data,
         "{set}: u8 conversion of final_float"

@@ -1,20 +1,10 @@
 //! Decoders against the upstream fixtures: TCDecoder (tiny-v1.1, tiny-v1-steps; all at once
 //! and streamed per DiT step) and the Wan VAE decoder (full-v1.1).
-mod common_dec;
+mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common_dec::*;
+use common::*;
 use flashvsr_model::decoders::{TcDecoder, TcState};
-use flashvsr_model::preprocess::{frames_to_tensor, RgbFrame};
-
-/// LQ video `[1,3,n,H,W]` of the fixture's bicubic frames `[start, end)`.
-fn lq_video(set: &str, start: usize, end: usize) -> anyhow::Result<Tensor> {
-    let frames = (start..end)
-        .map(|i| png(&fixture(set, &format!("lq_upscaled/frame_{i:04}.png"))))
-        .collect::<anyhow::Result<Vec<RgbFrame>>>()?;
-    let refs: Vec<&RgbFrame> = frames.iter().collect();
-    Ok(frames_to_tensor(&refs, &Device::Cpu, DType::F32)?)
-}
 
 /// Checks a decoded video against `decoded_pre_cc.npy` (frames `stored`) and
 /// `pre_cc_frame_stats.npy` (mean, min, max per frame and channel).
@@ -47,13 +37,13 @@ fn tc_streamed(dec: &TcDecoder, set: &str, latents: &Tensor) -> anyhow::Result<T
     let t = latents.dim(2)?;
     let mut out = vec![dec.decode(
         &latents.narrow(2, 0, 6)?,
-        &lq_video(set, 0, 21)?,
+        &lq_frames(set, 0..21)?,
         &mut state,
     )?];
     let mut s = 1;
     while 4 + 2 * s < t {
         let lat = latents.narrow(2, 4 + 2 * s, 2)?;
-        let lq = lq_video(set, 8 * s + 13, 8 * s + 21)?;
+        let lq = lq_frames(set, 8 * s + 13..8 * s + 21)?;
         out.push(dec.decode(&lat, &lq, &mut state)?);
         s += 1;
     }
@@ -68,14 +58,14 @@ fn tc_decoder_tiny_v11_all_at_once_and_streamed() -> anyhow::Result<()> {
     assert_eq!(dec.config().latent_channels, 16);
     let latents = npy(set, "latents.npy")?;
     let mut state = TcState::new();
-    let all = dec.decode(&latents, &lq_video(set, 0, 21)?, &mut state)?;
+    let all = dec.decode(&latents, &lq_frames(set, 0..21)?, &mut state)?;
     check_decoded(set, &all, &[0, 1, 20], 2e-4)?;
     let streamed = tc_streamed(&dec, set, &latents)?;
     assert_eq!(max_abs_diff(&all, &streamed)?, 0.0);
     for per_call in [1, 2, 4] {
         let chunked = dec.decode_chunked(
             &latents,
-            &lq_video(set, 0, 21)?,
+            &lq_frames(set, 0..21)?,
             &mut TcState::new(),
             per_call,
         )?;
@@ -87,7 +77,7 @@ fn tc_decoder_tiny_v11_all_at_once_and_streamed() -> anyhow::Result<()> {
     }
     // LQ frames that do not match the latents are refused.
     assert!(dec
-        .decode_chunked(&latents, &lq_video(set, 0, 20)?, &mut TcState::new(), 2)
+        .decode_chunked(&latents, &lq_frames(set, 0..20)?, &mut TcState::new(), 2)
         .is_err());
     Ok(())
 }
@@ -110,19 +100,19 @@ fn tc_decoder_rejects_wrong_lq_count() -> anyhow::Result<()> {
     let latents = npy(set, "latents.npy")?;
     let mut state = TcState::new();
     let err = dec
-        .decode(&latents, &lq_video(set, 0, 24)?, &mut state)
+        .decode(&latents, &lq_frames(set, 0..24)?, &mut state)
         .unwrap_err();
     assert!(err.to_string().contains("need 21 LQ frames"), "{err}");
     // After the first call, 2 latents take 8 LQ frames.
     dec.decode(
         &latents.i((.., .., 0..1))?,
-        &lq_video(set, 0, 1)?,
+        &lq_frames(set, 0..1)?,
         &mut state,
     )?;
     let err = dec
         .decode(
             &latents.i((.., .., 1..3))?,
-            &lq_video(set, 1, 8)?,
+            &lq_frames(set, 1..8)?,
             &mut state,
         )
         .unwrap_err();
@@ -159,7 +149,7 @@ fn wan_vae_full_v11_whole_and_streamed() -> anyhow::Result<()> {
         0.0
     );
     // Colour fix of the last frame against final_float.npy.
-    let fixed = ColorFix::AdaIn.apply(&all.narrow(2, 20, 1)?, &lq_video(set, 20, 21)?)?;
+    let fixed = ColorFix::AdaIn.apply(&all.narrow(2, 20, 1)?, &lq_frames(set, 20..21)?)?;
     let d = max_abs_diff(&fixed, &npy(set, "final_float.npy")?)?;
     assert!(d <= 2e-4, "final_float differs by {d}");
     Ok(())

@@ -20,9 +20,9 @@ use flashvsr_model::decoders::tc::{TcDecoder, TcState};
 use flashvsr_model::decoders::wan_vae::{WanVaeDecoder, WanVaeState};
 use flashvsr_model::dit::lcsa::LcsaParams;
 use flashvsr_model::dit::{Dit, KvCache, StepTaps};
+use flashvsr_model::frames::{self, frames_to_tensor, RgbFrame};
 use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjVariant};
 use flashvsr_model::pipeline::tiny_decoder_dtype;
-use flashvsr_model::preprocess::{frames_to_tensor, RgbFrame};
 use flashvsr_model::schedule::step_plan;
 
 fn fixture(name: &str) -> PathBuf {
@@ -105,7 +105,7 @@ fn lq_frames(dir: &Path, range: std::ops::Range<usize>, t: &Target) -> Tensor {
             let img = image::open(dir.join(format!("lq_upscaled/frame_{i:04}.png")))
                 .unwrap()
                 .to_rgb8();
-            RgbFrame::new(img.width() as usize, img.height() as usize, img.into_raw()).unwrap()
+            frames::from_rgb24(img.width() as usize, img.height() as usize, img.into_raw()).unwrap()
         })
         .collect();
     let refs: Vec<&RgbFrame> = frames.iter().collect();

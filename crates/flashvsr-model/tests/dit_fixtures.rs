@@ -1,10 +1,10 @@
 //! DiT stage by stage vs the upstream fixtures `tiny-v1.1` (1 step) and `tiny-v1-steps`
 //! (4 steps: KV cache eviction, RoPE positions continuing).
-mod common_dit;
+mod common;
 
 use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
-use common_dit::*;
+use common::*;
 use flashvsr_model::config::DitConfig;
 use flashvsr_model::dit::{Dit, KvCache, LcsaParams, StepTaps};
 
@@ -37,7 +37,7 @@ fn check_constants(
 
 fn run(case: Case) -> Result<()> {
     let set = case.set;
-    let vb = load_weights(set, "diffusion_pytorch_model_streaming_dmd.safetensors")?;
+    let vb = weights(set, "diffusion_pytorch_model_streaming_dmd.safetensors")?;
     // The fixture models use head_dim 32 (dim 128 -> 4 heads).
     let cfg = DitConfig::from_weights(&vb, Some(32))?;
     assert_eq!(
@@ -51,7 +51,7 @@ fn run(case: Case) -> Result<()> {
         (128, 4, 2, 256, 64)
     );
     let dit = Dit::new(vb, &cfg)?;
-    let prompt = load_pth_tensor(set, "posi_prompt.fp32.pth", cfg.text_dim)?;
+    let prompt = pth_tensor(set, "posi_prompt.fp32.pth", cfg.text_dim)?;
     let consts = check_constants(set, &dit, &prompt, case.t_mod_tol)?;
 
     let noise = npy(set, "noise.npy")?;

@@ -1,10 +1,10 @@
 //! LCSA draft mask at realistic block grids (fixture `draft-mask`): masks and thresholds exact
 //! in selection, thresholds within f32 noise.
-mod common_dit;
+mod common;
 
 use anyhow::Result;
 use candle_core::Tensor;
-use common_dit::*;
+use common::*;
 use flashvsr_model::dit::lcsa::{draft_mask, local_mask, topk_count};
 
 struct Case {

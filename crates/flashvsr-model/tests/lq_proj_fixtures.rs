@@ -1,15 +1,15 @@
 //! LQ projection vs the upstream fixtures (v1.1 `Causal_LQ4x_Proj`, v1 `Buffer_LQ4x_Proj`).
-mod common_dit;
+mod common;
 
 use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
-use common_dit::*;
+use common::*;
 use flashvsr_model::config::LqProjConfig;
 use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjTaps, LqProjVariant};
 
 /// Runs the stream calls of `steps` DiT steps (spec §3) and checks every act1/act2/feature.
 fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Result<()> {
-    let vb = load_weights(set, "LQ_proj_in.fp32.ckpt")?;
+    let vb = weights(set, "LQ_proj_in.fp32.ckpt")?;
     let cfg = LqProjConfig::from_weights(&vb)?;
     let proj = LqProj::new(vb, &cfg, variant)?;
     let frames = 17 + 8 * steps; // F = 8 * (steps + 2) + 1

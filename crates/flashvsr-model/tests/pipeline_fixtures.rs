@@ -2,30 +2,23 @@
 //! `shared/fixtures/{tiny-v1.1, full-v1.1, tiny-v1-steps}` (upstream-compat contract with the
 //! fixture's noise), plus the product contract (frame counts, sizes) on the fixture weights.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use flashvsr_loader::WeightStore;
+use common::*;
 use flashvsr_model::color_fix::ColorFix;
+use flashvsr_model::frames::{self, RgbFrame};
 use flashvsr_model::pipeline::{FlashVsr, Mode, ModelComponents, ModelVersion, UpscaleOptions};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-fn open(path: PathBuf) -> Arc<WeightStore> {
-    Arc::new(WeightStore::open(&[&path]).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-}
-
-/// Loads a fixture folder's upstream files (the fixture DiTs use 32-wide heads).
-fn load(dir: &Path, version: ModelVersion) -> FlashVsr {
+/// Loads a fixture set's upstream files (the fixture DiTs use 32-wide heads).
+fn load(set: &str, version: ModelVersion) -> FlashVsr {
     let dev = Device::Cpu;
-    let vb = |file: &str| open(dir.join(file)).var_builder(DType::F32, &dev);
-    let optional = |file: &str| dir.join(file).exists().then(|| vb(file));
-    let prompt = open(dir.join("posi_prompt.pth"))
+    let vb = |file: &str| weights(set, file).unwrap();
+    let optional = |file: &str| fixture(set, file).exists().then(|| vb(file));
+    let prompt = store(set, "posi_prompt.pth")
+        .unwrap()
         .tensor("posi_prompt", DType::F32, &dev)
         .unwrap();
     let components = ModelComponents {
@@ -37,13 +30,6 @@ fn load(dir: &Path, version: ModelVersion) -> FlashVsr {
         head_dim: Some(32),
     };
     FlashVsr::load(components, version, &dev, DType::F32).unwrap()
-}
-
-fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    (img.width() as usize, img.height() as usize, img.into_raw())
 }
 
 fn frames_in(dir: &Path) -> Vec<PathBuf> {
@@ -58,8 +44,8 @@ fn frames_in(dir: &Path) -> Vec<PathBuf> {
 /// Runs a fixture in upstream-compat mode, one frame at a time, and compares every output frame
 /// with the upstream PNGs: identical or off by one level on at most 0.1% of the values.
 fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, local_range: usize) {
-    let dir = fixture(name);
-    let model = load(&dir, version);
+    let dir = fixture_dir(name);
+    let model = load(name, version);
     let noise = Tensor::read_npy(dir.join("noise.npy")).unwrap();
     let opts = UpscaleOptions {
         mode,
@@ -70,11 +56,11 @@ fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, l
         ..Default::default()
     };
     let inputs = frames_in(&dir.join("input"));
-    let (w, h, _) = read_png(&inputs[0]);
-    let mut session = model.session(w, h, &opts).unwrap();
+    let first = png(&inputs[0]).unwrap();
+    let mut session = model.session(first.width, first.height, &opts).unwrap();
     let mut outputs = Vec::new();
     for path in &inputs {
-        outputs.extend(session.push_frame(&read_png(path).2).unwrap());
+        outputs.extend(session.push_frame(&png(path).unwrap()).unwrap());
     }
     outputs.extend(session.finish().unwrap());
 
@@ -82,10 +68,14 @@ fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, l
     assert_eq!(outputs.len(), expected.len(), "{name}: output frame count");
     let (mut total, mut off_by_one, mut worse) = (0usize, 0usize, 0usize);
     for (got, path) in outputs.iter().zip(&expected) {
-        let (ew, eh, want) = read_png(path);
-        assert_eq!(session.output_size(), (ew, eh), "{name}: output size");
-        assert_eq!(got.len(), want.len());
-        for (&a, &b) in got.iter().zip(&want) {
+        let want = png(path).unwrap();
+        assert_eq!(
+            session.output_size(),
+            (want.width, want.height),
+            "{name}: output size"
+        );
+        assert_eq!(got.data.len(), want.data.len());
+        for (&a, &b) in got.data.iter().zip(&want.data) {
             total += 1;
             match a.abs_diff(b) {
                 0 => {}
@@ -118,7 +108,7 @@ fn tiny_v1_four_steps_reproduce_upstream_frames() {
 }
 
 /// A synthetic clip: a moving gradient, so frames differ.
-fn synthetic_frame(w: usize, h: usize, i: usize) -> Vec<u8> {
+fn synthetic_frame(w: usize, h: usize, i: usize) -> RgbFrame {
     let mut v = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
@@ -127,7 +117,7 @@ fn synthetic_frame(w: usize, h: usize, i: usize) -> Vec<u8> {
             v.push(((x + y + 7 * i) % 256) as u8);
         }
     }
-    v
+    frames::from_rgb24(w, h, v).unwrap()
 }
 
 fn run_default(
@@ -143,7 +133,7 @@ fn run_default(
     for i in 0..n {
         let out = session.push_frame(&synthetic_frame(w, h, i)).unwrap();
         let (ow, oh) = session.output_size();
-        assert!(out.iter().all(|f| f.len() == ow * oh * 3));
+        assert!(out.iter().all(|f| f.data.len() == ow * oh * 3));
         count += out.len();
         arrivals.push(count);
     }
@@ -154,7 +144,7 @@ fn run_default(
 
 #[test]
 fn every_input_frame_gets_an_output_frame() {
-    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let model = load("tiny-v1.1", ModelVersion::V1_1);
     let opts = UpscaleOptions {
         color_fix: ColorFix::AdaIn,
         ..Default::default()
@@ -176,7 +166,7 @@ fn every_input_frame_gets_an_output_frame() {
 
 #[test]
 fn odd_sizes_come_out_at_exactly_scale_times_size() {
-    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let model = load("tiny-v1.1", ModelVersion::V1_1);
     let (arrivals, size) = run_default(&model, 97, 61, 3, &UpscaleOptions::default());
     assert_eq!(size, (388, 244));
     assert_eq!(*arrivals.last().unwrap(), 3);
@@ -185,7 +175,7 @@ fn odd_sizes_come_out_at_exactly_scale_times_size() {
         mode: Mode::Full,
         ..Default::default()
     };
-    let model = load(&fixture("full-v1.1"), ModelVersion::V1_1);
+    let model = load("full-v1.1", ModelVersion::V1_1);
     let (arrivals, size) = run_default(&model, 33, 17, 2, &opts);
     assert_eq!(size, (66, 34));
     assert_eq!(*arrivals.last().unwrap(), 2);
@@ -193,7 +183,7 @@ fn odd_sizes_come_out_at_exactly_scale_times_size() {
 
 #[test]
 fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
-    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let model = load("tiny-v1.1", ModelVersion::V1_1);
     let opts = UpscaleOptions {
         seed: 5,
         ..Default::default()
@@ -230,7 +220,7 @@ fn seeded_runs_are_deterministic_and_missing_decoders_are_refused() {
 #[test]
 fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     use flashvsr_model::pipeline::TileOptions;
-    let model = load(&fixture("tiny-v1.1"), ModelVersion::V1_1);
+    let model = load("tiny-v1.1", ModelVersion::V1_1);
     let (w, h, n) = (72, 56, 3);
     let run = |tile: Option<TileOptions>| {
         let opts = UpscaleOptions {
@@ -254,7 +244,7 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     assert_eq!(tsize, size);
     assert_eq!(ntiles, 4);
     assert_eq!(tiled.len(), n);
-    assert!(tiled.iter().all(|f| f.len() == 288 * 224 * 3));
+    assert!(tiled.iter().all(|f| f.data.len() == 288 * 224 * 3));
     // Where only the first tile covers the output (left of the second column of tiles, above
     // the second row), the blend is exactly that tile's own upscale of its crop.
     let opts = UpscaleOptions::default();
@@ -263,8 +253,9 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
     for i in 0..n {
         let frame = synthetic_frame(w, h, i);
         let crop: Vec<u8> = (0..40)
-            .flat_map(|y| frame[y * w * 3..(y * w + 40) * 3].to_vec())
+            .flat_map(|y| frame.data[y * w * 3..(y * w + 40) * 3].to_vec())
             .collect();
+        let crop = frames::from_rgb24(40, 40, crop).unwrap();
         first_tile.extend(alone.push_frame(&crop).unwrap());
     }
     first_tile.extend(alone.finish().unwrap());
@@ -272,7 +263,11 @@ fn tiled_sessions_keep_the_contract_and_place_tiles_exactly() {
         for y in 0..16 * 4 {
             for x in 0..32 * 4 {
                 let (b, o) = ((y * 288 + x) * 3, (y * 160 + x) * 3);
-                assert_eq!(blended[b..b + 3], own[o..o + 3], "pixel ({x}, {y})");
+                assert_eq!(
+                    blended.data[b..b + 3],
+                    own.data[o..o + 3],
+                    "pixel ({x}, {y})"
+                );
             }
         }
     }

@@ -1,10 +1,12 @@
 //! Preprocessing against the upstream fixtures: PIL-exact bicubic (0 differences) and the
 //! float LQ mapping.
-mod common_dec;
+mod common;
 
 use candle_core::{DType, Device, IndexOp};
-use common_dec::*;
+use common::*;
+use flashvsr_model::frames::{frames_to_tensor, RgbFrame};
 use flashvsr_model::preprocess::*;
+use flashvsr_model::schedule::{FramePlan, FrameRule};
 
 fn check_set(set: &str, input_frames: usize, scale: f64) -> anyhow::Result<()> {
     let inputs = png_frames(set, "input", input_frames)?;

@@ -1,5 +1,6 @@
-//! How much of a DiT step one decoder call may take, so that no activation tensor reaches the
-//! element count at which Candle's CUDA element-wise kernels break.
+//! Candle's CUDA element limits, and what they allow the decoders: how much of a DiT step one
+//! decoder call may take so that no activation tensor reaches the element count at which
+//! Candle's CUDA element-wise kernels break, and which frame sizes need tiling.
 //!
 //! Candle 0.11's CUDA kernels (unary, binary, affine, cast, copy, ...) walk a tensor with a
 //! 32-bit `unsigned int` index against a 64-bit element count. A tensor of 2^32 or more

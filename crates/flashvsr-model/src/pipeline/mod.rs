@@ -1,0 +1,146 @@
+//! The whole FlashVSR pipeline behind a streaming API.
+//!
+//! [`FlashVsr`] holds the loaded modules and the per-model constants (time embedding,
+//! cross-attention keys/values of the prompt). [`Session`] upscales one video: push input
+//! frames one at a time, get output frames back as soon as they are final.
+//!
+//! Latency: nothing comes out until 25 frames are in (the first DiT step needs 25 LQ frames
+//! and yields 21 output frames); after that every 8 input frames yield 8 output frames.
+//! `finish` pads the tail and flushes the rest. Memory does not grow with the video length:
+//! the session keeps at most ~20 preprocessed LQ frames, the bounded KV cache and the
+//! decoder's causal state.
+
+mod options;
+mod session;
+mod tiled;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{DitConfig, LqProjConfig};
+use crate::decoders::tc::TcDecoder;
+use crate::decoders::wan_vae::WanVaeDecoder;
+use crate::dit::{Dit, DitConstants};
+use crate::lq_proj::LqProj;
+
+pub use options::{ColorFix, Mode, ModelVersion, TileOptions, UpscaleOptions};
+pub use session::{SessionStats, StreamSession};
+pub use tiled::Session;
+
+/// The weights of each component, as candle-nn var builders rooted at the component's names
+/// (`blocks.0...`, `conv1...`, `decoder.1...`).
+pub struct ModelComponents {
+    pub dit: VarBuilder<'static>,
+    pub lq_proj: VarBuilder<'static>,
+    pub tc_decoder: Option<VarBuilder<'static>>,
+    pub vae: Option<VarBuilder<'static>>,
+    /// The pre-encoded prompt [1, L, text_dim].
+    pub prompt: Tensor,
+    /// DiT head size; `None` = 128 (every real Wan DiT). Not recoverable from the shapes.
+    pub head_dim: Option<usize>,
+}
+
+/// The dtype the tiny decoder computes in for a given compute dtype: f16 instead of bf16
+/// (same tensor-core speed, 3 more mantissa bits; in bf16 its conv chain drifts by 2.6e-2
+/// relative, in f16 by 4e-3, and its activations stay far inside f16's range).
+pub fn tiny_decoder_dtype(compute: DType) -> DType {
+    if compute == DType::BF16 {
+        DType::F16
+    } else {
+        compute
+    }
+}
+
+/// A loaded FlashVSR model.
+pub struct FlashVsr {
+    dit: Dit,
+    constants: DitConstants,
+    lq_proj: LqProj,
+    tc_decoder: Option<TcDecoder>,
+    vae: Option<WanVaeDecoder>,
+    latent_channels: usize,
+    device: Device,
+    dtype: DType,
+}
+
+impl FlashVsr {
+    /// Builds every module from `components` on `device` in `dtype`.
+    pub fn load(
+        c: ModelComponents,
+        version: ModelVersion,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            // Candle's CPU backend has no bf16 convolution (and widens bf16 matmuls to f32).
+            candle_core::bail!(
+                "bf16 is not supported on the CPU; use --dtype f32 (or f16) there, bf16 on a GPU"
+            )
+        }
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            candle_core::bail!("unsupported compute dtype {dtype:?}: use f32, f16 or bf16")
+        }
+        // Pre-Ampere GPUs (no bf16) and kernels built for another GPU are refused here, by name.
+        flashvsr_kernels::gpu_caps::check_device(device, dtype)?;
+        let dit_cfg = DitConfig::from_weights(&c.dit, c.head_dim)?;
+        let dit = Dit::new(c.dit, &dit_cfg)?;
+        let lq_cfg = LqProjConfig::from_weights(&c.lq_proj)?;
+        if lq_cfg.dim != dit_cfg.dim {
+            candle_core::bail!(
+                "the LQ projection produces {}-wide tokens but the DiT is {} wide: these weights do not belong together",
+                lq_cfg.dim,
+                dit_cfg.dim
+            )
+        }
+        let lq_proj = LqProj::new(c.lq_proj, &lq_cfg, version.lq_proj_variant())?;
+        let tc_dtype = tiny_decoder_dtype(dtype);
+        let tc_decoder = c
+            .tc_decoder
+            .map(|vb| TcDecoder::new(vb.set_dtype(tc_dtype)))
+            .transpose()?;
+        if let Some(tc) = &tc_decoder {
+            if tc.config().latent_channels != dit_cfg.out_channels {
+                candle_core::bail!(
+                    "the tiny decoder takes {} latent channels but the DiT produces {}",
+                    tc.config().latent_channels,
+                    dit_cfg.out_channels
+                )
+            }
+        }
+        // The VAE computes in f32 (in f16 it drifts by ~2e-2); TF32 when the model is bf16/f16.
+        let vae = c
+            .vae
+            .map(|vb| WanVaeDecoder::new(vb).map(|v| v.with_tf32(dtype != DType::F32)))
+            .transpose()?;
+        let prompt = c.prompt.to_device(device)?.to_dtype(dtype)?;
+        let constants = dit.constants(&prompt)?;
+        Ok(Self {
+            dit,
+            constants,
+            lq_proj,
+            tc_decoder,
+            vae,
+            latent_channels: dit_cfg.out_channels,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Starts upscaling a video of `input_width`×`input_height` frames.
+    pub fn session(
+        &self,
+        input_width: usize,
+        input_height: usize,
+        opts: &UpscaleOptions,
+    ) -> Result<Session<'_>> {
+        Session::new(self, input_width, input_height, opts)
+    }
+}

@@ -1,0 +1,83 @@
+//! The settings of one upscale: decoder mode, weight generation, LCSA knobs, colour fix,
+//! frame contract, noise and tiling.
+
+use candle_core::Tensor;
+
+pub use crate::color_fix::ColorFix;
+use crate::lq_proj::LqProjVariant;
+
+/// Which decoder turns latents into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Tiny conditional decoder.
+    #[default]
+    Tiny,
+    /// Tiny decoder, decoding step by step. Numerically identical to `Tiny` (spec 1.1); this
+    /// engine always streams, so the two differ only in name.
+    TinyLong,
+    /// The Wan2.1 VAE decoder.
+    Full,
+}
+
+/// The FlashVSR weight generation; it decides the LQ projection's caching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelVersion {
+    V1,
+    #[default]
+    V1_1,
+}
+
+impl ModelVersion {
+    pub(super) fn lq_proj_variant(self) -> LqProjVariant {
+        match self {
+            ModelVersion::V1 => LqProjVariant::Buffer,
+            ModelVersion::V1_1 => LqProjVariant::Causal,
+        }
+    }
+}
+
+/// Spatial tiling of the input (in input pixels), for outputs too large for one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileOptions {
+    pub size: usize,
+    pub overlap: usize,
+}
+
+/// Settings of one upscale.
+#[derive(Debug, Clone)]
+pub struct UpscaleOptions {
+    /// Upscale factor (≥ 1; the model is trained for 4).
+    pub scale: f64,
+    pub mode: Mode,
+    /// LCSA sparsity: ≈ 60·sparse_ratio key blocks per query block (upstream 2.0).
+    pub sparse_ratio: f64,
+    /// KV cache length in segments (upstream 3.0).
+    pub kv_ratio: f64,
+    /// Local attention window in blocks (upstream 11).
+    pub local_range: usize,
+    pub color_fix: ColorFix,
+    /// Upstream's exact crop and 8n−3 frame count instead of the product contract.
+    pub upstream_compat: bool,
+    /// Seed of the initial noise (ignored when `noise` is given).
+    pub seed: u64,
+    /// The initial noise [1, 16, T, H/8, W/8] for exact reproduction of another run.
+    pub noise: Option<Tensor>,
+    pub tile: Option<TileOptions>,
+}
+
+impl Default for UpscaleOptions {
+    fn default() -> Self {
+        Self {
+            scale: 4.0,
+            mode: Mode::Tiny,
+            sparse_ratio: 2.0,
+            kv_ratio: 3.0,
+            local_range: 11,
+            color_fix: ColorFix::AdaIn,
+            upstream_compat: false,
+            seed: 0,
+            noise: None,
+            tile: None,
+        }
+    }
+}
