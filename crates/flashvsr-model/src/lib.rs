@@ -8,8 +8,8 @@
 //!
 //! Words: a *tap* is one position of a convolution kernel (`flashvsr_kernels::tap_conv`, the
 //! temporal taps of [`nn::conv3d`]); the intermediate outputs that tests compare with upstream
-//! are *probes* (`StepProbes`, `LqProjProbes`); a resampling filter's per-sample coefficients
-//! are its *weights* (preprocess, colour fix).
+//! are *probes* (`dit::StepProbes`, `lq_proj::LqProjProbes`); the input samples a resampling
+//! filter reads for one output sample are its *window*, with one *weight* each (preprocess).
 
 pub mod color_fix;
 pub mod config;
