@@ -10,7 +10,9 @@
 //! gather of the selected key blocks and two candle matmuls per (head, query block), the path
 //! the upstream fixtures were matched with.
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, IndexOp, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp3, DType, Device, IndexOp, Layout, Result, Shape, Tensor,
+};
 
 /// Tokens per attention block: one 2x8x8 LCSA window. The one definition of the block size.
 pub const BLOCK_TOKENS: usize = 128;

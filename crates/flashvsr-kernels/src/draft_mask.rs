@@ -307,7 +307,10 @@ mod tests {
         // K = 1: threshold = 2nd largest = the tied value -> only the top one kept.
         assert_eq!(mask(&d)?, vec![1, 0, 0, 0]);
         let probs = d.probs.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(d.thresholds.flatten_all()?.to_vec1::<f32>()?, vec![probs[1]]);
+        assert_eq!(
+            d.thresholds.flatten_all()?.to_vec1::<f32>()?,
+            vec![probs[1]]
+        );
         // topk larger than entries clamps to entries - 1: everything but the minimum.
         let d = draft(&q, &k, &local, 1, 100)?;
         assert_eq!(mask(&d)?, vec![1, 1, 1, 0]);

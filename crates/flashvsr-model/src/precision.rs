@@ -117,7 +117,10 @@ mod tests {
         assert!(Precision::new(&cpu, DType::BF16).is_err());
         assert!(Precision::new(&cpu, DType::U8).is_err());
         let f16 = Precision::new(&cpu, DType::F16)?;
-        assert_eq!((f16.compute(), f16.tiny_decoder(), f16.vae()), (DType::F16, DType::F16, DType::F32));
+        assert_eq!(
+            (f16.compute(), f16.tiny_decoder(), f16.vae()),
+            (DType::F16, DType::F16, DType::F32)
+        );
         assert!(!f16.vae_tf32());
         assert_eq!(ConvBackend::for_device(&cpu), ConvBackend::Candle);
         Ok(())

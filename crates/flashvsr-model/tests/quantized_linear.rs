@@ -16,9 +16,11 @@ impl QuantizedWeights for Quantized {
     fn quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
         let dense = ["F32", "F16", "BF16"];
         match self.0.info(name) {
-            Some(info) if !dense.contains(&info.dtype.as_str()) => {
-                Ok(Some(self.0.qtensor(name, device).map_err(candle_core::Error::wrap)?))
-            }
+            Some(info) if !dense.contains(&info.dtype.as_str()) => Ok(Some(
+                self.0
+                    .qtensor(name, device)
+                    .map_err(candle_core::Error::wrap)?,
+            )),
             _ => Ok(None),
         }
     }
@@ -51,7 +53,15 @@ fn quantized_weights_stay_quantized() -> anyhow::Result<()> {
     };
     // Q8_0 (weights and, on the CPU, activations) keeps ~2.5 significant digits.
     let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-    assert!(diff(&yq, &want)? < 0.02 * scale, "{} vs {scale}", diff(&yq, &want)?);
-    assert!(diff(&yq, &yd)? < 0.02 * scale, "{} vs {scale}", diff(&yq, &yd)?);
+    assert!(
+        diff(&yq, &want)? < 0.02 * scale,
+        "{} vs {scale}",
+        diff(&yq, &want)?
+    );
+    assert!(
+        diff(&yq, &yd)? < 0.02 * scale,
+        "{} vs {scale}",
+        diff(&yq, &yd)?
+    );
     Ok(())
 }

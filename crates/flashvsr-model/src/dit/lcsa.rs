@@ -128,7 +128,10 @@ pub fn draft_mask(
     topk: i64,
 ) -> Result<Draft> {
     if local.len() != nb * nb {
-        candle_core::bail!("draft mask: local mask has {} entries, nb {nb}", local.len());
+        candle_core::bail!(
+            "draft mask: local mask has {} entries, nb {nb}",
+            local.len()
+        );
     }
     let local = local_mask_tensor(local, nb, q_mean.device())?;
     let draft = flashvsr_kernels::draft(q_mean, k_mean, &local, heads, topk.max(0) as usize)?;

@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(diff, 0.0);
         assert_eq!(chunked.i(6)?.dims(), &[4, 5, 6]);
         let layer = Conv2d::new(w.clone(), None, 1)?.forward(&x)?;
-        assert_eq!((layer - &chunked)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        assert_eq!(
+            (layer - &chunked)?.abs()?.max_all()?.to_scalar::<f32>()?,
+            0.0
+        );
         Ok(())
     }
 

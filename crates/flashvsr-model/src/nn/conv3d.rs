@@ -258,13 +258,7 @@ fn strided_frames(x: &Tensor, start: usize, step: usize, count: usize) -> Result
 }
 
 /// Pads `left`/`right` entries on `dim` with zeros or copies of the border slice.
-fn pad_dim(
-    x: &Tensor,
-    dim: usize,
-    left: usize,
-    right: usize,
-    mode: PadMode,
-) -> Result<Tensor> {
+fn pad_dim(x: &Tensor, dim: usize, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }

@@ -202,7 +202,10 @@ mod tests {
         let dense = Store(tensors.clone(), HashMap::new());
         let l = linear_from(64, 8, vb.pp("l"), Some(&dense))?;
         assert!(!l.is_quantized());
-        let q8 = Store(tensors, HashMap::from([("l.weight".into(), GgmlDType::Q8_0)]));
+        let q8 = Store(
+            tensors,
+            HashMap::from([("l.weight".into(), GgmlDType::Q8_0)]),
+        );
         let l = linear_from(64, 8, vb.pp("l"), Some(&q8))?;
         assert!(l.is_quantized());
         let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;

@@ -112,7 +112,8 @@ impl ChannelRmsNorm {
             .maximum(CHANNEL_NORM_EPS)?;
         let mut shape = vec![1; x.rank()];
         shape[1] = self.channels();
-        let y = (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma.reshape(shape)?)?;
+        let y =
+            (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma.reshape(shape)?)?;
         y.to_dtype(x.dtype())
     }
 }
