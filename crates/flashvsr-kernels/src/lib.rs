@@ -1,11 +1,15 @@
 //! Kernels for FlashVSR as Candle custom ops.
 //!
 //! [`block_sparse_attention`] is the attention of FlashVSR's LCSA: 128-token query blocks attend
-//! the 128-token key blocks a per-head block mask selects. With the `cuda` feature it runs our
-//! own flash-attention style kernel (`kernels/block_sparse_attn.cu`); on the CPU it runs a plain
-//! reference implementation, so the API works on every device. [`draft_block_mask`] builds the
-//! block mask itself (candle ops plus a top-k threshold kernel). [`tap_conv::conv2d`] is a
-//! convolution without an im2col buffer (one cuBLAS GEMM per kernel tap).
+//! the 128-token ([`BLOCK_TOKENS`]) key blocks a per-head block mask selects. On CUDA it runs
+//! our own flash-attention style kernel (`kernels/block_sparse_attn.cu`, with the `cuda`
+//! feature); on every other device candle matmuls over the gathered blocks, so the API works
+//! everywhere. [`draft_block_mask`] builds the block mask itself ([`draft`] also returns the
+//! probabilities and thresholds it was cut from). [`tap_conv::conv2d`] is a convolution
+//! without an im2col buffer (one cuBLAS GEMM per kernel tap).
+//!
+//! "Tap", in this crate and the model, means one position of a convolution kernel (a `(dy, dx)`
+//! offset here, a temporal offset in the model's causal 3-D conv) and nothing else.
 
 pub mod block_sparse;
 pub mod draft_mask;
@@ -13,7 +17,7 @@ pub mod gpu_caps;
 pub mod tap_conv;
 
 pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
-pub use draft_mask::{draft_block_mask, kth_largest};
+pub use draft_mask::{draft, draft_block_mask, kth_largest, Draft};
 
 /// Start offset of a contiguous operand of the CUDA op `op`; kernels take plain pointers.
 #[cfg(feature = "cuda")]

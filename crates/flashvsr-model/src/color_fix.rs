@@ -91,11 +91,11 @@ fn to_frames(x: &Tensor) -> Result<Tensor> {
 fn wavelet_blur(x: &Tensor, radius: usize) -> Result<Tensor> {
     let c = x.dim(1)?;
     const K: [f32; 3] = [1., 2., 1.];
-    let tap: Vec<f32> = K
+    let one_channel: Vec<f32> = K
         .iter()
         .flat_map(|a| K.iter().map(move |b| a * b / 16.0))
         .collect();
-    let kernel: Vec<f32> = (0..c).flat_map(|_| tap.iter().copied()).collect();
+    let kernel: Vec<f32> = (0..c).flat_map(|_| one_channel.iter().copied()).collect();
     let kernel = Tensor::from_vec(kernel, (c, 1, 3, 3), x.device())?;
     let padded = x
         .pad_with_same(2, radius, radius)?

@@ -13,12 +13,13 @@
 //!   overwritten with the *current* call's last 2 input frames before the conv, so conv1 sees
 //!   the clip's frames in the order 2,3,0,1,2,3.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::LqProjConfig;
-use crate::conv3d::{CausalConv3d, Padding};
-use crate::linear::{linear, Linear};
+use crate::nn::conv3d::{CausalConv3d, Padding};
+use crate::nn::linear::{linear, Linear};
+use crate::nn::norm::ChannelRmsNorm;
 
 /// Frames kept per conv cache (upstream `CACHE_T`).
 const CACHE_T: usize = 2;
@@ -43,47 +44,15 @@ impl LqProjState {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Number of `stream` calls made so far.
-    pub fn calls(&self) -> usize {
-        self.calls
-    }
 }
 
-/// Optional intermediate outputs of one `stream` call (for tests).
+/// Probes: the intermediate outputs of one `stream` call (for tests).
 #[derive(Debug, Clone, Default)]
-pub struct LqProjTaps {
+pub struct LqProjProbes {
     /// SiLU(norm1(conv1)) `[1, H1, 2, h, w]`.
     pub act1: Option<Tensor>,
     /// SiLU(norm2(conv2)) `[1, H2, 1, h, w]` (not on the first call).
     pub act2: Option<Tensor>,
-}
-
-/// Upstream `RMS_norm` over channels: x / max(‖x‖₂, 1e-12) · √C · γ, computed in f32.
-#[derive(Debug, Clone)]
-struct ChannelRmsNorm {
-    gamma: Tensor, // [1, C, 1, 1, 1]
-    scale: f64,
-}
-
-impl ChannelRmsNorm {
-    fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
-        let gamma = vb
-            .get((channels, 1, 1, 1), "gamma")?
-            .reshape((1, channels, 1, 1, 1))?;
-        Ok(Self {
-            gamma,
-            scale: (channels as f64).sqrt(),
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
-        let y = (xf.broadcast_div(&norm)? * self.scale)?
-            .broadcast_mul(&self.gamma.to_dtype(DType::F32)?)?;
-        y.to_dtype(dtype)
-    }
 }
 
 /// The LQ projection with its weights.
@@ -95,7 +64,6 @@ pub struct LqProj {
     norm2: ChannelRmsNorm,
     linear: Linear,
     variant: LqProjVariant,
-    config: LqProjConfig,
     span: tracing::Span,
 }
 
@@ -105,9 +73,9 @@ impl LqProj {
         let c = config;
         let pad = Padding::replicate(2, 1);
         let conv1 = CausalConv3d::new(vb.pp("conv1"), c.in_channels, c.hidden1, (4, 3, 3), 2, pad)?;
-        let norm1 = ChannelRmsNorm::new(vb.pp("norm1"), c.hidden1)?;
+        let norm1 = channel_norm(&vb.pp("norm1"), c.hidden1)?;
         let conv2 = CausalConv3d::new(vb.pp("conv2"), c.hidden1, c.hidden2, (4, 3, 3), 2, pad)?;
-        let norm2 = ChannelRmsNorm::new(vb.pp("norm2"), c.hidden2)?;
+        let norm2 = channel_norm(&vb.pp("norm2"), c.hidden2)?;
         let linear = linear(c.hidden2, c.dim, vb.pp("linear_layers").pp(0))?;
         Ok(Self {
             conv1,
@@ -116,30 +84,22 @@ impl LqProj {
             norm2,
             linear,
             variant,
-            config: *c,
             span: tracing::span!(tracing::Level::TRACE, "lq-proj"),
         })
-    }
-
-    pub fn config(&self) -> &LqProjConfig {
-        &self.config
-    }
-    pub fn variant(&self) -> LqProjVariant {
-        self.variant
     }
 
     /// One streaming call. `clip`: `[1, 3, T, H, W]` in [-1, 1] (T = 1 on the first call,
     /// 4 afterwards; H, W multiples of 16). Returns `None` on the first call, else tokens
     /// `[1, f·h·w, dim]` (f = T/4 feature frames, h = H/16, w = W/16).
     pub fn stream(&self, clip: &Tensor, state: &mut LqProjState) -> Result<Option<Tensor>> {
-        self.stream_with_taps(clip, state, None)
+        self.stream_with_probes(clip, state, None)
     }
 
-    pub fn stream_with_taps(
+    pub fn stream_with_probes(
         &self,
         clip: &Tensor,
         state: &mut LqProjState,
-        mut taps: Option<&mut LqProjTaps>,
+        mut probes: Option<&mut LqProjProbes>,
     ) -> Result<Option<Tensor>> {
         let _enter = self.span.enter();
         let (_b, c, _t, h, w) = clip.dims5()?;
@@ -162,8 +122,8 @@ impl LqProj {
         let (x1, c1) = self.conv_with_cache(&self.conv1, &x, state.conv1_cache.take())?;
         state.conv1_cache = Some(c1);
         let a1 = candle_nn::ops::silu(&self.norm1.forward(&x1)?)?;
-        if let Some(taps) = taps.as_deref_mut() {
-            taps.act1 = Some(a1.clone());
+        if let Some(probes) = probes.as_deref_mut() {
+            probes.act1 = Some(a1.clone());
         }
         state.calls += 1;
         if first {
@@ -173,8 +133,8 @@ impl LqProj {
         let (x2, c2) = self.conv_with_cache(&self.conv2, &a1, state.conv2_cache.take())?;
         state.conv2_cache = Some(c2);
         let a2 = candle_nn::ops::silu(&self.norm2.forward(&x2)?)?;
-        if let Some(taps) = taps {
-            taps.act2 = Some(a2.clone());
+        if let Some(probes) = probes {
+            probes.act2 = Some(a2.clone());
         }
         // [1, C, f, h, w] -> [1, f·h·w, C]
         let (b2, c2, f2, h2, w2) = a2.dims5()?;
@@ -197,6 +157,19 @@ impl LqProj {
         };
         Ok((y, own_last))
     }
+}
+
+/// A channel RMS norm of `channels` channels.
+fn channel_norm(vb: &VarBuilder, channels: usize) -> Result<ChannelRmsNorm> {
+    let norm = ChannelRmsNorm::new(vb)?;
+    if norm.channels() != channels {
+        candle_core::bail!(
+            "{}.gamma: {} channels, expected {channels}",
+            vb.prefix(),
+            norm.channels()
+        );
+    }
+    Ok(norm)
 }
 
 fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {

@@ -5,9 +5,9 @@
 //! The network only ever sees the bicubic-upscaled video at the target resolution, so the
 //! resize must match Pillow's `Image.resize(.., BICUBIC)` bit for bit (spec §2): cubic
 //! convolution with a = -0.5, support 2 (scaled by the factor only when downscaling), sample
-//! centre `(x + 0.5) * in / out`, taps clamped to the image with the weights renormalised,
-//! coefficients in 22-bit fixed point, horizontal pass first (rounded and clipped to u8), then
-//! the vertical pass.
+//! centre `(x + 0.5) * in / out`, the filter window clamped to the image with the weights
+//! renormalised, coefficients in 22-bit fixed point, horizontal pass first (rounded and
+//! clipped to u8), then the vertical pass.
 
 use candle_core::Result;
 
@@ -32,14 +32,14 @@ fn bicubic_filter(x: f64) -> f64 {
     }
 }
 
-/// Taps of one output sample: first input index and fixed-point weights.
-struct Taps {
+/// The filter window of one output sample: first input index and fixed-point weights.
+struct Window {
     first: usize,
     weights: Vec<i32>,
 }
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for one axis.
-fn bicubic_taps(in_size: usize, out_size: usize) -> Vec<Taps> {
+fn bicubic_windows(in_size: usize, out_size: usize) -> Vec<Window> {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = 2.0 * filter_scale;
@@ -65,7 +65,7 @@ fn bicubic_taps(in_size: usize, out_size: usize) -> Vec<Taps> {
                     }
                 })
                 .collect();
-            Taps {
+            Window {
                 first: xmin,
                 weights,
             }
@@ -134,15 +134,15 @@ fn resize_bicubic_on(
     let half = 1i32 << (PRECISION_BITS - 1);
     // Pillow skips a pass whose axis keeps its size.
     let horizontal = if out_w != src.width {
-        let taps = bicubic_taps(src.width, out_w);
+        let windows = bicubic_windows(src.width, out_w);
         let mut data = vec![0u8; out_w * src.height * 3];
         for_each_row(&mut data, out_w * 3, threads, |y, out_row| {
             let row = &src.data[y * src.width * 3..(y + 1) * src.width * 3];
-            for (xx, tap) in taps.iter().enumerate() {
+            for (xx, win) in windows.iter().enumerate() {
                 for c in 0..3 {
                     let mut acc = half;
-                    for (k, &w) in tap.weights.iter().enumerate() {
-                        acc += row[(tap.first + k) * 3 + c] as i32 * w;
+                    for (k, &w) in win.weights.iter().enumerate() {
+                        acc += row[(win.first + k) * 3 + c] as i32 * w;
                     }
                     out_row[xx * 3 + c] = clip8(acc);
                 }
@@ -159,15 +159,15 @@ fn resize_bicubic_on(
     if out_h == horizontal.height {
         return Ok(horizontal);
     }
-    let taps = bicubic_taps(horizontal.height, out_h);
+    let windows = bicubic_windows(horizontal.height, out_h);
     let stride = out_w * 3;
     let mut data = vec![0u8; out_h * stride];
     for_each_row(&mut data, stride, threads, |yy, out_row| {
-        let tap = &taps[yy];
+        let win = &windows[yy];
         for (i, out) in out_row.iter_mut().enumerate() {
             let mut acc = half;
-            for (k, &w) in tap.weights.iter().enumerate() {
-                acc += horizontal.data[(tap.first + k) * stride + i] as i32 * w;
+            for (k, &w) in win.weights.iter().enumerate() {
+                acc += horizontal.data[(win.first + k) * stride + i] as i32 * w;
             }
             *out = clip8(acc);
         }

@@ -19,10 +19,10 @@ use flashvsr_model::config::{DitConfig, LqProjConfig};
 use flashvsr_model::decoders::tc::{TcDecoder, TcState};
 use flashvsr_model::decoders::wan_vae::{WanVaeDecoder, WanVaeState};
 use flashvsr_model::dit::lcsa::LcsaParams;
-use flashvsr_model::dit::{Dit, KvCache, StepTaps};
+use flashvsr_model::dit::{Dit, KvCache, StepProbes};
 use flashvsr_model::frames::{self, frames_to_tensor, RgbFrame};
 use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjVariant};
-use flashvsr_model::pipeline::tiny_decoder_dtype;
+use flashvsr_model::precision::Precision;
 use flashvsr_model::schedule::step_plan;
 
 fn fixture(name: &str) -> PathBuf {
@@ -165,7 +165,7 @@ fn lq_projection_and_dit_step_match_the_fixture() {
         .to_dtype(t.dtype)
         .unwrap();
     let mut cache = KvCache::new(&cfg);
-    let mut taps = StepTaps::default();
+    let mut taps = StepProbes::default();
     let v = dit
         .step(
             &noise,
@@ -236,8 +236,9 @@ fn decoders_match_the_fixtures() {
     let t = target();
     // Tiny decoder, step 0 of tiny-v1.1: frames 0, 1 and 20 are stored.
     let dir = fixture("tiny-v1.1");
-    // The tiny decoder computes in the dtype the pipeline gives it (f16 for bf16).
-    let tc_dtype = tiny_decoder_dtype(t.dtype);
+    // The decoders compute in the dtypes the pipeline gives them (f16 for bf16; f32).
+    let precision = Precision::new(&t.device, t.dtype).unwrap();
+    let tc_dtype = precision.tiny_decoder();
     let tc = TcDecoder::new(vb(dir.join("TCDecoder.ckpt"), &t).set_dtype(tc_dtype)).unwrap();
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap();
     let lq = lq_frames(&dir, 0..21, &t).to_dtype(tc_dtype).unwrap();
@@ -262,10 +263,10 @@ fn decoders_match_the_fixtures() {
     // Wan VAE decoder, full-v1.1: frames 0 and 20 are stored. The pipeline hands the decoders
     // x0 in f32 (noise − velocity computed in f32), so the latents are not rounded here.
     let dir = fixture("full-v1.1");
-    // As the pipeline builds it: TF32 on CUDA unless the run is f32.
-    let vae = WanVaeDecoder::new(vb(dir.join("Wan2.1_VAE.pth"), &t))
+    // As the pipeline builds it: f32, TF32 on CUDA unless the run is f32.
+    let vae = WanVaeDecoder::new(vb(dir.join("Wan2.1_VAE.pth"), &t).set_dtype(precision.vae()))
         .unwrap()
-        .with_tf32(t.dtype != DType::F32);
+        .with_tf32(precision.vae_tf32());
     let latents = npy(&dir, "latents.npy").to_device(&t.device).unwrap();
     let decoded = vae.decode(&latents, &mut WanVaeState::new()).unwrap();
     check(

@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 use common::*;
 use flashvsr_model::config::DitConfig;
-use flashvsr_model::dit::{Dit, KvCache, LcsaParams, StepTaps};
+use flashvsr_model::dit::{Dit, KvCache, LcsaParams, StepProbes};
 
 struct Case {
     set: &'static str,
@@ -61,7 +61,7 @@ fn run(case: Case) -> Result<()> {
         let (start, len) = if step == 0 { (0, 6) } else { (4 + 2 * step, 2) };
         let slice = noise.narrow(2, start, len)?;
         let lq = npy(set, &format!("lq_feat_step{step}.npy"))?;
-        let mut taps = StepTaps::default();
+        let mut taps = StepProbes::default();
         let v = dit.step(
             &slice,
             &lq,

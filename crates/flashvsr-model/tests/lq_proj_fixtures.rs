@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 use common::*;
 use flashvsr_model::config::LqProjConfig;
-use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjTaps, LqProjVariant};
+use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjProbes, LqProjVariant};
 
 /// Runs the stream calls of `steps` DiT steps (spec §3) and checks every act1/act2/feature.
 fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Result<()> {
@@ -19,8 +19,8 @@ fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Resu
     let mut state = LqProjState::new();
     let mut call = 0usize;
     let mut run = |start: usize, len: usize, state: &mut LqProjState| -> Result<Option<Tensor>> {
-        let mut taps = LqProjTaps::default();
-        let out = proj.stream_with_taps(&lq.narrow(2, start, len)?, state, Some(&mut taps))?;
+        let mut taps = LqProjProbes::default();
+        let out = proj.stream_with_probes(&lq.narrow(2, start, len)?, state, Some(&mut taps))?;
         let a1 = taps.act1.expect("act1 tap");
         assert_close(
             &format!("{set} act1 call {call}"),

@@ -17,9 +17,9 @@
 //!
 //! Each call returns as many frames as LQ frames it was given: `4T-3`, then `4T`.
 
-use crate::frame_conv::FrameConv2d;
+use crate::nn::conv2d::Conv2d;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Layer kinds at each `decoder.<i>` index of the upstream `nn.Sequential`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,66 +48,33 @@ pub const FRAMES_PER_LATENT: usize = 4;
 /// Spatial factor between latents and pixels.
 pub const SPATIAL_FACTOR: usize = 8;
 
-/// Loads a 2-D conv `<vb>.weight` (+ `.bias` if present) with "same" zero padding.
-fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
-    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
-    let (out_c, _in_c, kh, kw) = weight.dims4().map_err(|_| {
-        candle_core::Error::Msg(format!(
-            "{}.weight: expected a 4-D conv weight, got {:?}",
-            vb.prefix(),
-            weight.dims()
-        ))
-    })?;
-    if kh != kw || kh % 2 == 0 {
-        candle_core::bail!("{}.weight: unsupported kernel {kh}x{kw}", vb.prefix())
-    }
-    let bias = if vb.contains_tensor("bias") {
-        Some(vb.get(out_c, "bias")?)
-    } else {
-        None
-    };
-    let cfg = Conv2dConfig {
-        padding: kh / 2,
-        ..Default::default()
-    };
-    Ok(FrameConv2d::new(Conv2d::new(weight, bias, cfg)))
-}
-
-fn in_channels(conv: &FrameConv2d) -> usize {
-    conv.weight().dim(1).unwrap_or(0)
-}
-
-fn out_channels(conv: &FrameConv2d) -> usize {
-    conv.weight().dim(0).unwrap_or(0)
-}
-
 /// `relu(conv(cat[x, past]) → relu → conv → relu → conv + skip(x))`, past = the block's input
 /// one time step earlier.
 #[derive(Debug, Clone)]
 struct MemBlock {
-    convs: [FrameConv2d; 3],
-    skip: Option<FrameConv2d>,
+    convs: [Conv2d; 3],
+    skip: Option<Conv2d>,
     span: tracing::Span,
 }
 
 impl MemBlock {
     fn new(vb: VarBuilder) -> Result<Self> {
         let convs = [
-            conv2d(&vb.pp("conv.0"))?,
-            conv2d(&vb.pp("conv.2"))?,
-            conv2d(&vb.pp("conv.4"))?,
+            Conv2d::load(&vb.pp("conv.0"))?,
+            Conv2d::load(&vb.pp("conv.2"))?,
+            Conv2d::load(&vb.pp("conv.4"))?,
         ];
         let skip = if vb.contains_tensor("skip.weight") {
-            Some(conv2d(&vb.pp("skip"))?)
+            Some(Conv2d::load(&vb.pp("skip"))?)
         } else {
             None
         };
-        let c_in = in_channels(&convs[0]) / 2;
-        if skip.is_none() && c_in != out_channels(&convs[2]) {
+        let c_in = convs[0].in_channels() / 2;
+        if skip.is_none() && c_in != convs[2].out_channels() {
             candle_core::bail!(
                 "{}: {c_in} input channels but {} outputs and no skip conv",
                 vb.prefix(),
-                out_channels(&convs[2])
+                convs[2].out_channels()
             )
         }
         Ok(Self {
@@ -146,14 +113,14 @@ impl MemBlock {
 /// 1×1 conv to `stride·C` channels; channel block s becomes time step `stride·t + s`.
 #[derive(Debug, Clone)]
 struct TGrow {
-    conv: FrameConv2d,
+    conv: Conv2d,
     stride: usize,
 }
 
 impl TGrow {
     fn new(vb: VarBuilder) -> Result<Self> {
-        let conv = conv2d(&vb.pp("conv"))?;
-        let (c_out, c_in) = (out_channels(&conv), in_channels(&conv));
+        let conv = Conv2d::load(&vb.pp("conv"))?;
+        let (c_out, c_in) = (conv.out_channels(), conv.in_channels());
         if c_in == 0 || c_out % c_in != 0 {
             candle_core::bail!(
                 "{}.conv.weight: {c_out} outputs is not a multiple of {c_in}",
@@ -173,9 +140,11 @@ impl TGrow {
 }
 
 #[derive(Debug, Clone)]
+// 27 layers per model: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Layer {
     Clamp,
-    Conv(FrameConv2d),
+    Conv(Conv2d),
     Relu,
     Mem(MemBlock),
     Upsample,
@@ -205,11 +174,6 @@ impl TcState {
         Self::default()
     }
 
-    /// Forgets the previous video (upstream `clean_mem`).
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
     /// Whether the next call is the first of a video (gets `4T-3` LQ frames).
     pub fn is_first_call(&self) -> bool {
         !self.started
@@ -221,6 +185,8 @@ impl TcState {
 pub struct TcDecoder {
     layers: Vec<Layer>,
     config: TcConfig,
+    /// The dtype it computes in (the weights', `Precision::tiny_decoder` in the pipeline).
+    dtype: candle_core::DType,
     span: tracing::Span,
 }
 
@@ -238,10 +204,10 @@ impl TcDecoder {
                 Kind::Relu => Layer::Relu,
                 Kind::Upsample => Layer::Upsample,
                 Kind::Conv => {
-                    let conv = conv2d(&vb)?;
+                    let conv = Conv2d::load(&vb)?;
                     // Stage widths: the convs that open each stage (1, 10, 16, 22).
                     if matches!(i, 1 | 10 | 16 | 22) {
-                        stage_widths.push(out_channels(&conv));
+                        stage_widths.push(conv.out_channels());
                     }
                     Layer::Conv(conv)
                 }
@@ -254,7 +220,7 @@ impl TcDecoder {
             });
         }
         let first_in = match &layers[1] {
-            Layer::Conv(c) => in_channels(c),
+            Layer::Conv(c) => c.in_channels(),
             _ => 0,
         };
         if first_in <= COND_CHANNELS {
@@ -280,6 +246,7 @@ impl TcDecoder {
         Ok(Self {
             layers,
             config,
+            dtype: vb.dtype(),
             span: tracing::span!(tracing::Level::TRACE, "tc-decoder"),
         })
     }
@@ -379,7 +346,8 @@ impl TcDecoder {
 
     /// Decodes `latents` `[1, C_lat, T, h, w]` (DiT x0, not un-normalised) conditioned on the LQ
     /// frames `lq` `[1, 3, T_lq, 8h, 8w]` in [-1, 1] (see the module docs for which frames).
-    /// Returns `[1, 3, T_lq, 8h, 8w]`, roughly in [-1, 1] (not clamped).
+    /// Returns `[1, 3, T_lq, 8h, 8w]`, roughly in [-1, 1] (not clamped), in the decoder's dtype
+    /// (the inputs are converted to it).
     pub fn decode(&self, latents: &Tensor, lq: &Tensor, state: &mut TcState) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c_lat, t, h, w) = latents.dims5()?;
@@ -405,8 +373,11 @@ impl TcDecoder {
                 h * SPATIAL_FACTOR
             )
         }
-        let cond = self.lq_condition(&lq.to_dtype(latents.dtype())?)?;
-        let lat = latents.squeeze(0)?.permute((1, 0, 2, 3))?;
+        let cond = self.lq_condition(&lq.to_dtype(self.dtype)?)?;
+        let lat = latents
+            .to_dtype(self.dtype)?
+            .squeeze(0)?
+            .permute((1, 0, 2, 3))?;
         let mut x = Tensor::cat(&[&cond, &lat], 1)?;
         if state.mem.len() != self.layers.len() {
             state.mem = vec![None; self.layers.len()];

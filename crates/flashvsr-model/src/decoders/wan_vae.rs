@@ -9,12 +9,15 @@
 //! decode latents as they come and get the same frames as one call over the whole video.
 //!
 //! All widths are read from the weights (`decoder.*` and `conv2.*` of `Wan2.1_VAE.pth`; the
-//! encoder keys are ignored). Norms and attention softmax run in f32.
+//! encoder keys are ignored). It computes in the `VarBuilder`'s dtype, which the pipeline sets
+//! to f32 (`Precision::vae`); norms and attention softmax run in f32 regardless.
 
-use crate::conv3d::{CausalConv3d, Padding};
-use crate::frame_conv::FrameConv2d;
+use crate::nn::conv2d::Conv2d;
+use crate::nn::conv3d::CausalConv3d;
+use crate::nn::norm::ChannelRmsNorm;
+use crate::precision::Tf32Scope;
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Wan2.1 latent channel means (un-normalisation `z * std + mean`).
 pub const LATENT_MEAN: [f32; 16] = [
@@ -29,93 +32,6 @@ pub const LATENT_STD: [f32; 16] = [
 
 /// Frames a causal conv remembers (upstream `CACHE_T`).
 const CACHE_FRAMES: usize = 2;
-/// `F.normalize` epsilon.
-const NORM_EPS: f64 = 1e-12;
-
-/// Loads a causal conv `<vb>.weight` `[O, I, kT, kH, kW]` (+ bias) with the VAE's zero padding:
-/// `kT - 1` frames in front, `kH / 2` pixels around.
-fn causal_conv(vb: &VarBuilder) -> Result<CausalConv3d> {
-    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
-    let (o, _i, kt, kh, kw) = weight.dims5().map_err(|_| {
-        candle_core::Error::Msg(format!(
-            "{}.weight: expected a 5-D conv weight, got {:?}",
-            vb.prefix(),
-            weight.dims()
-        ))
-    })?;
-    if kh != kw || kh % 2 == 0 || kt % 2 == 0 {
-        candle_core::bail!("{}.weight: unsupported kernel {kt}x{kh}x{kw}", vb.prefix())
-    }
-    let bias = if vb.contains_tensor("bias") {
-        Some(vb.get(o, "bias")?)
-    } else {
-        None
-    };
-    CausalConv3d::from_weights(weight, bias, 1, Padding::zeros(kt - 1, kh / 2))
-}
-
-/// Loads a 2-D conv with "same" zero padding.
-fn conv2d(vb: &VarBuilder) -> Result<FrameConv2d> {
-    let weight = vb.get_unchecked_dtype("weight", vb.dtype())?;
-    let (o, _i, kh, _kw) = weight.dims4().map_err(|_| {
-        candle_core::Error::Msg(format!(
-            "{}.weight: expected a 4-D conv weight, got {:?}",
-            vb.prefix(),
-            weight.dims()
-        ))
-    })?;
-    let bias = if vb.contains_tensor("bias") {
-        Some(vb.get(o, "bias")?)
-    } else {
-        None
-    };
-    Ok(FrameConv2d::new(Conv2d::new(
-        weight,
-        bias,
-        Conv2dConfig {
-            padding: kh / 2,
-            ..Default::default()
-        },
-    )))
-}
-
-/// `F.normalize(x, dim=1) * sqrt(C) * gamma`, computed in f32.
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    gamma: Tensor,
-    scale: f64,
-}
-
-impl RmsNorm {
-    fn new(vb: &VarBuilder) -> Result<Self> {
-        let gamma = vb.get_unchecked_dtype("gamma", DType::F32)?.flatten_all()?;
-        let c = gamma.dim(0)?;
-        Ok(Self {
-            gamma,
-            scale: (c as f64).sqrt(),
-        })
-    }
-
-    fn channels(&self) -> usize {
-        self.gamma.dims()[0]
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?;
-        let norm = xf
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(NORM_EPS, f64::INFINITY)?;
-        let mut shape = vec![1; x.rank()];
-        shape[1] = self.channels();
-        let gamma = (self.gamma.reshape(shape)? * self.scale)?;
-        xf.broadcast_div(&norm)?
-            .broadcast_mul(&gamma)?
-            .to_dtype(x.dtype())
-    }
-}
-
 /// One causal conv cache slot. `Skipped` marks an `upsample3d` whose first latent went
 /// around its time conv.
 #[derive(Debug, Clone, Default)]
@@ -138,11 +54,6 @@ impl WanVaeState {
         Self::default()
     }
 
-    /// Forgets the previous video.
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
     /// Latent frames decoded so far.
     pub fn latents_seen(&self) -> usize {
         self.latents_seen
@@ -158,7 +69,7 @@ struct CachedConv {
 
 impl CachedConv {
     fn new(vb: &VarBuilder, slots: &mut usize) -> Result<Self> {
-        let conv = causal_conv(vb)?;
+        let conv = CausalConv3d::load_zero_padded(vb)?;
         *slots += 1;
         Ok(Self {
             conv,
@@ -181,9 +92,9 @@ impl CachedConv {
 /// RMS_norm → SiLU → conv → RMS_norm → SiLU → conv, plus a (1×1×1 conv) shortcut.
 #[derive(Debug, Clone)]
 struct ResidualBlock {
-    norm1: RmsNorm,
+    norm1: ChannelRmsNorm,
     conv1: CachedConv,
-    norm2: RmsNorm,
+    norm2: ChannelRmsNorm,
     conv2: CachedConv,
     shortcut: Option<CausalConv3d>,
     span: tracing::Span,
@@ -192,14 +103,14 @@ struct ResidualBlock {
 impl ResidualBlock {
     fn new(vb: &VarBuilder, slots: &mut usize) -> Result<Self> {
         let shortcut = if vb.contains_tensor("shortcut.weight") {
-            Some(causal_conv(&vb.pp("shortcut"))?)
+            Some(CausalConv3d::load_zero_padded(&vb.pp("shortcut"))?)
         } else {
             None
         };
         Ok(Self {
-            norm1: RmsNorm::new(&vb.pp("residual.0"))?,
+            norm1: ChannelRmsNorm::new(&vb.pp("residual.0"))?,
             conv1: CachedConv::new(&vb.pp("residual.2"), slots)?,
-            norm2: RmsNorm::new(&vb.pp("residual.3"))?,
+            norm2: ChannelRmsNorm::new(&vb.pp("residual.3"))?,
             conv2: CachedConv::new(&vb.pp("residual.6"), slots)?,
             shortcut,
             span: tracing::span!(tracing::Level::TRACE, "vae-resblock"),
@@ -223,18 +134,18 @@ impl ResidualBlock {
 /// Single-head self-attention over the positions of each frame, with a residual.
 #[derive(Debug, Clone)]
 struct AttentionBlock {
-    norm: RmsNorm,
-    to_qkv: FrameConv2d,
-    proj: FrameConv2d,
+    norm: ChannelRmsNorm,
+    to_qkv: Conv2d,
+    proj: Conv2d,
     span: tracing::Span,
 }
 
 impl AttentionBlock {
     fn new(vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: RmsNorm::new(&vb.pp("norm"))?,
-            to_qkv: conv2d(&vb.pp("to_qkv"))?,
-            proj: conv2d(&vb.pp("proj"))?,
+            norm: ChannelRmsNorm::new(&vb.pp("norm"))?,
+            to_qkv: Conv2d::load(&vb.pp("to_qkv"))?,
+            proj: Conv2d::load(&vb.pp("proj"))?,
             span: tracing::span!(tracing::Level::TRACE, "vae-attn"),
         })
     }
@@ -270,7 +181,7 @@ impl AttentionBlock {
 #[derive(Debug, Clone)]
 struct Resample {
     time_conv: Option<CachedConv>,
-    conv: FrameConv2d,
+    conv: Conv2d,
     span: tracing::Span,
 }
 
@@ -283,7 +194,7 @@ impl Resample {
         };
         Ok(Self {
             time_conv,
-            conv: conv2d(&vb.pp("resample.1"))?,
+            conv: Conv2d::load(&vb.pp("resample.1"))?,
             span: tracing::span!(tracing::Level::TRACE, "vae-resample"),
         })
     }
@@ -349,41 +260,23 @@ pub struct WanVaeDecoder {
     conv1: CachedConv,
     middle: (ResidualBlock, AttentionBlock, ResidualBlock),
     upsamples: Vec<UpLayer>,
-    head_norm: RmsNorm,
+    head_norm: ChannelRmsNorm,
     head_conv: CachedConv,
     slots: usize,
     config: WanVaeConfig,
+    /// The dtype it computes in (the weights').
+    dtype: DType,
     /// Convolutions and matmuls on TF32 tensor cores (CUDA) — see [`WanVaeDecoder::with_tf32`].
     tf32: bool,
     span: tracing::Span,
 }
 
-/// Candle's process-wide "reduced precision f32 GEMM" switch (TF32 on CUDA), on while alive.
-/// Process-wide: another thread's f32 GEMMs during a decode also get TF32.
-struct Tf32Scope(bool);
-
-impl Tf32Scope {
-    fn enter() -> Self {
-        let previous = candle_core::cuda::gemm_reduced_precision_f32();
-        candle_core::cuda::set_gemm_reduced_precision_f32(true);
-        Self(previous)
-    }
-}
-
-impl Drop for Tf32Scope {
-    fn drop(&mut self) {
-        candle_core::cuda::set_gemm_reduced_precision_f32(self.0);
-    }
-}
-
 impl WanVaeDecoder {
-    /// Loads `conv2.*` and `decoder.*` from `vb` (the root of `Wan2.1_VAE.pth`).
-    ///
-    /// The VAE decoder always computes in f32, whatever `vb`'s dtype: its deep residual conv
-    /// stack drifts by ~2e-2 (relative) in f16, more than the tiny decoder's 3e-3.
+    /// Loads `conv2.*` and `decoder.*` from `vb` (the root of `Wan2.1_VAE.pth`), to compute in
+    /// `vb`'s dtype.
     pub fn new(vb: VarBuilder) -> Result<Self> {
-        let vb = vb.set_dtype(DType::F32);
-        let conv2 = causal_conv(&vb.pp("conv2"))?;
+        let dtype = vb.dtype();
+        let conv2 = CausalConv3d::load_zero_padded(&vb.pp("conv2"))?;
         let z_dim = conv2.out_channels();
         if z_dim != LATENT_MEAN.len() {
             candle_core::bail!(
@@ -417,7 +310,7 @@ impl WanVaeDecoder {
         if upsamples.is_empty() {
             candle_core::bail!("{}: no decoder.upsamples.* weights found", vb.prefix())
         }
-        let head_norm = RmsNorm::new(&vb.pp("head.0"))?;
+        let head_norm = ChannelRmsNorm::new(&vb.pp("head.0"))?;
         let head_conv = CachedConv::new(&vb.pp("head.2"), &mut slots)?;
         let config = WanVaeConfig {
             z_dim,
@@ -435,14 +328,15 @@ impl WanVaeDecoder {
             head_conv,
             slots,
             config,
+            dtype,
             tf32: false,
             span: tracing::span!(tracing::Level::TRACE, "wan-vae-decoder"),
         })
     }
 
     /// Lets the f32 decoder use TF32 tensor cores on CUDA (10-bit-mantissa products, f32
-    /// accumulation and activations): about 2× faster convolutions. The pipeline enables it
-    /// when the model runs in bf16/f16, whose own rounding is coarser; f32 runs stay exact f32.
+    /// accumulation and activations): about 2× faster convolutions. `Precision::vae_tf32`
+    /// decides (on for bf16/f16 models on CUDA).
     pub fn with_tf32(mut self, on: bool) -> Self {
         self.tf32 = on;
         self
@@ -492,7 +386,7 @@ impl WanVaeDecoder {
     /// new frames `[1, 3, frames_for(T), 8h, 8w]` clamped to [-1, 1].
     pub fn decode(&self, latents: &Tensor, state: &mut WanVaeState) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let _tf32 = (self.tf32 && latents.device().is_cuda()).then(Tf32Scope::enter);
+        let _tf32 = self.tf32.then(Tf32Scope::enter);
         let (b, c, t, _h, _w) = latents.dims5()?;
         if b != 1 || c != self.config.z_dim || t == 0 {
             candle_core::bail!(
@@ -504,7 +398,7 @@ impl WanVaeDecoder {
         if state.slots.len() != self.slots {
             state.slots = vec![Slot::Empty; self.slots];
         }
-        let x = self.unnormalize(&latents.to_dtype(DType::F32)?)?;
+        let x = self.unnormalize(&latents.to_dtype(self.dtype)?)?;
         let mut out = Vec::with_capacity(t);
         for k in 0..t {
             out.push(self.decode_frame(&x.narrow(2, k, 1)?, state)?);

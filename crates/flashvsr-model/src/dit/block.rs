@@ -7,43 +7,8 @@ use super::attention::{CrossAttention, LcsaContext, SelfAttention};
 use super::kv_cache::BlockKv;
 use super::lcsa::Draft;
 use crate::config::DitConfig;
-use crate::linear::{linear, Linear};
-
-/// LayerNorm over the last dim in f32, optionally affine; result cast back to `x`'s dtype.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    pub fn no_affine(dim: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
-        Ok(Self {
-            weight: Tensor::ones(dim, DType::F32, device)?,
-            bias: Tensor::zeros(dim, DType::F32, device)?,
-            eps: eps as f32,
-        })
-    }
-
-    pub fn affine(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
-            eps: eps as f32,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = candle_nn::ops::layer_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?;
-        y.to_dtype(x.dtype())
-    }
-}
+use crate::nn::linear::{linear, Linear};
+use crate::nn::norm::LayerNorm;
 
 /// Cross-attention K/V of one block, computed once per prompt.
 #[derive(Debug, Clone)]
@@ -52,9 +17,9 @@ pub struct CrossKv {
     pub v: Tensor,
 }
 
-/// What one block reports when taps are requested.
+/// What one block reports when probes are requested.
 #[derive(Debug, Clone)]
-pub struct BlockTaps {
+pub struct BlockProbes {
     pub draft: Draft,
     /// Self-attention output after `o`, before gate1, `[1, N, dim]`.
     pub self_attn_out: Tensor,
@@ -101,8 +66,8 @@ impl DitBlock {
         cross: &CrossKv,
         ctx: &LcsaContext,
         cache: &mut BlockKv,
-        want_taps: bool,
-    ) -> Result<(Tensor, Option<BlockTaps>)> {
+        want_probes: bool,
+    ) -> Result<(Tensor, Option<BlockProbes>)> {
         let _enter = self.span.enter();
         // The residual stream and the modulation arithmetic stay in f32 (no-ops in f32): in bf16
         // they lose ~1e-2 over a block; the linears and attention run in the weights' dtype.
@@ -123,7 +88,7 @@ impl DitBlock {
             .broadcast_add(&shift1)?;
         let (sa, draft) = self
             .self_attn
-            .forward(&a.to_dtype(dt)?, ctx, cache, want_taps)?;
+            .forward(&a.to_dtype(dt)?, ctx, cache, want_probes)?;
         let x = (x + sa.to_dtype(DType::F32)?.broadcast_mul(&gate1)?)?;
         let cross =
             self.cross_attn
@@ -138,11 +103,11 @@ impl DitBlock {
             .ffn2
             .forward(&self.ffn0.forward(&b.to_dtype(dt)?)?.gelu()?)?;
         let x = (x + ffn.to_dtype(DType::F32)?.broadcast_mul(&gate2)?)?;
-        let taps = draft.map(|draft| BlockTaps {
+        let probes = draft.map(|draft| BlockProbes {
             draft,
             self_attn_out: sa,
             out: x.clone(),
         });
-        Ok((x, taps))
+        Ok((x, probes))
     }
 }

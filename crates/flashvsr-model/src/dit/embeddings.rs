@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::DitConfig;
-use crate::linear::{linear, Linear};
+use crate::nn::linear::{linear, Linear};
 
 /// Patch embedding: Conv3d in→dim with kernel = stride = patch size, run as a linear layer
 /// over flattened patches (input order c, pt, ph, pw, matching the conv weight layout).

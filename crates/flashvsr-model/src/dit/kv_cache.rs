@@ -12,7 +12,7 @@
 //! a permutation of whole key segments — the draft's local mask depends only on the window's
 //! position inside its segment, the top-k threshold and softmax are order-free, and the
 //! attention sums over the selected keys (only the f32 summation order changes). Callers that
-//! need the keys in time order (the draft taps compared with upstream) ask for it.
+//! need the keys in time order (the draft probes compared with upstream) ask for it.
 
 use candle_core::{Result, Tensor};
 

@@ -26,13 +26,13 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use attention::LcsaContext;
-pub use block::{BlockTaps, CrossKv, DitBlock};
+pub use block::{BlockProbes, CrossKv, DitBlock};
 pub use kv_cache::{BlockKv, KvCache};
 pub use lcsa::{BlockMask, LcsaParams};
 
 use crate::config::DitConfig;
-use crate::linear::{linear, Linear};
-use block::LayerNorm;
+use crate::nn::linear::{linear, Linear};
+use crate::nn::norm::LayerNorm;
 use embeddings::{sinusoidal_embedding, PatchEmbedding, TextEmbedding, TimeEmbedding};
 use rope::RopeTables;
 
@@ -54,13 +54,13 @@ pub struct DitConstants {
     pub cross: Vec<CrossKv>,
 }
 
-/// Intermediates of one step (tests and diagnostics).
+/// Probes: the intermediates of one step that tests compare with upstream.
 #[derive(Debug, Clone, Default)]
-pub struct StepTaps {
+pub struct StepProbes {
     /// Patch-embedding output `[1, N, dim]` (before adding the LQ tokens).
     pub patch_tokens: Option<Tensor>,
     /// Per block: draft, self-attention output, block output.
-    pub blocks: Vec<BlockTaps>,
+    pub blocks: Vec<BlockProbes>,
 }
 
 pub struct Dit {
@@ -131,7 +131,7 @@ impl Dit {
         consts: &DitConstants,
         cache: &mut KvCache,
         params: &LcsaParams,
-        mut taps: Option<&mut StepTaps>,
+        mut probes: Option<&mut StepProbes>,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
         if cache.blocks.len() != self.blocks.len() || consts.cross.len() != self.blocks.len() {
@@ -141,7 +141,7 @@ impl Dit {
         let (tokens, grid) = self
             .patch_embedding
             .forward(&noise.to_dtype(self.head_modulation.dtype())?)?;
-        if let Some(t) = taps.as_deref_mut() {
+        if let Some(t) = probes.as_deref_mut() {
             t.patch_tokens = Some(tokens.clone());
             t.blocks.clear();
         }
@@ -162,10 +162,10 @@ impl Dit {
                 &consts.cross[i],
                 &ctx,
                 &mut cache.blocks[i],
-                taps.is_some(),
+                probes.is_some(),
             )?;
             x = y;
-            if let (Some(t), Some(bt)) = (taps.as_deref_mut(), bt) {
+            if let (Some(t), Some(bt)) = (probes.as_deref_mut(), bt) {
                 t.blocks.push(bt);
             }
         }
@@ -212,11 +212,12 @@ impl Dit {
         };
         let (bh, bw) = (h / wh, w / ww);
         let nb = bh * bw;
+        let local = lcsa::local_mask(bh, bw, params.local_range);
         Ok(LcsaContext {
             grid,
             rope,
             nb,
-            local: lcsa::local_mask(bh, bw, params.local_range),
+            local: lcsa::local_mask_tensor(&local, nb, device)?,
             topk: lcsa::topk_count(nb, params.sparse_ratio, height, width),
             kv_len: params.kv_len(),
         })

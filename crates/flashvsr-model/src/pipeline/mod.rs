@@ -22,6 +22,7 @@ use crate::decoders::tc::TcDecoder;
 use crate::decoders::wan_vae::WanVaeDecoder;
 use crate::dit::{Dit, DitConstants};
 use crate::lq_proj::LqProj;
+use crate::precision::Precision;
 
 pub use options::{ColorFix, Mode, ModelVersion, TileOptions, UpscaleOptions};
 pub use session::{SessionStats, StreamSession};
@@ -38,17 +39,6 @@ pub struct ModelComponents {
     pub prompt: Tensor,
     /// DiT head size; `None` = 128 (every real Wan DiT). Not recoverable from the shapes.
     pub head_dim: Option<usize>,
-}
-
-/// The dtype the tiny decoder computes in for a given compute dtype: f16 instead of bf16
-/// (same tensor-core speed, 3 more mantissa bits; in bf16 its conv chain drifts by 2.6e-2
-/// relative, in f16 by 4e-3, and its activations stay far inside f16's range).
-pub fn tiny_decoder_dtype(compute: DType) -> DType {
-    if compute == DType::BF16 {
-        DType::F16
-    } else {
-        compute
-    }
 }
 
 /// A loaded FlashVSR model.
@@ -71,17 +61,7 @@ impl FlashVsr {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        if device.is_cpu() && dtype == DType::BF16 {
-            // Candle's CPU backend has no bf16 convolution (and widens bf16 matmuls to f32).
-            candle_core::bail!(
-                "bf16 is not supported on the CPU; use --dtype f32 (or f16) there, bf16 on a GPU"
-            )
-        }
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            candle_core::bail!("unsupported compute dtype {dtype:?}: use f32, f16 or bf16")
-        }
-        // Pre-Ampere GPUs (no bf16) and kernels built for another GPU are refused here, by name.
-        flashvsr_kernels::gpu_caps::check_device(device, dtype)?;
+        let precision = Precision::new(device, dtype)?;
         let dit_cfg = DitConfig::from_weights(&c.dit, c.head_dim)?;
         let dit = Dit::new(c.dit, &dit_cfg)?;
         let lq_cfg = LqProjConfig::from_weights(&c.lq_proj)?;
@@ -93,10 +73,9 @@ impl FlashVsr {
             )
         }
         let lq_proj = LqProj::new(c.lq_proj, &lq_cfg, version.lq_proj_variant())?;
-        let tc_dtype = tiny_decoder_dtype(dtype);
         let tc_decoder = c
             .tc_decoder
-            .map(|vb| TcDecoder::new(vb.set_dtype(tc_dtype)))
+            .map(|vb| TcDecoder::new(vb.set_dtype(precision.tiny_decoder())))
             .transpose()?;
         if let Some(tc) = &tc_decoder {
             if tc.config().latent_channels != dit_cfg.out_channels {
@@ -107,10 +86,12 @@ impl FlashVsr {
                 )
             }
         }
-        // The VAE computes in f32 (in f16 it drifts by ~2e-2); TF32 when the model is bf16/f16.
         let vae = c
             .vae
-            .map(|vb| WanVaeDecoder::new(vb).map(|v| v.with_tf32(dtype != DType::F32)))
+            .map(|vb| {
+                WanVaeDecoder::new(vb.set_dtype(precision.vae()))
+                    .map(|v| v.with_tf32(precision.vae_tf32()))
+            })
             .transpose()?;
         let prompt = c.prompt.to_device(device)?.to_dtype(dtype)?;
         let constants = dit.constants(&prompt)?;

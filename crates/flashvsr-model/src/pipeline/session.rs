@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{tiny_decoder_dtype, FlashVsr, Mode, UpscaleOptions};
+use super::{FlashVsr, Mode, UpscaleOptions};
 use crate::color_fix::ColorFix;
 use crate::cuda_limits;
 use crate::decoders::tc::TcState;
@@ -254,8 +254,7 @@ impl<'m> StreamSession<'m> {
         let decoded = match &mut self.decoder {
             DecoderState::Tiny(state, per_call) => {
                 let tc = model.tc_decoder.as_ref().expect("checked in Session::new");
-                let dt = tiny_decoder_dtype(model.dtype);
-                tc.decode_chunked(&x0.to_dtype(dt)?, &lq.to_dtype(dt)?, state, *per_call)?
+                tc.decode_chunked(&x0, &lq, state, *per_call)?
             }
             DecoderState::Full(state) => {
                 let vae = model.vae.as_ref().expect("checked in Session::new");

@@ -1,9 +1,9 @@
 //! Causal 3-D convolution built from Candle ops (Candle 0.11 has no conv3d).
 //!
-//! The input is padded in time *in front only* (causal), the `kT` temporal taps are gathered
-//! as strided frame selections and concatenated on the channel axis, and a single `conv2d`
-//! over `(B·T_out, kT·C, H, W)` with the weight permuted to `(O, kT·C, kH, kW)` does the rest.
-//! No per-frame loop, so the whole clip is one im2col + GEMM.
+//! The input is padded in time *in front only* (causal), the `kT` temporal taps (the kernel's
+//! positions in time) are gathered as strided frame selections and concatenated on the channel
+//! axis, and a single [`Conv2d`] over `(B·T_out, kT·C, H, W)` with the weight permuted to
+//! `(O, kT·C, kH, kW)` does the rest. No per-frame loop, so the whole clip is one conv call.
 //!
 //! # Temporal padding rules (upstream `CausalConv3d`)
 //! Upstream pads `2·p_t` frames in front (p_t = the module's temporal padding, 1 for every
@@ -31,8 +31,10 @@
 
 #[cfg(test)]
 use candle_core::IndexOp;
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+use super::conv2d::{conv_weights, Conv2d};
 
 /// How missing border values are filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +75,9 @@ impl Padding {
 /// A causal 3-D convolution with spatial stride 1 and a temporal stride.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// Weight reshaped for the conv2d: `[O, kT·I, kH, kW]`, channel index = tap·I + i.
-    weight2d: Tensor,
-    /// Bias `[O]`.
-    bias: Option<Tensor>,
+    /// The conv2d over stacked taps: weight `[O, kT·I, kH, kW]` (channel index = tap·I + i),
+    /// bias `[O]`, the spatial zero padding (none for replicate padding, done beforehand).
+    conv: Conv2d,
     in_channels: usize,
     out_channels: usize,
     kernel: (usize, usize, usize),
@@ -103,6 +104,17 @@ impl CausalConv3d {
             None
         };
         Self::from_weights(weight, bias, stride_t, pad)
+    }
+
+    /// Loads `<vb>.weight` `[O, I, kT, kH, kW]` (+ bias if present), temporal stride 1, with
+    /// "same" zero padding: `kT − 1` frames in front, `kH / 2` pixels around (the Wan VAE's).
+    pub fn load_zero_padded(vb: &VarBuilder) -> Result<Self> {
+        let (weight, bias) = conv_weights(vb, 5)?;
+        let (_, _, kt, kh, kw) = weight.dims5()?;
+        if kh != kw || kh % 2 == 0 || kt % 2 == 0 {
+            candle_core::bail!("{}.weight: unsupported kernel {kt}x{kh}x{kw}", vb.prefix())
+        }
+        Self::from_weights(weight, bias, 1, Padding::zeros(kt - 1, kh / 2))
     }
 
     /// Builds the conv from an explicit 5-D weight `[O, I, kT, kH, kW]` and optional bias `[O]`.
@@ -133,9 +145,13 @@ impl CausalConv3d {
             }
             None => None,
         };
+        // Zeros go into the conv2d itself; replicate padding is done explicitly in `forward`.
+        let conv_pad = match pad.mode {
+            PadMode::Zeros => pad.spatial,
+            PadMode::Replicate => 0,
+        };
         Ok(Self {
-            weight2d,
-            bias,
+            conv: Conv2d::new(weight2d, bias, conv_pad)?,
             in_channels: i,
             out_channels: o,
             kernel: (kt, kh, kw),
@@ -145,14 +161,8 @@ impl CausalConv3d {
         })
     }
 
-    pub fn in_channels(&self) -> usize {
-        self.in_channels
-    }
     pub fn out_channels(&self) -> usize {
         self.out_channels
-    }
-    pub fn kernel(&self) -> (usize, usize, usize) {
-        self.kernel
     }
 
     /// Number of output frames for `t_in` input frames plus `cached` cache frames.
@@ -188,20 +198,12 @@ impl CausalConv3d {
         let remaining = self.pad.time_front.saturating_sub(cached);
         let x = pad_dim(&x, 2, remaining, 0, self.pad.mode)?;
         // Spatial: zeros go into the conv2d itself; replicate is done explicitly.
-        let (x, conv_pad) = match self.pad.mode {
-            PadMode::Zeros => (x, self.pad.spatial),
+        let x = match self.pad.mode {
+            PadMode::Zeros => x,
             PadMode::Replicate => {
                 let s = self.pad.spatial;
-                (
-                    pad_dim(
-                        &pad_dim(&x, 3, s, s, PadMode::Replicate)?,
-                        4,
-                        s,
-                        s,
-                        PadMode::Replicate,
-                    )?,
-                    0,
-                )
+                let x = pad_dim(&x, 3, s, s, PadMode::Replicate)?;
+                pad_dim(&x, 4, s, s, PadMode::Replicate)?
             }
         };
         let (_, _, tp, hp, wp) = x.dims5()?;
@@ -219,7 +221,7 @@ impl CausalConv3d {
                 .permute((0, 2, 1, 3, 4))?
                 .contiguous()?
                 .reshape((b * t_out, kt * c, hp, wp))?;
-        let y = crate::frame_conv::conv2d(&frames, &self.weight2d, self.bias.as_ref(), conv_pad)?;
+        let y = self.conv.forward(&frames)?;
         let (_, o, ho, wo) = y.dims4()?;
         y.reshape((b, t_out, o, ho, wo))?
             .permute((0, 2, 1, 3, 4))?
@@ -256,13 +258,7 @@ fn strided_frames(x: &Tensor, start: usize, step: usize, count: usize) -> Result
 }
 
 /// Pads `left`/`right` entries on `dim` with zeros or copies of the border slice.
-pub(crate) fn pad_dim(
-    x: &Tensor,
-    dim: usize,
-    left: usize,
-    right: usize,
-    mode: PadMode,
-) -> Result<Tensor> {
+fn pad_dim(x: &Tensor, dim: usize, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
     if left == 0 && right == 0 {
         return Ok(x.clone());
     }

@@ -1,0 +1,220 @@
+//! One linear layer type for every projection in the DiT and the LQ projection: the weight is
+//! either a dense `Tensor` (f32/f16/bf16) or a quantized `QMatMul` (GGUF k-quants).
+//!
+//! A candle-nn `VarBuilder` hands out dense tensors only, so quantized weights come from a
+//! [`QuantizedWeights`] source next to it (the weight store that backs the `VarBuilder`):
+//! [`linear_from`] takes the weight quantized when that source holds it quantized.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// The weight `[out, in]` of a [`Linear`].
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+/// `y = x·Wᵀ + b` over the last dim of `x` (any rank ≥ 1).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<Tensor>,
+    in_features: usize,
+    out_features: usize,
+    span: tracing::Span,
+}
+
+impl Linear {
+    pub fn from_dense(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        Self::build(LinearWeight::Dense(weight), bias, in_features, out_features)
+    }
+
+    /// A weight kept quantized, shaped `[out, in]` as in PyTorch.
+    pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.shape().dims2()?;
+        let weight = LinearWeight::Quantized(QMatMul::from_qtensor(weight)?);
+        Self::build(weight, bias, in_features, out_features)
+    }
+
+    /// Whether the weight is kept quantized (a `QMatMul`).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, LinearWeight::Quantized(_))
+    }
+
+    fn build(
+        weight: LinearWeight,
+        bias: Option<Tensor>,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Self> {
+        if let Some(b) = &bias {
+            if b.elem_count() != out_features {
+                candle_core::bail!(
+                    "linear bias has {} elements, expected {out_features}",
+                    b.elem_count()
+                );
+            }
+        }
+        let span = match weight {
+            LinearWeight::Dense(_) => tracing::span!(tracing::Level::TRACE, "linear"),
+            LinearWeight::Quantized(_) => tracing::span!(tracing::Level::TRACE, "qlinear"),
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_features,
+            out_features,
+            span,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let last = x.dim(candle_core::D::Minus1)?;
+        if last != self.in_features {
+            candle_core::bail!(
+                "linear: input last dim {last}, expected {} (weight [{}, {}])",
+                self.in_features,
+                self.out_features,
+                self.in_features
+            );
+        }
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, self.in_features))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => {
+                let w = if w.dtype() == x2.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x2.dtype())?
+                };
+                x2.matmul(&w.t()?)?
+            }
+            LinearWeight::Quantized(q) => q.forward(&x2)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
+        y.reshape(out_dims)
+    }
+}
+
+/// Where quantized weights come from: the store behind a `VarBuilder`, which knows how each
+/// tensor is stored (the loader's `WeightStore::qtensor`, wrapped by the caller).
+pub trait QuantizedWeights {
+    /// `name` (full path, as `VarBuilder::prefix` spells it) as a `QTensor` when it is stored in
+    /// a quantized type; `None` when it is stored dense and should come from the `VarBuilder`.
+    fn quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>>;
+}
+
+/// Dense linear `prefix.weight` `[out, in]` + `prefix.bias` `[out]`.
+pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    linear_from(in_features, out_features, vb, None)
+}
+
+/// [`linear`], with the weight kept quantized when `quantized` holds it quantized (the bias
+/// always comes dense from `vb`).
+pub fn linear_from(
+    in_features: usize,
+    out_features: usize,
+    vb: VarBuilder,
+    quantized: Option<&dyn QuantizedWeights>,
+) -> Result<Linear> {
+    let b = vb.get(out_features, "bias")?;
+    let name = format!("{}.weight", vb.prefix());
+    if let Some(q) = quantized
+        .map(|s| s.quantized(&name, vb.device()))
+        .transpose()?
+        .flatten()
+    {
+        if q.shape().dims() != [out_features, in_features] {
+            candle_core::bail!(
+                "{name}: quantized weight is {:?}, expected [{out_features}, {in_features}]",
+                q.shape().dims()
+            );
+        }
+        return Linear::from_qtensor(q, Some(b));
+    }
+    let w = vb.get((out_features, in_features), "weight")?;
+    Linear::from_dense(w, Some(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::DType;
+    use std::collections::HashMap;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn dense_and_quantized_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (8, 32), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 8, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev)?;
+        let dense = Linear::from_dense(w.clone(), Some(b.clone()))?;
+        let q = QTensor::quantize(&w, GgmlDType::F32)?;
+        let ql = Linear::from_qtensor(q, Some(b.clone()))?;
+        let yd = dense.forward(&x)?;
+        let yq = ql.forward(&x)?;
+        assert_eq!(yd.dims(), &[2, 3, 8]);
+        let want = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+        let (d1, d2) = (max_abs_diff(&yd, &want)?, max_abs_diff(&yq, &want)?);
+        assert!(d1 < 1e-5 && d2 < 1e-5, "{d1} {d2}");
+        Ok(())
+    }
+
+    /// A weight store where some tensors are stored quantized.
+    struct Store(HashMap<String, Tensor>, HashMap<String, GgmlDType>);
+
+    impl QuantizedWeights for Store {
+        fn quantized(&self, name: &str, _: &Device) -> Result<Option<QTensor>> {
+            match self.1.get(name) {
+                Some(&dtype) => Ok(Some(QTensor::quantize(&self.0[name], dtype)?)),
+                None => Ok(None),
+            }
+        }
+    }
+
+    #[test]
+    fn linear_from_takes_the_quantized_weight_when_there_is_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (8, 64), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 8, &dev)?;
+        let tensors = HashMap::from([
+            ("l.weight".to_string(), w.clone()),
+            ("l.bias".to_string(), b.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &dev);
+        let dense = Store(tensors.clone(), HashMap::new());
+        let l = linear_from(64, 8, vb.pp("l"), Some(&dense))?;
+        assert!(!l.is_quantized());
+        let q8 = Store(
+            tensors,
+            HashMap::from([("l.weight".into(), GgmlDType::Q8_0)]),
+        );
+        let l = linear_from(64, 8, vb.pp("l"), Some(&q8))?;
+        assert!(l.is_quantized());
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
+        let want = x.matmul(&w.t()?)?.broadcast_add(&b)?;
+        // Q8_0 (weights and, on the CPU, activations) keeps ~2.5 significant digits.
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let err = max_abs_diff(&l.forward(&x)?, &want)?;
+        assert!(err < 0.02 * scale, "{err} vs {scale}");
+        assert!(linear_from(32, 8, vb.pp("l"), Some(&q8)).is_err());
+        Ok(())
+    }
+}
