@@ -3,7 +3,7 @@
 # CLI, and the 768x1408 benchmarks with Candle's im2col convs vs cuDNN convs, in one call.
 # Expects in device/lead (git-ignored, carried): flashvsr.xz (--features cuda), optionally
 # flashvsr-im2col.xz / flashvsr-cudnn.xz (other conv paths to compare, same run),
-# device_parity.xz, cuda_tap_conv.xz, bench_conv.xz, fixtures.tar.xz, compare.py.
+# device_parity.xz, cuda_tap_conv.xz, bench_conv.xz, fixtures.tar.xz (frames compared by scripts/cuda/compare_frames.py).
 #   run(command="bash scripts/cuda/run-pipeline-gpu.sh", carry=["device/lead"])
 set -uo pipefail
 OUT=${OUT:-/tmp/flashvsr-gpu}; mkdir -p "$OUT"
@@ -36,7 +36,7 @@ for bin in ${FIXTURE_BINS:-flashvsr flashvsr-im2col flashvsr-cudnn}; do
     rm -rf /tmp/o_${bin}_$dt
     $B/$bin upscale $FX/tiny-v1.1/input.y4m /tmp/o_${bin}_$dt/ --weights $FX/tiny-v1.1 --head-dim 32 --upstream-compat \
       --noise $FX/tiny-v1.1/noise.npy --device cuda --dtype $dt -y --quiet
-    echo -n "$bin $dt: "; python3 $D/compare.py /tmp/o_${bin}_$dt $FX/tiny-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
+    echo -n "$bin $dt: "; python3 scripts/cuda/compare_frames.py /tmp/o_${bin}_$dt $FX/tiny-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
   done
 done
 bench() { # label binary args...
@@ -50,7 +50,7 @@ for dt in f32 bf16; do
   rm -rf /tmp/of_$dt
   $B/flashvsr upscale $FX/full-v1.1/input.y4m /tmp/of_$dt/ --weights $FX/full-v1.1 --head-dim 32 --mode full \
     --upstream-compat --noise $FX/full-v1.1/noise.npy --device cuda --dtype $dt -y --quiet
-  echo -n "flashvsr full $dt: "; python3 $D/compare.py /tmp/of_$dt $FX/full-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
+  echo -n "flashvsr full $dt: "; python3 scripts/cuda/compare_frames.py /tmp/of_$dt $FX/full-v1.1/output 2>&1 | tee -a $OUT/fixture.txt
 done
 # Warm the JIT of each binary, then measure.
 for bin in flashvsr flashvsr-tap flashvsr-im2col flashvsr-cudnn; do

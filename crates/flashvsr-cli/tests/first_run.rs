@@ -132,7 +132,14 @@ fn json_failures_print_a_failure_object() {
 #[test]
 fn upstream_compat_with_too_few_frames_is_refused_before_the_weights_load() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = y4m_clip(tmp.path(), 20);
+    // 32x32: upscaled x4 it is one 128-px tile, so upstream's crop rule (checked with the output
+    // before the weights load) accepts the size and only the frame count can stop the run.
+    let clip = |n: usize| {
+        let p = tmp.path().join("in.y4m");
+        std::fs::write(&p, y4m_bytes(32, 32, n)).unwrap();
+        p
+    };
+    let input = clip(20);
     // No weights anywhere: the frame rule must be what stops the run.
     let o = flashvsr(tmp.path())
         .arg("upscale")
@@ -142,7 +149,7 @@ fn upstream_compat_with_too_few_frames_is_refused_before_the_weights_load() {
         .unwrap();
     assert_error(&o, &["--upstream-compat", "20 input frames", "at least 21"]);
     // A frame range is counted too.
-    let input = y4m_clip(tmp.path(), 30);
+    let input = clip(30);
     let o = flashvsr(tmp.path())
         .arg("upscale")
         .arg(&input)
