@@ -71,17 +71,10 @@ pub fn open_source(
 ) -> Result<Box<dyn FrameSource>, VideoError> {
     let label = spec.display_path();
     let queue = opts.queue_frames.max(1);
-    match spec {
-        InputSpec::File(path) => ffmpeg::source::open(path, opts),
-        InputSpec::Y4m(path) => {
-            let source = y4m::open_file(path, opts)?;
-            Ok(Box::new(threaded::ThreadedSource::spawn(
-                Box::new(source),
-                queue,
-                label,
-                None,
-            )?))
-        }
+    // ffmpeg sources run their own reader thread; the others get one here.
+    let source: Box<dyn FrameSource> = match spec {
+        InputSpec::File(path) => return ffmpeg::source::open(path, opts),
+        InputSpec::Y4m(path) => Box::new(y4m::open_file(path, opts)?),
         InputSpec::Stdin => {
             let reader = y4m::Y4mReader::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()), &label)
                 .map_err(|e| match e {
@@ -91,24 +84,13 @@ pub fn open_source(
                     },
                     other => other,
                 })?;
-            let source = y4m::Y4mSource::new(reader, None, opts);
-            Ok(Box::new(threaded::ThreadedSource::spawn(
-                Box::new(source),
-                queue,
-                label,
-                None,
-            )?))
+            Box::new(y4m::Y4mSource::new(reader, None, opts))
         }
-        InputSpec::ImageDir(dir) => {
-            let source = image_dir::ImageDirSource::open(dir, opts)?;
-            Ok(Box::new(threaded::ThreadedSource::spawn(
-                Box::new(source),
-                queue,
-                label,
-                None,
-            )?))
-        }
-    }
+        InputSpec::ImageDir(dir) => Box::new(image_dir::ImageDirSource::open(dir, opts)?),
+    };
+    Ok(Box::new(threaded::ThreadedSource::spawn(
+        source, queue, label, None,
+    )?))
 }
 
 /// Opens an output for `width x height` frames at `fps`. With `source` = the input file, its

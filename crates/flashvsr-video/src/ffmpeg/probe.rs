@@ -68,17 +68,16 @@ fn rotation_of(stream: &Value) -> Option<i32> {
 fn frame_count_of(stream: &Value) -> Option<u64> {
     parse_num::<u64>(stream.get("nb_frames"))
         .filter(|n| *n > 0)
-        .or_else(|| {
-            // Matroska statistics tags (`NUMBER_OF_FRAMES`, `NUMBER_OF_FRAMES-eng`).
-            stream
-                .get("tags")
-                .and_then(Value::as_object)
-                .and_then(|tags| {
-                    tags.iter()
-                        .find(|(k, _)| k.starts_with("NUMBER_OF_FRAMES"))
-                        .and_then(|(_, v)| parse_num::<u64>(Some(v)))
-                })
-        })
+        // Matroska statistics tags (`NUMBER_OF_FRAMES`, `NUMBER_OF_FRAMES-eng`).
+        .or_else(|| stats_tag(stream, "NUMBER_OF_FRAMES").and_then(|v| parse_num::<u64>(Some(v))))
+}
+
+/// The first tag whose name starts with `prefix` (Matroska suffixes a language: `DURATION-eng`).
+fn stats_tag<'a>(stream: &'a Value, prefix: &str) -> Option<&'a Value> {
+    let tags = stream.get("tags")?.as_object()?;
+    tags.iter()
+        .find(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
 }
 
 /// `HH:MM:SS.fraction` (Matroska's `DURATION` statistics tag) in seconds.
@@ -94,14 +93,9 @@ fn parse_clock(text: &str) -> Option<f64> {
 fn stream_duration_of(stream: &Value) -> Option<f64> {
     parse_num::<f64>(stream.get("duration"))
         .or_else(|| {
-            stream
-                .get("tags")
-                .and_then(Value::as_object)
-                .and_then(|tags| {
-                    tags.iter()
-                        .find(|(k, _)| k.starts_with("DURATION"))
-                        .and_then(|(_, v)| v.as_str().and_then(parse_clock))
-                })
+            stats_tag(stream, "DURATION")
+                .and_then(Value::as_str)
+                .and_then(parse_clock)
         })
         .filter(|d| d.is_finite() && *d > 0.0)
 }
