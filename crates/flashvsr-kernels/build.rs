@@ -4,11 +4,12 @@
 //! nvcc is found through `NVCC`, then `PATH`, then `CUDA_HOME`/`CUDA_PATH`/`CUDA_ROOT`
 //! (`bin/nvcc`), then `/usr/local/cuda/bin/nvcc`. The target is `sm_$CUDA_COMPUTE_CAP`
 //! (default 80; `90` for H100/H200). The driver JIT-compiles the PTX at first use.
+//!
+//! Every `kernels/*.cu` is compiled (no fixed list): worktrees that share one target dir may
+//! run each other's build-script binary, which then still builds the files of the tree at hand.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const KERNELS: &[&str] = &["block_sparse_attn", "topk_threshold"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -45,7 +46,17 @@ fn build_ptx() -> Result<(), String> {
         "cargo:rustc-env=FLASHVSR_PTX_ARCH={}",
         cap.trim_end_matches('a')
     );
-    for name in KERNELS {
+    println!("cargo:rerun-if-changed=kernels");
+    let mut kernels: Vec<String> = std::fs::read_dir("kernels")
+        .map_err(|e| format!("reading kernels/: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".cu").map(str::to_owned)
+        })
+        .collect();
+    kernels.sort();
+    for name in &kernels {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");
         let ptx = out_dir.join(format!("{name}.ptx"));

@@ -14,7 +14,8 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$SP/cu13/lib:${CUDNN}:${LD_LIBRARY_
 export CUDA_CACHE_PATH=/tmp/flashvsr-nvcache
 for f in $D/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done; chmod +x $B/*
 mkdir -p /work/shared/fixtures /work/main/crates/flashvsr-model
-tar -xJf $D/fixtures.tar.xz -C /work/shared/fixtures
+FXA=$D/fixtures.tar.xz; [ -f $FXA ] || FXA=device/common/fixtures.tar.xz
+tar -xJf $FXA -C /work/shared/fixtures
 FX=/work/shared/fixtures
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | tee $OUT/gpu.txt
 echo "cudnn: $CUDNN ($(ls $CUDNN 2>/dev/null | grep -c so))"

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use flashvsr_loader::convert::Quant;
 use flashvsr_model::color_fix::ColorFix;
 use flashvsr_model::pipeline::{Mode, ModelVersion};
 
@@ -79,6 +80,8 @@ pub enum Command {
     },
     /// Convert weight files (upstream pickles/safetensors) to GGUF/safetensors (a folder: one file each).
     Convert(tools::ConvertArgs),
+    /// Split a clip into segments for separate runs (scale-out; see `upscale --warmup`).
+    PlanSegments(PlanSegmentsArgs),
 }
 
 impl Command {
@@ -93,6 +96,7 @@ impl Command {
             Command::Inspect { .. } => "inspect",
             Command::Validate { .. } => "validate",
             Command::Convert(_) => "convert",
+            Command::PlanSegments(_) => "plan-segments",
         }
     }
 
@@ -113,9 +117,10 @@ impl Command {
             Command::Bench(a) => a.json,
             Command::Inspect { json, .. } => *json,
             Command::Convert(a) => a.json,
-            // `validate` prints its JSON report before it fails on a mismatch; a second object
-            // would break parsers.
-            Command::Validate { .. } | Command::Download(_) | Command::SynthWeights(_) => false,
+            Command::PlanSegments(a) => a.json,
+            // `validate` puts its report of a mismatch into the failure object.
+            Command::Validate { json, .. } => *json,
+            Command::Download(_) | Command::SynthWeights(_) => false,
         };
         json.then_some(JsonTo::Stdout)
     }
@@ -140,6 +145,7 @@ Examples:
   flashvsr upscale in.mp4 out.mp4
   flashvsr upscale in.mp4 out.mkv --codec libx265 --pix-fmt yuv420p10le --crf 18 -y
   flashvsr upscale in.mp4 out.mp4 --frames 100:200 --json
+  flashvsr upscale in.mp4 seg1.mkv --frames 501:981 --warmup 21   one segment (plan-segments)
   flashvsr upscale clip.y4m out/ --upstream-compat --noise noise.npy";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -374,6 +380,17 @@ fn parse_number(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A quantized type for `--quantize-dit` (float types are what `--dtype` is for).
+pub(crate) fn parse_dit_quant(s: &str) -> Result<Quant, String> {
+    let q: Quant = s.parse()?;
+    if q.is_float() {
+        return Err(format!(
+            "{s} is not a quantized type (use --dtype for float weights; quantized: q8_0, q6_k, q5_k, q4_k, q4_0)"
+        ));
+    }
+    Ok(q)
+}
+
 pub(crate) fn parse_scale(s: &str) -> Result<f64, String> {
     let v = parse_number(s).map_err(|_| format!("scale {s:?} is not a number"))?;
     if !(1.0..=MAX_SCALE).contains(&v) {
@@ -504,6 +521,11 @@ pub struct UpscaleArgs {
     /// Compute dtype [default: f32 on cpu, bf16 on GPUs].
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Keep the DiT's linear weights quantized on the device in TYPE (q8_0, q6_k, q5_k, q4_k,
+    /// q4_0), quantized while loading a float file: less memory, a little less accuracy. A
+    /// quantized GGUF is kept as stored without this option.
+    #[arg(long, value_name = "TYPE", value_parser = parse_dit_quant)]
+    pub quantize_dit: Option<Quant>,
     /// cpu, cuda, cuda:N, metal or auto (best available).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -514,6 +536,8 @@ pub struct UpscaleArgs {
     /// Overlap between tiles, in input pixels (blended).
     #[arg(long, value_name = "PX", default_value = "32", requires = "tile")]
     pub tile_overlap: usize,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
 
     /// Sparse attention budget (upstream: 1.5 faster, 2.0 more stable; at most 100).
     #[arg(long, default_value = "2.0", value_parser = parse_sparse_ratio)]
@@ -536,6 +560,17 @@ pub struct UpscaleArgs {
     /// Only these input frames, START:END (END exclusive; either may be omitted).
     #[arg(long, value_name = "START:END")]
     pub frames: Option<FrameRange>,
+    /// Upscale --frames START:END as a segment of the whole clip: decode at least W frames
+    /// before START (down to a multiple of 8) and discard their outputs, read past END to the
+    /// end of its step, and draw the clip's noise for these frames, so that the segment joins
+    /// its neighbours seamlessly. Take the bounds from `flashvsr plan-segments`.
+    #[arg(
+        long,
+        value_name = "W",
+        requires = "frames",
+        conflicts_with = "upstream_compat"
+    )]
+    pub warmup: Option<usize>,
     /// Upstream's output geometry: crop to multiples of 128 px and 8n-3 frames (needs at least
     /// 21 input frames).
     #[arg(long)]
@@ -624,8 +659,61 @@ pub struct BenchArgs {
     pub device: DeviceChoice,
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Keep the DiT's linear weights quantized in TYPE (as `upscale --quantize-dit`).
+    #[arg(long, value_name = "TYPE", value_parser = parse_dit_quant)]
+    pub quantize_dit: Option<Quant>,
     #[arg(long)]
     pub json: bool,
+    /// Tiles of SIZE input pixels, as for upscale (with parked KV caches when the plan says so).
+    #[arg(long, value_name = "SIZE")]
+    pub tile: Option<usize>,
+    #[arg(long, value_name = "PX", default_value = "32", requires = "tile")]
+    pub tile_overlap: usize,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanSegmentsArgs {
+    /// The clip (video file, .y4m or image folder).
+    pub input: PathBuf,
+    /// Frames per segment, at least (each bound is rounded up to the model's step grid).
+    #[arg(long, value_name = "N", value_parser = parse_frame_count)]
+    pub segment_frames: u64,
+    /// Warm-up frames before each segment, at least (21 = one first step: 46 dB at the joins on
+    /// the test weights, against 17 dB without).
+    #[arg(long, value_name = "W", default_value = "21")]
+    pub warmup: usize,
+    /// Scene cuts (frames where a new scene starts, e.g. from ffmpeg's scdet filter): a segment
+    /// also ends at the first step bound at or after each.
+    #[arg(long, value_name = "FRAME,...", value_delimiter = ',')]
+    pub cuts: Vec<usize>,
+    /// The clip's frame count, when known (otherwise read from the header, or counted).
+    #[arg(long, value_name = "N", value_parser = parse_frame_count)]
+    pub total_frames: Option<u64>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The device memory budget and the plan's dry run (upscale and bench).
+#[derive(Args, Debug, Clone, Default)]
+pub struct MemoryArgs {
+    /// Device memory the job may use, in GiB [default: the device's free memory]. The memory
+    /// plan picks tiling, KV parking and decoder chunking to fit, or refuses before any work.
+    #[arg(long, value_name = "GIB", value_parser = parse_gib)]
+    pub max_vram: Option<f64>,
+    /// Print the memory plan and exit (the weights are read only for their headers).
+    #[arg(long)]
+    pub plan: bool,
+}
+
+fn parse_gib(s: &str) -> Result<f64, String> {
+    let v = parse_number(s)?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("must be a positive number of GiB (got {s})"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

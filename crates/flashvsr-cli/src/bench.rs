@@ -15,8 +15,9 @@ use crate::args::checked_output_size;
 use crate::devices;
 use crate::progress::{self, Progress};
 use crate::summary::{self, StageTimes};
+use crate::weights::quantized::QuantizedDit;
 use crate::weights::Role;
-use crate::{BenchArgs, DimsArg, VersionArg};
+use crate::{memory, BenchArgs, DimsArg, VersionArg};
 
 #[derive(Serialize)]
 struct BenchReport {
@@ -25,6 +26,9 @@ struct BenchReport {
     mode: String,
     device: String,
     dtype: &'static str,
+    /// The DiT's linear weights kept quantized in this type (`--quantize-dit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize_dit: Option<&'static str>,
     input_size: [usize; 2],
     output_size: [usize; 2],
     input_frames: u64,
@@ -36,6 +40,11 @@ struct BenchReport {
     stages_s: StageTimes,
     peak_ram_bytes: Option<u64>,
     peak_vram_bytes: Option<u64>,
+    /// The allocator pool's high-water mark per stage (CUDA): live tensors, no runtime.
+    stage_peak_vram_bytes: std::collections::BTreeMap<&'static str, u64>,
+    tiles: usize,
+    kv_park_s: f64,
+    memory_plan: flashvsr_model::memory_plan::MemoryPlan,
 }
 
 /// A synthetic input frame: moving gradients and a bright square (RGB24).
@@ -96,10 +105,54 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let full = args.mode.is_full();
     let frames = args.frames;
 
+    // The memory plan from the synthetic layouts (nothing built yet).
+    let shapes = |role: Role| -> Result<memory::PartShapes> {
+        Ok(memory::PartShapes::new(crate::synth::layout_of(
+            role,
+            VersionArg::V1_1,
+            small,
+        )?))
+    };
+    let decoder_role = if full { Role::Vae } else { Role::TcDecoder };
+    let model_dims = memory::dims_from_parts(
+        &shapes(Role::Dit)?,
+        &shapes(Role::LqProj)?,
+        &shapes(decoder_role)?,
+        &shapes(Role::Prompt)?,
+        args.mode.into(),
+        None,
+    )?;
+    let job = memory::Job {
+        dtype,
+        mode: args.mode.into(),
+        input_size: (iw, ih),
+        scale: args.scale,
+        upstream_crop: false,
+        kv_ratio: UpscaleOptions::default().kv_ratio,
+        tile: args.tile.map(|t| (t, args.tile_overlap)),
+        tile_overlap: args.tile_overlap,
+        budget: memory::budget(args.memory.max_vram, &device),
+        cuda: device.is_cuda(),
+    };
+    let plan = memory::plan(model_dims, &job)?;
+    if args.memory.plan {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("{}", memory::describe(&plan));
+        }
+        return Ok(());
+    }
+
     let t0 = Instant::now();
-    let vb = |role: Role| -> Result<VarBuilder<'static>> {
+    let mut dit_quantized = None;
+    let mut vb = |role: Role| -> Result<VarBuilder<'static>> {
         let tensors = crate::synth::synth_part(role, VersionArg::V1_1, small, 0)?;
         let map: HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
+        if let (Role::Dit, Some(q)) = (role, args.quantize_dit) {
+            let quantized = QuantizedDit::from_tensors(&map, q.ggml())?;
+            dit_quantized = Some(crate::weights::quantized::shared(quantized));
+        }
         Ok(VarBuilder::from_tensors(map, dtype, &device))
     };
     let prompt = crate::synth::synth_part(Role::Prompt, VersionArg::V1_1, small, 0)?
@@ -118,6 +171,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         vae: if full { Some(vb(Role::Vae)?) } else { None },
         prompt,
         head_dim: None,
+        dit_quantized,
     };
     let weights_build_s = t0.elapsed().as_secs_f64();
 
@@ -129,6 +183,10 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let opts = UpscaleOptions {
         scale: args.scale,
         mode: args.mode.into(),
+        tile: plan.choices.tile.map(Into::into),
+        park_kv: plan.choices.park_kv,
+        decoder_latents_per_call: Some(plan.choices.decoder_latents_per_call),
+        decoder_stripe_rows: plan.choices.decoder_stripe_rows,
         ..UpscaleOptions::default()
     };
     let mut session = model.session(iw, ih, &opts)?;
@@ -158,6 +216,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         mode: args.mode.as_str().into(),
         device: devices::describe(&device),
         dtype: summary::dtype_name(dtype),
+        quantize_dit: args.quantize_dit.map(|q| q.name()),
         input_size: [iw, ih],
         output_size: [out_size.0, out_size.1],
         input_frames: frames,
@@ -176,6 +235,10 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         },
         peak_ram_bytes: summary::peak_rss_bytes(),
         peak_vram_bytes: peak_vram,
+        stage_peak_vram_bytes: s.stage_peak_bytes.clone(),
+        tiles: session.tiles(),
+        kv_park_s: s.kv_park_s,
+        memory_plan: plan,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -209,6 +272,23 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
                 .peak_vram_bytes
                 .map(|b| format!(", device memory {}", summary::format_bytes(b)))
                 .unwrap_or_default()
+        );
+        let pool_peak = report.stage_peak_vram_bytes.values().max().copied();
+        println!(
+            "memory: planned peak {}{}; {} tile(s){}",
+            summary::format_bytes(report.memory_plan.peak_bytes),
+            pool_peak
+                .map(|b| format!(
+                    ", measured pool peak {} (+ runtime)",
+                    summary::format_bytes(b)
+                ))
+                .unwrap_or_default(),
+            report.tiles,
+            if report.kv_park_s > 0.0 {
+                format!(", KV parking {:.2} s", report.kv_park_s)
+            } else {
+                String::new()
+            }
         );
         println!("weights are random: this measures speed and memory only");
     }

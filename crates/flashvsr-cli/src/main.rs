@@ -7,8 +7,10 @@ mod args;
 mod bench;
 mod devices;
 mod interrupt;
+mod memory;
 mod partials;
 mod progress;
+mod segments;
 mod summary;
 mod synth;
 mod tools;
@@ -57,8 +59,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => tools::validate(&paths, &against, structure, json),
         Command::Convert(args) => tools::convert(&args, quiet),
+        Command::PlanSegments(args) => segments::plan_command(&args),
     }
 }
+
+/// An error with a report that belongs in the `--json` failure object (`validate`'s mismatches),
+/// so that the command prints one JSON object either way.
+#[derive(Debug)]
+pub struct FailureReport {
+    pub message: String,
+    pub report: serde_json::Value,
+}
+
+impl std::fmt::Display for FailureReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FailureReport {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,14 +102,18 @@ fn main() -> ExitCode {
     // Writing may fail (the terminal is gone after SIGHUP): never panic on the way out.
     let _ = writeln!(std::io::stderr(), "error: {message}");
     if let Some(to) = json {
-        let failure = serde_json::json!({
+        let mut failure = serde_json::json!({
             "command": command,
             "ok": false,
             "error": message,
             "interrupted": interrupted,
             "exit_code": code,
         });
-        let text = serde_json::to_string_pretty(&failure).unwrap_or_default();
+        if let Some(r) = e.downcast_ref::<FailureReport>() {
+            failure["report"] = r.report.clone();
+        }
+        // One line, the last one: runners take the last JSON line as the outcome.
+        let text = serde_json::to_string(&failure).unwrap_or_default();
         let _ = match to {
             JsonTo::Stdout => writeln!(std::io::stdout(), "{text}"),
             JsonTo::Stderr => writeln!(std::io::stderr(), "{text}"),

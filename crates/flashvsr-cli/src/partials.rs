@@ -1,6 +1,7 @@
 //! Stale partial outputs. Outputs are written under hidden names next to their target and moved
 //! into place at the end (the video crate's `.NAME.partial-PID-N[.EXT]` for files and
-//! `.NAME.EXT.partial-PID-N` for folders, `synth`'s `.FILE.partial-PID-0`); a clean stop removes
+//! `.NAME.EXT.partial-PID-N` for folders, `synth`'s `.FILE.partial-PID-0`, the loader's
+//! `.FILE.tmp-PID` of `convert` and `synth-weights`); a clean stop removes
 //! them, but a run that is killed outright (SIGKILL, a second Ctrl-C, a crash, power loss)
 //! cannot. The next run into the same folder removes those whose process is gone.
 //!
@@ -12,6 +13,12 @@ use std::path::{Path, PathBuf};
 /// The id of the process that owns a partial output named `name`, if it is one of ours.
 pub fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // The loader's `.FILE.tmp-PID` (flashvsr_loader::fsutil::write_atomic).
+    if let Some(at) = rest.rfind(".tmp-") {
+        let pid = &rest[at + ".tmp-".len()..];
+        return (at > 0 && digits(pid)).then(|| pid.parse().ok()).flatten();
+    }
     let at = rest.rfind(".partial-")?;
     if at == 0 {
         return None; // no target name before the marker
@@ -21,7 +28,6 @@ pub fn owner_pid(name: &str) -> Option<u32> {
         Some((c, e)) => (c, Some(e)),
         None => (tail, None),
     };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(pid) || !digits(counter) || ext.is_some_and(|e| e.is_empty() || e.contains('.')) {
         return None;
     }
@@ -76,7 +82,12 @@ pub fn clean_next_to(target: &Path, quiet: bool) {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let removed = remove_stale(&dir);
+    clean_in(&dir, quiet);
+}
+
+/// [`remove_stale`] in `dir`, saying what it removed unless quiet.
+pub fn clean_in(dir: &Path, quiet: bool) {
+    let removed = remove_stale(dir);
     if !quiet && !removed.is_empty() {
         let names: Vec<String> = removed
             .iter()
@@ -107,6 +118,7 @@ mod tests {
         assert_eq!(owner_pid(".frames.d.partial-9-2"), Some(9));
         assert_eq!(owner_pid(".my.clip.partial-4242-1.mkv"), Some(4242));
         assert_eq!(owner_pid(".LQ_proj_in.ckpt.partial-77-0"), Some(77));
+        assert_eq!(owner_pid(".dit-q8_0.gguf.tmp-314"), Some(314));
         for not_ours in [
             "out.partial-123-0.mp4",
             ".partial-123-0.mp4",
@@ -116,6 +128,10 @@ mod tests {
             ".out.partial-123-0.",
             ".out.partial-123-0.tar.gz",
             ".out.partial",
+            ".tmp-12",
+            ".a.gguf.tmp-12x",
+            ".a.gguf.tmp-",
+            "a.gguf.tmp-12",
             "notes.txt",
         ] {
             assert_eq!(owner_pid(not_ours), None, "{not_ours}");
@@ -132,6 +148,7 @@ mod tests {
             format!(".b.partial-{me}-0.mp4"),
             "keep.mp4".to_string(),
             format!("a.partial-{dead}-0.mp4"),
+            format!(".c.gguf.tmp-{dead}"),
         ];
         for n in &names {
             std::fs::write(tmp.path().join(n), b"x").unwrap();
@@ -144,8 +161,15 @@ mod tests {
             assert!(removed.is_empty());
             return;
         }
-        assert_eq!(removed, vec![tmp.path().join(&names[0]), folder.clone()]);
-        for n in &names[1..] {
+        assert_eq!(
+            removed,
+            vec![
+                tmp.path().join(&names[0]),
+                tmp.path().join(&names[4]),
+                folder.clone()
+            ]
+        );
+        for n in &names[1..4] {
             assert!(tmp.path().join(n).exists(), "{n} was removed");
         }
         assert!(!folder.exists());

@@ -33,6 +33,8 @@ pub struct Settings {
     pub tile_overlap: Option<usize>,
     pub upstream_compat: bool,
     pub frames: Option<String>,
+    /// `--warmup`: the run was a segment of a longer clip.
+    pub warmup: Option<usize>,
     pub codec: Option<String>,
     pub crf: Option<u32>,
     pub preset: Option<String>,
@@ -56,6 +58,7 @@ impl Settings {
             tile_overlap: a.tile.map(|_| a.tile_overlap),
             upstream_compat: a.upstream_compat,
             frames: a.frames.map(|r| r.to_string()),
+            warmup: a.warmup,
             codec: a.codec.clone(),
             crf: a.crf,
             preset: a.preset.clone(),
@@ -90,6 +93,8 @@ pub struct Summary {
     pub wall_s: f64,
     /// Output frames per second of model time (excluding weight loading).
     pub processing_fps: f64,
+    /// The same rate under the name benchmark runners read from the last JSON line.
+    pub fps: f64,
     pub stages_s: StageTimes,
     /// Spatial tiles the picture was processed in (1 without `--tile`).
     pub tiles: usize,
@@ -101,14 +106,19 @@ pub struct Summary {
     pub dtype: &'static str,
     pub settings: Settings,
     pub weights: Vec<String>,
+    /// The memory plan the run followed (predicted peak, tiles, KV parking, decoder chunking).
+    pub memory_plan: flashvsr_model::memory_plan::MemoryPlan,
+    /// Device memory at each stage's peak (CUDA), to compare with the plan.
+    pub stage_peak_vram_bytes: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Summary {
-    /// `--json`: the JSON on stdout (stderr when stdout carries the video); otherwise one line
-    /// on stderr unless quiet.
+    /// `--json`: the JSON as one line, the last on stdout (stderr when stdout carries the
+    /// video), so that runners can take the last line as the summary; otherwise one line for
+    /// people on stderr unless quiet.
     pub fn emit(&self, json: bool, quiet: bool, stdout_is_video: bool) {
         if json {
-            let text = serde_json::to_string_pretty(self).unwrap_or_default();
+            let text = serde_json::to_string(self).unwrap_or_default();
             if stdout_is_video {
                 eprintln!("{text}");
             } else {

@@ -7,7 +7,7 @@ use clap::Args;
 use flashvsr_loader::convert::{self, ConvertOptions, OutputFormat, Quant};
 use flashvsr_loader::{inspect as loader_inspect, layout};
 
-use crate::VersionArg;
+use crate::{partials, FailureReport, VersionArg};
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
@@ -61,7 +61,8 @@ fn check_component(component: &str) -> Result<()> {
     Ok(())
 }
 
-/// Exit status 1 when the files do not match (the report says why).
+/// Exit status 1 when the files do not match (the report says why; with `--json` it is the
+/// `report` of the failure object).
 pub fn validate(paths: &[PathBuf], against: &str, structure: bool, json: bool) -> Result<()> {
     check_component(against)?;
     let mode = if structure {
@@ -71,13 +72,20 @@ pub fn validate(paths: &[PathBuf], against: &str, structure: bool, json: bool) -
     };
     let report =
         layout::validate_with(paths, against, mode).map_err(|e| anyhow!("cannot validate: {e}"))?;
+    if !report.is_ok() {
+        if json {
+            return Err(anyhow::Error::new(FailureReport {
+                message: format!("the files do not match the {against} layout (see the report)"),
+                report: serde_json::to_value(&report)?,
+            }));
+        }
+        print!("{report}");
+        bail!("the files do not match the {against} layout (details above)");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
-    }
-    if !report.is_ok() {
-        bail!("the files do not match the {against} layout (details above)");
     }
     Ok(())
 }
@@ -100,8 +108,11 @@ pub fn convert(args: &ConvertArgs, quiet: bool) -> Result<()> {
         check_component(c)?;
     }
     if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+        // Temporary files of killed conversions into this folder go first.
+        partials::clean_in(output, quiet);
         return convert_each(inputs, output, &opts, args, quiet);
     }
+    partials::clean_next_to(output, quiet);
     if output.exists() && !args.overwrite {
         bail!(
             "output {} already exists; pass -y/--overwrite to replace it",

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, Tensor};
 use flashvsr_model::schedule::{FramePlan, FrameRule};
 use flashvsr_video::{
@@ -19,7 +19,7 @@ use crate::args::{checked_output_size, crf_range, FrameRange};
 use crate::progress::{Progress, Total};
 use crate::summary::{self, Settings, StageTimes, Summary};
 use crate::weights::components::{self, Resolved};
-use crate::{devices, interrupt, partials, UpscaleArgs};
+use crate::{devices, interrupt, memory, partials, segments, UpscaleArgs};
 
 pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
@@ -33,10 +33,14 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         .map(Into::into)
         .unwrap_or_else(|| devices::default_dtype(&device));
 
+    // A segment of a longer clip (`--warmup`) decodes its warm-up and look-ahead frames too.
+    let segment = segments::segment(args)?;
+    let decoded = segments::decode_range(args, segment.as_ref());
+
     // The input header next: a corrupt file fails here, before gigabytes of weights are read.
     let src_opts = SourceOptions {
-        start_frame: args.frames.map_or(0, |r| r.start),
-        end_frame: args.frames.and_then(|r| r.end),
+        start_frame: decoded.map_or(0, |r| r.start),
+        end_frame: decoded.and_then(|r| r.end),
         ..SourceOptions::default()
     };
     let mut source = open_source(&input, &src_opts).map_err(video_err)?;
@@ -95,24 +99,57 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         }
     }
 
+    // The memory plan, from the weights' headers: a job that cannot fit is refused here.
+    let weights = components::resolve(&args.weights, args.mode.is_full(), quiet)?;
+    let dims = memory::dims_from_weights(&weights, args.mode.into(), args.head_dim)?;
+    let job = memory::Job {
+        dtype,
+        mode: args.mode.into(),
+        input_size: (info.width, info.height),
+        scale: args.scale,
+        upstream_crop: args.upstream_compat,
+        kv_ratio: args.kv_ratio,
+        tile: args.tile.map(|t| (t, args.tile_overlap)),
+        tile_overlap: args.tile_overlap,
+        budget: memory::budget(args.memory.max_vram, &device),
+        cuda: device.is_cuda(),
+    };
+    let plan = memory::plan(dims, &job)?;
+    if args.memory.plan {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("{}", memory::describe(&plan));
+        }
+        return Ok(());
+    }
+    if !quiet && (plan.tiles > 1 || args.memory.max_vram.is_some()) {
+        eprintln!("note: {}", memory::note(&plan));
+    }
+
     let noise = match &args.noise {
         Some(p) => Some(read_noise(p, &device)?),
         None => None,
     };
 
     let load_started = Instant::now();
-    let weights = components::resolve(&args.weights, args.mode.is_full(), quiet)?;
     let model = engine::Model::load(&weights, args, &device, dtype)?;
     let load_s = load_started.elapsed().as_secs_f64();
 
-    let mut session = model.session(info.width, info.height, args, noise)?;
+    let mut session = model.session(
+        info.width,
+        info.height,
+        args,
+        &plan,
+        noise,
+        segment.as_ref(),
+    )?;
     let (out_w, out_h) = session.output_size();
 
     let fps = info.fps;
     let mut sink = open_sink(&output, out_w, out_h, fps, Some(&input), &enc).map_err(video_err)?;
 
-    let mut progress =
-        Progress::frames_in_out("upscaling", expected_frames(&info, args.frames), quiet);
+    let mut progress = Progress::frames_in_out("upscaling", expected_frames(&info, decoded), quiet);
     let mut frames_in: u64 = 0;
     let mut frames_out: u64 = 0;
     let mut peak_vram = devices::device_memory_used(&device);
@@ -121,6 +158,9 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         loop {
             if interrupt::requested() {
                 bail!(interrupt::Interrupted);
+            }
+            if session.is_complete() {
+                break;
             }
             let next = match pending.take() {
                 Some(f) => Some(f),
@@ -131,7 +171,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
             progress.set_frames(frames_in, frames_out);
             let ready = session
                 .push_frame(&frame)
-                .with_context(|| format!("model failed on input frame {}", frames_in - 1))?;
+                .map_err(|e| ModelFailure::new(e, frames_in - 1))?;
             write_frames(&mut sink, ready, &mut frames_out)?;
             progress.set_frames(frames_in, frames_out);
             peak_vram = max_opt(peak_vram, devices::device_memory_used(&device));
@@ -149,7 +189,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         }
         let ready = session
             .finish()
-            .context("model failed while flushing the last frames")?;
+            .map_err(|e| ModelFailure::new(e, frames_in))?;
         write_frames(&mut sink, ready, &mut frames_out)?;
         progress.set_frames(frames_in, frames_out);
         if interrupt::requested() {
@@ -159,8 +199,13 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     })();
     progress.finish();
     if let Err(e) = result {
-        sink.abort();
-        return Err(e);
+        let Some(failure) = e.downcast_ref::<ModelFailure>() else {
+            sink.abort();
+            return Err(e);
+        };
+        return Err(failed_mid_run(
+            failure, sink, &output, &plan, frames_out, args,
+        ));
     }
     let truncation = info.truncation(frames_in);
     if let Some(t) = truncation {
@@ -171,7 +216,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         }
         eprintln!("warning: {input_name}: {t}; the output has the {frames_in} decoded frames (--strict makes this an error)");
     }
-    if !args.upstream_compat && frames_out != frames_in {
+    if !args.upstream_compat && frames_out != session.expected_outputs(frames_in) {
         sink.abort();
         bail!("internal error: the model returned {frames_out} frames for {frames_in} input frames; nothing was written");
     }
@@ -179,6 +224,11 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     let model_s = model_started.elapsed().as_secs_f64();
 
     let stages = session.stage_times(load_s);
+    let processing_fps = if model_s > 0.0 {
+        frames_out as f64 / model_s
+    } else {
+        0.0
+    };
     let summary = Summary {
         command: "upscale",
         input: input.display_path().display().to_string(),
@@ -196,11 +246,8 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         output_pix_fmt: output_plan.pix_fmt.clone(),
         notes: output_plan.notes.clone(),
         wall_s: started.elapsed().as_secs_f64(),
-        processing_fps: if model_s > 0.0 {
-            frames_out as f64 / model_s
-        } else {
-            0.0
-        },
+        processing_fps,
+        fps: processing_fps,
         stages_s: stages,
         tiles: session.tiles(),
         peak_ram_bytes: summary::peak_rss_bytes(),
@@ -209,9 +256,92 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         dtype: summary::dtype_name(dtype),
         settings: Settings::from_args(args, &weights),
         weights: weights.files(),
+        memory_plan: plan.clone(),
+        stage_peak_vram_bytes: session.stage_peaks(),
     };
     summary.emit(args.json, quiet, matches!(output, OutputSpec::Stdout));
     Ok(())
+}
+
+/// A model error mid-run, with where the input was.
+#[derive(Debug)]
+struct ModelFailure {
+    message: String,
+    /// Index of the input frame being processed (the input frame count while flushing).
+    at_frame: u64,
+}
+
+impl ModelFailure {
+    fn new(e: anyhow::Error, at_frame: u64) -> anyhow::Error {
+        // One line: a CUDA error may carry a backtrace or driver detail on later lines.
+        let message = format!("{e:#}");
+        let message = message
+            .split("\nstack backtrace")
+            .next()
+            .unwrap_or_default()
+            .replace('\n', "; ");
+        anyhow!(Self { message, at_frame })
+    }
+
+    fn out_of_memory(&self) -> bool {
+        let m = self.message.to_ascii_lowercase();
+        m.contains("out of memory") || m.contains("out_of_memory")
+    }
+}
+
+impl std::fmt::Display for ModelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ModelFailure {}
+
+/// A model failure mid-run: one line naming the stage (from the session's error), the size and
+/// the plan. Frames already written are kept where the output is still valid when cut short (a
+/// PNG folder, a y4m file); anything else is removed. Either way it says how to go on.
+fn failed_mid_run(
+    failure: &ModelFailure,
+    sink: Box<dyn FrameSink>,
+    output: &OutputSpec,
+    plan: &flashvsr_model::memory_plan::MemoryPlan,
+    frames_out: u64,
+    args: &UpscaleArgs,
+) -> anyhow::Error {
+    let start = args.frames.map_or(0, |r| r.start);
+    let kind = if failure.out_of_memory() {
+        "out of device memory"
+    } else {
+        "the model failed"
+    };
+    let cut_short_ok = matches!(output, OutputSpec::PngDir(_)) || output.is_y4m();
+    let kept = cut_short_ok
+        && frames_out > 0
+        && !matches!(output, OutputSpec::Stdout)
+        && sink.finish().is_ok();
+    let next = start + frames_out;
+    let resume = if kept {
+        format!(
+            "{} keeps the {frames_out} frames written (input frames {start}..{next}); continue with --frames {next}: into another output",
+            output.display_path().display()
+        )
+    } else {
+        format!(
+            "nothing was written; {} input frames were done, continue with --frames {next}: (or restart)",
+            frames_out
+        )
+    };
+    let hint = if failure.out_of_memory() {
+        "; pass a smaller --max-vram or --tile"
+    } else {
+        ""
+    };
+    anyhow!(
+        "{kind} at input frame {}: {}; memory plan: {}; {resume}{hint}",
+        start + failure.at_frame,
+        failure.message,
+        plan.summary()
+    )
 }
 
 /// A video frame rate for people: `25 fps`, `29.97 fps`, `22.22 fps`.
@@ -305,7 +435,7 @@ fn preflight(input: &InputSpec, output: &OutputSpec, args: &UpscaleArgs) -> Resu
     if needs_ffmpeg && !ffmpeg_available() {
         return Err(anyhow!(VideoError::FfmpegNotFound));
     }
-    if let Some(o) = output_path(output) {
+    if let (Some(o), false) = (output_path(output), args.memory.plan) {
         check_output(o, matches!(output, OutputSpec::PngDir(_)), args.overwrite)?;
     }
     if matches!(output, OutputSpec::Stdout) && std::io::stdout().is_terminal() {
@@ -446,15 +576,19 @@ fn read_noise(path: &Path, device: &Device) -> Result<Tensor> {
 mod engine {
     use super::*;
     use flashvsr_model::pipeline::{self as p, FlashVsr, ModelComponents, UpscaleOptions};
+    use flashvsr_model::segments::Segment;
 
     use crate::weights::Role;
+    use flashvsr_loader::convert::Quant;
 
     pub struct Model {
         inner: FlashVsr,
     }
 
-    pub struct Session<'a> {
-        inner: p::Session<'a>,
+    /// A whole clip, or one segment of a longer one (`--warmup`).
+    pub enum Session<'a> {
+        Clip(p::Session<'a>),
+        Segment(p::SegmentSession<'a>),
     }
 
     /// The pipeline's components from the resolved weight parts.
@@ -463,8 +597,18 @@ mod engine {
         device: &Device,
         dtype: DType,
         head_dim: Option<usize>,
+        quantize_dit: Option<Quant>,
     ) -> Result<ModelComponents> {
         let vb = |role: Role| w.part(role).map(|p| p.var_builder(dtype, device));
+        let dit_quantized = match w.part(Role::Dit) {
+            Some(part) => Some(crate::weights::quantized::shared(
+                crate::weights::quantized::QuantizedDit::from_part(
+                    part,
+                    quantize_dit.map(|q| q.ggml()),
+                )?,
+            )),
+            None => None,
+        };
         Ok(ModelComponents {
             dit: vb(Role::Dit).ok_or_else(|| anyhow!("no DiT weights"))?,
             lq_proj: vb(Role::LqProj).ok_or_else(|| anyhow!("no LQ projection weights"))?,
@@ -472,10 +616,15 @@ mod engine {
             vae: vb(Role::Vae),
             prompt: w.prompt(dtype, device)?,
             head_dim,
+            dit_quantized,
         })
     }
 
-    pub fn options(args: &UpscaleArgs, noise: Option<Tensor>) -> UpscaleOptions {
+    pub fn options(
+        args: &UpscaleArgs,
+        plan: &flashvsr_model::memory_plan::MemoryPlan,
+        noise: Option<Tensor>,
+    ) -> UpscaleOptions {
         UpscaleOptions {
             scale: args.scale,
             mode: args.mode.into(),
@@ -486,10 +635,12 @@ mod engine {
             upstream_compat: args.upstream_compat,
             seed: args.seed,
             noise,
-            tile: args.tile.map(|size| p::TileOptions {
-                size,
-                overlap: args.tile_overlap,
-            }),
+            tile: plan.choices.tile.map(Into::into),
+            park_kv: plan.choices.park_kv,
+            decoder_latents_per_call: Some(plan.choices.decoder_latents_per_call),
+            decoder_stripe_rows: plan.choices.decoder_stripe_rows,
+            // A segment's own session sets its first frame.
+            first_frame: 0,
         }
     }
 
@@ -500,7 +651,7 @@ mod engine {
             device: &Device,
             dtype: DType,
         ) -> Result<Model> {
-            let c = components(w, device, dtype, args.head_dim)?;
+            let c = components(w, device, dtype, args.head_dim, args.quantize_dit)?;
             let inner = FlashVsr::load(c, w.version.into(), device, dtype)
                 .map_err(|e| anyhow!("cannot load the model from {}: {e}", w.origin))?;
             Ok(Model { inner })
@@ -511,35 +662,76 @@ mod engine {
             w: usize,
             h: usize,
             args: &UpscaleArgs,
+            plan: &flashvsr_model::memory_plan::MemoryPlan,
             noise: Option<Tensor>,
+            segment: Option<&Segment>,
         ) -> Result<Session<'_>> {
-            let inner = self
-                .inner
-                .session(w, h, &options(args, noise))
-                .map_err(|e| anyhow!("cannot upscale a {w}x{h} video with these settings: {e}"))?;
-            Ok(Session { inner })
+            let opts = options(args, plan, noise);
+            match segment {
+                None => self.inner.session(w, h, &opts).map(Session::Clip),
+                Some(s) => self
+                    .inner
+                    .segment_session(w, h, &opts, s)
+                    .map(Session::Segment),
+            }
+            .map_err(|e| anyhow!("cannot upscale a {w}x{h} video with these settings: {e}"))
         }
     }
 
     impl Session<'_> {
         pub fn output_size(&self) -> (usize, usize) {
-            self.inner.output_size()
+            match self {
+                Session::Clip(s) => s.output_size(),
+                Session::Segment(s) => s.output_size(),
+            }
         }
 
         pub fn tiles(&self) -> usize {
-            self.inner.tiles()
+            match self {
+                Session::Clip(s) => s.tiles(),
+                Session::Segment(s) => s.tiles(),
+            }
+        }
+
+        /// A segment whose outputs are all out needs no more input.
+        pub fn is_complete(&self) -> bool {
+            matches!(self, Session::Segment(s) if s.is_complete())
+        }
+
+        /// Output frames due for `frames_in` input frames (every frame, or the segment's).
+        pub fn expected_outputs(&self, frames_in: u64) -> u64 {
+            match self {
+                Session::Clip(_) => frames_in,
+                Session::Segment(s) => s.expected_outputs(frames_in as usize) as u64,
+            }
         }
 
         pub fn push_frame(&mut self, frame: &RgbFrame) -> Result<Vec<RgbFrame>> {
-            Ok(self.inner.push_frame(frame)?)
+            Ok(match self {
+                Session::Clip(s) => s.push_frame(frame)?,
+                Session::Segment(s) => s.push_frame(frame)?,
+            })
         }
 
         pub fn finish(&mut self) -> Result<Vec<RgbFrame>> {
-            Ok(self.inner.finish()?)
+            Ok(match self {
+                Session::Clip(s) => s.finish()?,
+                Session::Segment(s) => s.finish()?,
+            })
+        }
+
+        pub fn stage_peaks(&self) -> std::collections::BTreeMap<&'static str, u64> {
+            match self {
+                Session::Clip(s) => s.stats().stage_peak_bytes,
+                Session::Segment(s) => s.stats().stage_peak_bytes,
+            }
         }
 
         pub fn stage_times(&self, load_s: f64) -> StageTimes {
-            let s = self.inner.stats();
+            let s = match self {
+                Session::Clip(s) => s.stats(),
+                Session::Segment(s) => s.stats(),
+            };
             StageTimes {
                 load_weights: load_s,
                 preprocess: s.preprocess_s,

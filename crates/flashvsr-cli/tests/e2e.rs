@@ -100,8 +100,13 @@ fn y4m_upstream_compat_with_noise_reproduces_the_fixture() {
     );
     ok(&o);
     assert_matches_fixture_output(&out);
+    // One line, the last of stdout (what benchmark runners read), with an `fps` key.
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
     let summary: serde_json::Value =
-        serde_json::from_slice(&o.stdout).expect("--json prints JSON on stdout");
+        serde_json::from_str(text.lines().last().unwrap()).expect("--json prints JSON on stdout");
+    assert!(summary["fps"].as_f64().unwrap_or(0.0) > 0.0, "{summary}");
+    assert_eq!(summary["fps"], summary["processing_fps"]);
     assert_eq!(summary["input_frames"], 25);
     assert_eq!(summary["output_frames"], 21);
     assert_eq!(summary["output_size"], serde_json::json!([256, 256]));
@@ -311,7 +316,9 @@ fn one_frame_through_stdin_and_stdout() {
     assert_eq!(frames, 1);
     // With the video on stdout, the JSON summary goes to stderr.
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("\"output_frames\": 1"), "stderr: {err}");
+    let summary: serde_json::Value = serde_json::from_str(err.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: stderr {err}"));
+    assert_eq!(summary["output_frames"], 1, "stderr: {err}");
 }
 
 #[test]

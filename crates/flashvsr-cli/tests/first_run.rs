@@ -115,7 +115,10 @@ fn json_failures_print_a_failure_object() {
         .output()
         .unwrap();
     assert!(o.stdout.is_empty());
-    assert!(stderr(&o).contains("\"ok\": false"), "{}", stderr(&o));
+    let err = stderr(&o);
+    let v: serde_json::Value = serde_json::from_str(err.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: stderr {err:?}"));
+    assert_eq!(v["ok"], false, "{err}");
     // bench too.
     let o = flashvsr(tmp.path())
         .args(["bench", "--device", "cuda:7", "--json"])

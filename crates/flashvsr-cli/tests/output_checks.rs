@@ -3,46 +3,13 @@
 //! sequences, pixel formats kept from the input, y4m layouts, audio and subtitle notes.
 //! Needs ffmpeg on PATH (skipped without it, except under `CI`).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn tiny() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/tiny-v1.1"
-    ))
-}
-
-/// The binary with every variable it reads cleared (weights, caches, ffmpeg paths), downloads off.
-fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("FLASHVSR_") || key.starts_with("HF_") || key.starts_with("COMFYUI") {
-            c.env_remove(key);
-        }
-    }
-    c.current_dir(home)
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_HUB_OFFLINE", "1");
-    c
-}
-
-/// `upscale IN OUT` on the fixture weights (`--weights` given last wins).
-fn upscale(home: &Path, input: &Path, output: &str, extra: &[&str]) -> Output {
-    flashvsr(home)
-        .arg("upscale")
-        .arg(input)
-        .arg(output)
-        .arg("--weights")
-        .arg(tiny())
-        .args(["--head-dim", "32", "--device", "cpu"])
-        .args(extra)
-        .output()
-        .unwrap()
-}
+use support::{ffmpeg, flashvsr, names_in as names, ok, stderr, tiny, upscale};
 
 fn have_ffmpeg() -> bool {
     let ok = Command::new("ffmpeg")
@@ -56,19 +23,6 @@ fn have_ffmpeg() -> bool {
     ok
 }
 
-fn ffmpeg(args: &[&str]) {
-    let o = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn ffprobe_video(path: &Path, entry: &str) -> String {
     let o = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
@@ -80,43 +34,17 @@ fn ffprobe_video(path: &Path, entry: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "flashvsr failed ({:?}): {}",
-        o.status.code(),
-        stderr(o)
-    );
-}
-
-/// Exit code 1, one `error:` line containing every needle, no temporary name in it.
+/// [`support::assert_error`], and no temporary name in the line; returns the line.
 fn assert_error(o: &Output, needles: &[&str]) -> String {
+    support::assert_error(o, needles);
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
     assert!(
         !lines[0].contains("partial"),
         "temporary name: {}",
         lines[0]
     );
     lines[0].to_string()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -208,11 +136,11 @@ fn a_truncated_input_warns_and_strict_fails() {
     let half = dir.join("half.mp4");
     std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
 
-    let o = upscale(dir, &half, "o.mkv", &["--strict"]);
+    let o = upscale(dir, &half, Path::new("o.mkv"), &["--strict"]);
     assert_error(&o, &["half.mp4", "truncated", "--strict"]);
     assert!(!dir.join("o.mkv").exists());
 
-    let o = upscale(dir, &half, "o.mkv", &["--json"]);
+    let o = upscale(dir, &half, Path::new("o.mkv"), &["--json"]);
     ok(&o);
     assert!(
         stderr(&o).contains("warning:") && stderr(&o).contains("truncated"),
@@ -225,7 +153,12 @@ fn a_truncated_input_warns_and_strict_fails() {
     let decoded = s["input_frames"].as_u64().unwrap();
     assert!(decoded > 0 && decoded < 30, "{decoded}");
 
-    let o = upscale(dir, &full, "full.mkv", &["--json", "--frames", "0:3"]);
+    let o = upscale(
+        dir,
+        &full,
+        Path::new("full.mkv"),
+        &["--json", "--frames", "0:3"],
+    );
     ok(&o);
     let s = json(&o);
     assert_eq!(
@@ -308,8 +241,8 @@ fn image_sequences_and_single_pictures() {
     let dir = tmp.path();
     let three = y4m(dir, "three.y4m", 16, 16, 3);
     let one = y4m(dir, "one.y4m", 16, 16, 1);
-    ok(&upscale(dir, &three, "seq_%03d.png", &[]));
-    ok(&upscale(dir, &one, "one.jpg", &[]));
+    ok(&upscale(dir, &three, Path::new("seq_%03d.png"), &[]));
+    ok(&upscale(dir, &one, Path::new("one.jpg"), &[]));
     assert_eq!(
         names(dir),
         [
@@ -321,9 +254,9 @@ fn image_sequences_and_single_pictures() {
             "three.y4m"
         ]
     );
-    let o = upscale(dir, &three, "seq_%03d.png", &[]);
+    let o = upscale(dir, &three, Path::new("seq_%03d.png"), &[]);
     assert_error(&o, &["seq_001.png", "already exists"]);
-    ok(&upscale(dir, &three, "seq_%03d.png", &["-y"]));
+    ok(&upscale(dir, &three, Path::new("seq_%03d.png"), &["-y"]));
 }
 
 #[test]
@@ -336,7 +269,12 @@ fn y4m_output_is_420_limited_by_default_and_444_on_request() {
         (&["--pix-fmt", "yuv444p"][..], "C444 XCOLORRANGE=LIMITED"),
         (&["--pix-fmt", "yuvj444p"][..], "C444 XCOLORRANGE=FULL"),
     ] {
-        let o = upscale(dir, &input, "o.y4m", &[extra, &["-y", "--json"]].concat());
+        let o = upscale(
+            dir,
+            &input,
+            Path::new("o.y4m"),
+            &[extra, &["-y", "--json"]].concat(),
+        );
         ok(&o);
         let bytes = std::fs::read(dir.join("o.y4m")).unwrap();
         let line =
@@ -393,7 +331,7 @@ fn pixel_formats_audio_and_subtitles_are_said() {
         input.to_str().unwrap(),
     ]);
     // 10-bit in, 10-bit out; PCM cannot be copied into mp4; subtitles cannot go into AVI.
-    let o = upscale(dir, &input, "o.mp4", &["--json"]);
+    let o = upscale(dir, &input, Path::new("o.mp4"), &["--json"]);
     ok(&o);
     let err = stderr(&o);
     assert!(
@@ -407,14 +345,19 @@ fn pixel_formats_audio_and_subtitles_are_said() {
     assert_eq!(s["output_pix_fmt"], "yuv420p10le");
     assert_eq!(ffprobe_video(&dir.join("o.mp4"), "pix_fmt"), "yuv420p10le");
 
-    let o = upscale(dir, &input, "o.avi", &["--json", "--pix-fmt", "yuv420p"]);
+    let o = upscale(
+        dir,
+        &input,
+        Path::new("o.avi"),
+        &["--json", "--pix-fmt", "yuv420p"],
+    );
     ok(&o);
     assert!(stderr(&o).contains("dropping it"), "{}", stderr(&o));
     assert_eq!(json(&o)["audio_copied"], true);
 
     // An odd output size without --pix-fmt: 4:4:4 instead of a failure.
     let odd = y4m(dir, "odd.y4m", 17, 15, 1);
-    let o = upscale(dir, &odd, "odd.mp4", &["--scale", "1"]);
+    let o = upscale(dir, &odd, Path::new("odd.mp4"), &["--scale", "1"]);
     ok(&o);
     assert!(stderr(&o).contains("odd side"), "{}", stderr(&o));
     assert_eq!(ffprobe_video(&dir.join("odd.mp4"), "pix_fmt"), "yuv444p");

@@ -2,10 +2,12 @@
 //! components are one per file and reuse tensor names (`conv2.weight` is in both the LQ
 //! projection and the Wan VAE), so each file is taken on its own; an empty folder says so.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::{fixtures, flashvsr, ok as stdout_of};
 
 // Upstream's file names; the VAE from the full-mode fixture, the rest from the tiny one.
 const FILES: [(&str, &str); 5] = [
@@ -23,40 +25,15 @@ fn upstream_folder(dir: &Path) -> PathBuf {
     let w = dir.join("FlashVSR-v1.1");
     std::fs::create_dir(&w).unwrap();
     for (fixture, name) in FILES {
-        std::fs::copy(format!("{FIXTURES}/{fixture}/{name}"), w.join(name)).unwrap();
+        std::fs::copy(fixtures().join(fixture).join(name), w.join(name)).unwrap();
     }
     w
 }
 
-fn flashvsr(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_flashvsr"));
-    c.current_dir(home)
-        .env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("FLASHVSR_MODELS")
-        .env_remove("FLASHVSR_MANIFEST");
-    c
-}
-
-fn stdout_of(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
+/// Exit code 1 with one `error:` line; the whole stderr.
 fn stderr_of_failure(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    support::assert_error(o, &[]);
+    support::stderr(o)
 }
 
 #[test]
@@ -221,4 +198,63 @@ fn convert_folder_into_a_folder_and_upscale_from_it() {
         .unwrap();
     let s: serde_json::Value = serde_json::from_str(&stdout_of(&o)).unwrap();
     assert_eq!(s["output_frames"], 1);
+}
+
+#[test]
+fn validate_json_failures_are_one_object_with_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = upstream_folder(tmp.path());
+    // A mismatch: the report goes into the failure object, on one line.
+    let o = flashvsr(tmp.path())
+        .arg("validate")
+        .arg(w.join("TCDecoder.ckpt"))
+        .args(["--against", "lq_proj_v1_1", "--structure", "--json"])
+        .output()
+        .unwrap();
+    support::assert_error(&o, &["do not match", "lq_proj_v1_1"]);
+    let out = support::stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["command"].as_str(), v["ok"].as_bool()),
+        (Some("validate"), Some(false))
+    );
+    assert_eq!(v["report"]["component"], "lq_proj_v1_1", "{v}");
+    assert!(
+        !v["report"]["missing"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    // An error before any report: the plain failure object.
+    let o = flashvsr(tmp.path())
+        .arg("validate")
+        .arg(&w)
+        .args(["--against", "no_such_part", "--json"])
+        .output()
+        .unwrap();
+    support::assert_error(&o, &["unknown component"]);
+    let v: serde_json::Value = serde_json::from_str(&support::stdout(&o)).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v.get("report").is_none(), "{v}");
+}
+
+#[test]
+fn convert_removes_the_temporary_files_of_killed_conversions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = upstream_folder(tmp.path());
+    let dead = u32::MAX - 1; // above any pid_max
+    let stale = tmp.path().join(format!(".lq.gguf.tmp-{dead}"));
+    let other = tmp.path().join("lq.gguf.tmp-1"); // not hidden: not ours
+    std::fs::write(&stale, b"half a file").unwrap();
+    std::fs::write(&other, b"x").unwrap();
+    stdout_of(
+        &flashvsr(tmp.path())
+            .arg("convert")
+            .arg(w.join("LQ_proj_in.ckpt"))
+            .arg("lq.gguf")
+            .output()
+            .unwrap(),
+    );
+    assert!(tmp.path().join("lq.gguf").is_file());
+    assert!(!stale.exists(), "the stale temporary file is still there");
+    assert!(other.exists());
 }

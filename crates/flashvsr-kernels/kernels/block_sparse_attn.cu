@@ -1,7 +1,9 @@
 // Block-sparse attention forward (FlashVSR LCSA), flash-attention style.
 //
 // Layout (all contiguous, row-major):
-//   q    [heads, q_tokens, D]      k, v [heads, k_tokens, D]     out [heads, q_tokens, D]
+//   q    [heads, q_tokens, D]      k, v [heads, k_tokens, D]
+//   out  element (h, token, d) at h * out_head_stride + token * out_row_stride + d:
+//        [heads, q_tokens, D] (q_tokens*D, D) or token-major [q_tokens, heads*D] (D, heads*D)
 //   mask [heads, q_tokens/128, k_tokens/128] u8 (non-zero = key block attended)
 // One CTA per (query block of 128 tokens, head); it walks the selected key blocks with an
 // online softmax in f32 (base-2 exponent, scores pre-multiplied by scale*log2(e)).
@@ -53,7 +55,8 @@ template <typename T, int D>
 __device__ __forceinline__ void bsa_scalar(const T *__restrict__ q, const T *__restrict__ k,
                                            const T *__restrict__ v,
                                            const uint8_t *__restrict__ mask, T *__restrict__ out,
-                                           int q_tokens, int k_tokens, float scale_log2) {
+                                           int q_tokens, int k_tokens, float scale_log2,
+                                           long long out_head_stride, long long out_row_stride) {
   constexpr int DPT = D / 2; // dims per thread; thread `half` owns dims 2*i + half
   __shared__ float ks[SC_CHUNK][D];
   __shared__ float vs[SC_CHUNK][D];
@@ -111,7 +114,7 @@ __device__ __forceinline__ void bsa_scalar(const T *__restrict__ q, const T *__r
     }
   }
   const float inv = l > 0.f ? 1.f / l : 0.f;
-  T *op = out + qrow * D;
+  T *op = out + h * out_head_stride + ((long long)qb * BSA_BLOCK + row) * out_row_stride;
 #pragma unroll
   for (int i = 0; i < DPT; ++i) op[2 * i + half] = Conv<T>::from_f(l > 0.f ? acc[i] * inv : 0.f);
 }
@@ -154,7 +157,8 @@ template <typename T, int D>
 __device__ __forceinline__ void bsa_mma(const T *__restrict__ q, const T *__restrict__ k,
                                         const T *__restrict__ v, const uint8_t *__restrict__ mask,
                                         T *__restrict__ out, int q_tokens, int k_tokens,
-                                        float scale_log2) {
+                                        float scale_log2, long long out_head_stride,
+                                        long long out_row_stride) {
   constexpr int KSTR = D + 8;         // padded smem row strides (halves): conflict-free fragments
   constexpr int VSTR = MMA_CHUNK + 8;
   constexpr int KSTEPS = D / 16;      // k-steps of S = Q K^T
@@ -262,8 +266,9 @@ __device__ __forceinline__ void bsa_mma(const T *__restrict__ q, const T *__rest
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  T *o0 = out + (row0 + g) * D + 2 * t;
-  T *o1 = out + (row0 + g + 8) * D + 2 * t;
+  const long long orow = (long long)qb * BSA_BLOCK + warp * 16 + g;
+  T *o0 = out + h * out_head_stride + orow * out_row_stride + 2 * t;
+  T *o1 = o0 + 8 * out_row_stride;
 #pragma unroll
   for (int n = 0; n < ONT; ++n) {
     *reinterpret_cast<uint32_t *>(o0 + n * 8) =
@@ -305,7 +310,8 @@ template <typename T, int D>
 __device__ __forceinline__ void bsa_mma2(const T *__restrict__ q, const T *__restrict__ k,
                                          const T *__restrict__ v, const uint8_t *__restrict__ mask,
                                          T *__restrict__ out, int q_tokens, int k_tokens,
-                                         float scale_log2) {
+                                         float scale_log2, long long out_head_stride,
+                                         long long out_row_stride) {
   constexpr int STR = D + 8;           // padded smem row stride (halves)
   constexpr int STAGE = MMA_CHUNK * STR; // halves per K (or V) stage
   constexpr int KSTEPS = D / 16;
@@ -323,8 +329,9 @@ __device__ __forceinline__ void bsa_mma2(const T *__restrict__ q, const T *__res
   const T *vh = v + (size_t)h * k_tokens * D;
 
   const size_t row0 = (size_t)h * q_tokens + (size_t)qb * BSA_BLOCK + warp * 16;
-  T *o0 = out + (row0 + g) * D + 2 * t;
-  T *o1 = out + (row0 + g + 8) * D + 2 * t;
+  const long long orow = (long long)qb * BSA_BLOCK + warp * 16 + g;
+  T *o0 = out + h * out_head_stride + orow * out_row_stride + 2 * t;
+  T *o1 = o0 + 8 * out_row_stride;
 
   auto load_chunk = [&](int chunk, int stage) {
     const size_t base = (size_t)chunk * MMA_CHUNK * D;
@@ -463,8 +470,8 @@ __device__ __forceinline__ void bsa_mma2(const T *__restrict__ q, const T *__res
 #define BSA_ARGS(T)                                                                            \
   const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,                   \
       const uint8_t *__restrict__ mask, T *__restrict__ out, int q_tokens, int k_tokens,       \
-      float scale_log2
-#define BSA_PASS q, k, v, mask, out, q_tokens, k_tokens, scale_log2
+      float scale_log2, long long out_head_stride, long long out_row_stride
+#define BSA_PASS q, k, v, mask, out, q_tokens, k_tokens, scale_log2, out_head_stride, out_row_stride
 
 #define BSA_SCALAR(NAME, T, D)                                                                 \
   extern "C" __global__ void __launch_bounds__(BSA_THREADS) bsa_scalar_##NAME##_d##D(BSA_ARGS(T)) { \

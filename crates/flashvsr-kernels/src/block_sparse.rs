@@ -35,11 +35,23 @@ pub enum KernelVariant {
     TensorCoreSimple,
 }
 
+/// Layout of the attention output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputLayout {
+    /// `[heads, q_tokens, head_dim]`, like q.
+    #[default]
+    HeadsMajor,
+    /// `[q_tokens, heads·head_dim]`: the heads of a token side by side, ready for the output
+    /// projection (saves the transpose copy).
+    TokenMajor,
+}
+
 /// Block-sparse attention with a fixed softmax scale.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockSparseAttention {
     pub scale: f32,
     pub variant: KernelVariant,
+    pub layout: OutputLayout,
 }
 
 /// `softmax(q kᵀ · scale) v` restricted to the key blocks `block_mask` selects; see the module doc.
@@ -58,11 +70,16 @@ impl BlockSparseAttention {
         Self {
             scale,
             variant: KernelVariant::Auto,
+            layout: OutputLayout::HeadsMajor,
         }
     }
 
     pub fn with_variant(self, variant: KernelVariant) -> Self {
         Self { variant, ..self }
+    }
+
+    pub fn with_layout(self, layout: OutputLayout) -> Self {
+        Self { layout, ..self }
     }
 
     pub fn forward(
@@ -77,18 +94,32 @@ impl BlockSparseAttention {
             bail!("block_sparse_attention: scale {} is not finite", self.scale)
         }
         let dims = Dims::check(q, k, v, block_mask)?;
+        let token_major = |t: Tensor| -> Result<Tensor> {
+            t.transpose(0, 1)?
+                .contiguous()?
+                .reshape((dims.q_tokens, dims.heads * dims.head_dim))
+        };
         if q.elem_count() == 0 || dims.k_tokens == 0 {
             // No query, or nothing to attend: every query block is empty, hence 0.
-            return Tensor::zeros(q.shape(), q.dtype(), q.device());
+            let zeros = Tensor::zeros(q.shape(), q.dtype(), q.device())?;
+            return match self.layout {
+                OutputLayout::HeadsMajor => Ok(zeros),
+                OutputLayout::TokenMajor => token_major(zeros),
+            };
         }
         if !q.device().is_cuda() {
-            return gathered(q, k, v, block_mask, dims, self.scale);
+            let out = gathered(q, k, v, block_mask, dims, self.scale)?;
+            return match self.layout {
+                OutputLayout::HeadsMajor => Ok(out),
+                OutputLayout::TokenMajor => token_major(out),
+            };
         }
         let op = BlockSparseOp {
             mask: block_mask.contiguous()?,
             dims,
             scale: self.scale,
             variant: self.variant,
+            layout: self.layout,
         };
         q.contiguous()?
             .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
@@ -182,6 +213,7 @@ struct BlockSparseOp {
     dims: Dims,
     scale: f32,
     variant: KernelVariant,
+    layout: OutputLayout,
 }
 
 /// Every device but CUDA: per (head, query block) the selected key blocks gathered, f32 scores
@@ -276,13 +308,18 @@ impl CustomOp3 for BlockSparseOp {
             DType::BF16 => cuda::launch::<half::bf16>(self, args, "bf16")?,
             dt => bail!("block_sparse_attention: dtype {dt:?} is not supported"),
         };
-        Ok((out, l1.shape().clone()))
+        let d = self.dims;
+        let shape = match self.layout {
+            OutputLayout::HeadsMajor => l1.shape().clone(),
+            OutputLayout::TokenMajor => Shape::from((d.q_tokens, d.heads * d.head_dim)),
+        };
+        Ok((out, shape))
     }
 }
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::{BlockSparseOp, KernelVariant, BLOCK_TOKENS};
+    use super::{BlockSparseOp, KernelVariant, OutputLayout, BLOCK_TOKENS};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -383,6 +420,11 @@ mod cuda {
         };
         let (q_tokens, k_tokens) = (dims.q_tokens as i32, dims.k_tokens as i32);
         let scale_log2 = op.scale * std::f32::consts::LOG2_E;
+        let (hd, heads) = (dims.head_dim as i64, dims.heads as i64);
+        let (out_head_stride, out_row_stride) = match op.layout {
+            OutputLayout::HeadsMajor => (dims.q_tokens as i64 * hd, hd),
+            OutputLayout::TokenMajor => (hd, heads * hd),
+        };
         let mut builder = func.builder();
         builder.arg(&q);
         builder.arg(&k);
@@ -392,6 +434,8 @@ mod cuda {
         builder.arg(&q_tokens);
         builder.arg(&k_tokens);
         builder.arg(&scale_log2);
+        builder.arg(&out_head_stride);
+        builder.arg(&out_row_stride);
         // SAFETY: argument list matches the kernel signature in kernels/block_sparse_attn.cu;
         // shapes were checked in `Dims::check`.
         unsafe { builder.launch(cfg) }.w()?;

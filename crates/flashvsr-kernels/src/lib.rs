@@ -6,18 +6,29 @@
 //! feature); on every other device candle matmuls over the gathered blocks, so the API works
 //! everywhere. [`draft_block_mask`] builds the block mask itself ([`draft`] also returns the
 //! probabilities and thresholds it was cut from). [`tap_conv::conv2d`] is a convolution
-//! without an im2col buffer (one cuBLAS GEMM per kernel tap).
+//! without an im2col buffer (one cuBLAS GEMM per kernel tap); [`implicit_conv::conv2d_nhwc`] is
+//! the channels-last implicit-GEMM convolution with fused input addressing and epilogue.
+//! [`frame_ops`] has the per-frame pixel ops at the pipeline's ends (bicubic resampling, AdaIN
+//! colour fix + 8-bit conversion).
+//! [`dit_fused`] holds the fused element-wise steps of a DiT block (norms, modulation,
+//! residuals, GELU, QKV + RoPE).
 //!
 //! "Tap", in this crate and the model, means one position of a convolution kernel (a `(dy, dx)`
 //! offset here, a temporal offset in the model's causal 3-D conv) and nothing else.
 
 pub mod block_sparse;
+pub mod dit_fused;
 pub mod draft_mask;
+pub mod frame_ops;
 pub mod gpu_caps;
+pub mod implicit_conv;
 pub mod tap_conv;
 
-pub use block_sparse::{block_sparse_attention, BlockSparseAttention, KernelVariant, BLOCK_TOKENS};
+pub use block_sparse::{
+    block_sparse_attention, BlockSparseAttention, KernelVariant, OutputLayout, BLOCK_TOKENS,
+};
 pub use draft_mask::{draft, draft_block_mask, kth_largest, Draft};
+pub use frame_ops::{adain_to_rgb8, resample_rgb8, unit_to_rgb8, ResampleTables};
 
 /// Start offset of a contiguous operand of the CUDA op `op`; kernels take plain pointers.
 #[cfg(feature = "cuda")]
@@ -38,4 +49,7 @@ pub(crate) mod ptx {
     pub const BLOCK_SPARSE_ATTN: &str =
         include_str!(concat!(env!("OUT_DIR"), "/block_sparse_attn.ptx"));
     pub const TOPK_THRESHOLD: &str = include_str!(concat!(env!("OUT_DIR"), "/topk_threshold.ptx"));
+    pub const IMPLICIT_CONV: &str = include_str!(concat!(env!("OUT_DIR"), "/implicit_conv.ptx"));
+    pub const FRAME_OPS: &str = include_str!(concat!(env!("OUT_DIR"), "/frame_ops.ptx"));
+    pub const DIT_FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/dit_fused.ptx"));
 }

@@ -278,14 +278,21 @@ fn target_type(
         Some(q) if q.is_float() => q.ggml(),
         Some(q) => {
             let t = q.ggml();
-            let inner = shape.last().copied().unwrap_or(0);
-            if shape.len() == 2 && inner % t.block_size() == 0 && !keep_high_precision(name) {
+            if quantizes(name, shape, t) {
                 t
             } else {
                 fallback
             }
         }
     }
+}
+
+/// Whether a tensor is stored in the quantized type `t` under a quantized `--quant` (and kept
+/// quantized by `upscale --quantize-dit`): 2-D weight matrices whose rows are whole blocks,
+/// except the tensors ComfyUI-GGUF keeps in high precision.
+pub fn quantizes(name: &str, shape: &[usize], t: GgmlDType) -> bool {
+    let inner = shape.last().copied().unwrap_or(0);
+    shape.len() == 2 && inner % t.block_size() == 0 && !keep_high_precision(name)
 }
 
 /// The float type a tensor is kept in when it is not quantized.

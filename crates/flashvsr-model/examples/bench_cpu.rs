@@ -177,6 +177,7 @@ fn fixture_components(
         },
         prompt,
         head_dim: Some(32),
+        dit_quantized: None,
     })
 }
 
@@ -232,6 +233,7 @@ fn real_components(
         vae: if full { Some(vb("wan_vae")?) } else { None },
         prompt,
         head_dim: None,
+        dit_quantized: None,
     })
 }
 

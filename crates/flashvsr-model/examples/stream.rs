@@ -50,6 +50,7 @@ fn load_model(dir: &Path, head_dim: Option<usize>) -> Result<FlashVsr> {
         vae: None,
         prompt,
         head_dim,
+        dit_quantized: None,
     };
     Ok(FlashVsr::load(
         components,

@@ -33,6 +33,28 @@ impl ColorFix {
             ColorFix::Wavelet => wavelet(hq, lq),
         }
     }
+
+    /// The correction, the clamp to [-1, 1] and the 8-bit conversion in CUDA kernels
+    /// ([`flashvsr_kernels::frame_ops`]): `[T, H, W, 3]` u8 on the device, the bytes that
+    /// [`apply`](Self::apply) + clamp + [`crate::frames::to_rgb_frames`] give (AdaIn: up to one
+    /// level where the f64 statistics round differently from the f32 tensor sums).
+    ///
+    /// `lq` is the reference as a `[1, 3, T, H, W]` video (used by `Wavelet`), `lq_frames` the
+    /// same frames as `[T, H, W, 3]` u8 whose unit values `lq` holds in `lq.dtype()` (AdaIn
+    /// reads those bytes, not the wider video).
+    pub fn apply_to_rgb8_cuda(
+        &self,
+        hq: &Tensor,
+        lq: &Tensor,
+        lq_frames: &Tensor,
+    ) -> Result<Tensor> {
+        check_pair(hq, lq)?;
+        match self {
+            ColorFix::None => flashvsr_kernels::unit_to_rgb8(hq),
+            ColorFix::AdaIn => flashvsr_kernels::adain_to_rgb8(hq, lq_frames, lq.dtype()),
+            ColorFix::Wavelet => flashvsr_kernels::unit_to_rgb8(&wavelet(hq, lq)?),
+        }
+    }
 }
 
 fn check_pair(hq: &Tensor, lq: &Tensor) -> Result<()> {

@@ -59,22 +59,29 @@ impl DitConfig {
     /// Reads the dimensions from the DiT weights (upstream key names at the root of `vb`).
     /// `head_dim`: `None` = [`DEFAULT_HEAD_DIM`]; pass GGUF metadata or an override otherwise.
     pub fn from_weights(vb: &VarBuilder, head_dim: Option<usize>) -> Result<Self> {
-        let shape =
-            |name: &str| -> Result<Vec<usize>> { Ok(vb.get_unchecked(name)?.dims().to_vec()) };
-        let pe = shape("patch_embedding.weight")?;
+        Self::from_shapes(&vb_shapes(vb), head_dim)
+    }
+
+    /// [`DitConfig::from_weights`] from tensor shapes alone (`shape(name)`, `None` = absent),
+    /// e.g. a weight file's header: what the memory planner reads without loading weights.
+    pub fn from_shapes(shape: &Shapes, head_dim: Option<usize>) -> Result<Self> {
+        let get = |name: &str| -> Result<Vec<usize>> {
+            shape(name).ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {name}")))
+        };
+        let pe = get("patch_embedding.weight")?;
         let [dim, in_channels, pt, ph, pw] = pe[..] else {
             candle_core::bail!("patch_embedding.weight: expected 5 dims, got {pe:?}");
         };
-        let te = shape("time_embedding.0.weight")?;
+        let te = get("time_embedding.0.weight")?;
         let freq_dim = dim2(&te, "time_embedding.0.weight", dim)?;
-        let tx = shape("text_embedding.0.weight")?;
+        let tx = get("text_embedding.0.weight")?;
         let text_dim = dim2(&tx, "text_embedding.0.weight", dim)?;
-        let ffn = shape("blocks.0.ffn.0.weight")?;
+        let ffn = get("blocks.0.ffn.0.weight")?;
         let ffn_dim = match ffn[..] {
             [f, d] if d == dim => f,
             _ => candle_core::bail!("blocks.0.ffn.0.weight: expected [ffn, {dim}], got {ffn:?}"),
         };
-        let head = shape("head.head.weight")?;
+        let head = get("head.head.weight")?;
         let out_channels = match head[..] {
             [o, d] if d == dim && o % (pt * ph * pw) == 0 => o / (pt * ph * pw),
             _ => candle_core::bail!(
@@ -83,7 +90,7 @@ impl DitConfig {
             ),
         };
         let mut num_layers = 0;
-        while vb.contains_tensor(&format!("blocks.{num_layers}.modulation")) {
+        while shape(&format!("blocks.{num_layers}.modulation")).is_some() {
             num_layers += 1;
         }
         if num_layers == 0 {
@@ -105,6 +112,19 @@ impl DitConfig {
             patch_size: (pt, ph, pw),
             ..Self::wan_1_3b()
         })
+    }
+}
+
+/// A tensor-shape lookup: `Some(dims)` for a tensor that exists, `None` otherwise.
+pub type Shapes<'a> = dyn Fn(&str) -> Option<Vec<usize>> + 'a;
+
+/// The shape lookup of a var builder (reads each tensor it is asked for).
+fn vb_shapes<'a>(vb: &'a VarBuilder) -> impl Fn(&str) -> Option<Vec<usize>> + 'a {
+    move |name: &str| {
+        if !vb.contains_tensor(name) {
+            return None;
+        }
+        vb.get_unchecked(name).ok().map(|t| t.dims().to_vec())
     }
 }
 
@@ -138,9 +158,17 @@ impl LqProjConfig {
 
     /// Reads the widths from `conv1.weight`, `conv2.weight` and `linear_layers.0.weight`.
     pub fn from_weights(vb: &VarBuilder) -> Result<Self> {
-        let c1 = vb.get_unchecked("conv1.weight")?.dims().to_vec();
-        let c2 = vb.get_unchecked("conv2.weight")?.dims().to_vec();
-        let l = vb.get_unchecked("linear_layers.0.weight")?.dims().to_vec();
+        Self::from_shapes(&vb_shapes(vb))
+    }
+
+    /// [`LqProjConfig::from_weights`] from tensor shapes alone.
+    pub fn from_shapes(shape: &Shapes) -> Result<Self> {
+        let get = |name: &str| -> Result<Vec<usize>> {
+            shape(name).ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {name}")))
+        };
+        let c1 = get("conv1.weight")?;
+        let c2 = get("conv2.weight")?;
+        let l = get("linear_layers.0.weight")?;
         let (hidden1, in_channels) = match c1[..] {
             [o, i, 4, 3, 3] => (o, i),
             _ => candle_core::bail!("conv1.weight: expected [H1, 768, 4, 3, 3], got {c1:?}"),

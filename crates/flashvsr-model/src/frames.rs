@@ -182,6 +182,27 @@ pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
         .collect()
 }
 
+/// `[T, H, W, 3]` u8 frames (on any device) → T host frames, in one copy.
+pub fn rgb8_to_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
+    let (t, h, w, c) = frames.dims4()?;
+    if c != 3 || frames.dtype() != DType::U8 {
+        candle_core::bail!(
+            "rgb8_to_frames: expected [T, H, W, 3] u8, got {:?} {:?}",
+            frames.dims(),
+            frames.dtype()
+        )
+    }
+    let bytes = frames
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    bytes
+        .chunks_exact(RgbFrame::byte_len(w, h))
+        .take(t)
+        .map(|f| from_rgb24(w, h, f.to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

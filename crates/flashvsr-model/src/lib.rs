@@ -15,15 +15,18 @@ pub mod color_fix;
 pub mod config;
 pub mod cuda_limits;
 pub mod decoders;
+pub mod device_memory;
 pub mod dit;
 pub mod frames;
 pub mod lq_proj;
+pub mod memory_plan;
 pub mod nn;
 pub mod noise;
 pub mod pipeline;
 pub mod precision;
 pub mod preprocess;
 pub mod schedule;
+pub mod segments;
 pub mod tiling;
 
 /// GPU capability checks (compute capability, bf16 availability) shared with the CLI.

@@ -8,8 +8,12 @@
 //! centre `(x + 0.5) * in / out`, the filter window clamped to the image with the weights
 //! renormalised, coefficients in 22-bit fixed point, horizontal pass first (rounded and
 //! clipped to u8), then the vertical pass.
+//!
+//! [`DevicePreprocess`] runs the same resize (with the crop or padding folded in) on the
+//! model's device from the same integer windows, uploading the small input frame only.
 
-use candle_core::Result;
+use candle_core::{Device, Result, Tensor};
+use flashvsr_kernels::ResampleTables;
 
 use crate::frames::{self, RgbFrame};
 
@@ -179,6 +183,115 @@ fn resize_bicubic_on(
     })
 }
 
+/// One axis of the resize as window-table rows `[first, count, weights..]` for the output
+/// indices `0..len`, output index `i` taking the window of resized sample `source(i)`. When the
+/// axis keeps its size Pillow skips the pass; the identity window gives the same bytes.
+fn axis_table(
+    in_size: usize,
+    scaled: usize,
+    len: usize,
+    source: impl Fn(usize) -> usize,
+) -> Vec<Vec<i32>> {
+    let windows = (in_size != scaled).then(|| bicubic_windows(in_size, scaled));
+    (0..len)
+        .map(|i| {
+            let s = source(i);
+            match &windows {
+                Some(w) => {
+                    let win = &w[s];
+                    let mut row = vec![win.first as i32, win.weights.len() as i32];
+                    row.extend_from_slice(&win.weights);
+                    row
+                }
+                None => vec![s as i32, 1, 1 << PRECISION_BITS],
+            }
+        })
+        .collect()
+}
+
+/// Pads the rows of both axes to one length and flattens them.
+fn flatten_tables(h: Vec<Vec<i32>>, v: Vec<Vec<i32>>) -> (Vec<i32>, Vec<i32>, usize) {
+    let row_len = h.iter().chain(&v).map(Vec::len).max().unwrap_or(2);
+    let flat = |rows: Vec<Vec<i32>>| -> Vec<i32> {
+        rows.into_iter()
+            .flat_map(|mut r| {
+                r.resize(row_len, 0);
+                r
+            })
+            .collect()
+    };
+    (flat(h), flat(v), row_len)
+}
+
+/// The bicubic resize on a device: the host's integer windows, uploaded once, applied by
+/// [`flashvsr_kernels::resample_rgb8`] (CUDA kernel; the same integer loops elsewhere), so the
+/// result is byte for byte [`resize_bicubic`]'s (and [`FrameGeometry::prepare`]'s).
+#[derive(Debug, Clone)]
+pub struct DevicePreprocess {
+    tables: ResampleTables,
+    device: Device,
+}
+
+impl DevicePreprocess {
+    /// [`FrameGeometry::prepare`] of `src_w`×`src_h` frames: resize, then crop or edge padding
+    /// to the model size, as one table lookup per output pixel.
+    pub fn new(
+        src_w: usize,
+        src_h: usize,
+        g: &FrameGeometry,
+        rule: SizeRule,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, v) = match rule {
+            SizeRule::UpstreamCrop => (
+                axis_table(src_w, g.scaled_w, g.model_w, |x| g.crop_x + x),
+                axis_table(src_h, g.scaled_h, g.model_h, |y| g.crop_y + y),
+            ),
+            SizeRule::PadToGrid => (
+                axis_table(src_w, g.scaled_w, g.model_w, |x| x.min(g.scaled_w - 1)),
+                axis_table(src_h, g.scaled_h, g.model_h, |y| y.min(g.scaled_h - 1)),
+            ),
+        };
+        Self::from_rows(h, v, src_w, src_h, device)
+    }
+
+    /// [`resize_bicubic`] of `src_w`×`src_h` frames to `out_w`×`out_h`.
+    pub fn resize(
+        src_w: usize,
+        src_h: usize,
+        out_w: usize,
+        out_h: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if src_w == 0 || src_h == 0 || out_w == 0 || out_h == 0 {
+            candle_core::bail!("bicubic resize {src_w}x{src_h} -> {out_w}x{out_h}: empty size")
+        }
+        let h = axis_table(src_w, out_w, out_w, |x| x);
+        let v = axis_table(src_h, out_h, out_h, |y| y);
+        Self::from_rows(h, v, src_w, src_h, device)
+    }
+
+    fn from_rows(
+        h: Vec<Vec<i32>>,
+        v: Vec<Vec<i32>>,
+        src_w: usize,
+        src_h: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, v, row_len) = flatten_tables(h, v);
+        Ok(Self {
+            tables: ResampleTables::new(&h, &v, row_len, src_w, src_h, device)?,
+            device: device.clone(),
+        })
+    }
+
+    /// Uploads `frame` (the small input) and resizes it there: `[H, W, 3]` u8 on the device.
+    pub fn prepare(&self, frame: &RgbFrame) -> Result<Tensor> {
+        let src = frames::to_device(frame, &self.device)?;
+        self.tables.apply(&src)
+    }
+}
+
 /// Python's `round()` (half to even), which upstream applies to `w * scale`.
 fn round_half_even(x: f64) -> f64 {
     x.round_ties_even()
@@ -297,6 +410,54 @@ mod tests {
             );
         }
         assert_eq!(resize_bicubic(&src, 1204, 812)?.data, one.data);
+        Ok(())
+    }
+
+    fn random_frame(w: usize, h: usize, seed: usize) -> Result<RgbFrame> {
+        let data = (0..w * h * 3)
+            .map(|i: usize| ((i + seed * 7919).wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        frames::from_rgb24(w, h, data)
+    }
+
+    /// The device tables run through the kernel op's host loops give the host resize's bytes
+    /// (the CUDA kernel is checked against the same in tests/cuda_frame_ops.rs).
+    #[test]
+    fn device_tables_match_the_host_resize() -> Result<()> {
+        let cpu = Device::Cpu;
+        for (w, h, ow, oh) in [
+            (7, 5, 28, 20),
+            (13, 9, 13, 31),
+            (10, 11, 4, 11),
+            (31, 17, 77, 6),
+        ] {
+            let src = random_frame(w, h, ow)?;
+            let want = resize_bicubic(&src, ow, oh)?;
+            let got = DevicePreprocess::resize(w, h, ow, oh, &cpu)?.prepare(&src)?;
+            assert_eq!(got.dims(), &[oh, ow, 3]);
+            assert_eq!(
+                got.flatten_all()?.to_vec1::<u8>()?,
+                want.data,
+                "{w}x{h} -> {ow}x{oh}"
+            );
+        }
+        for (w, h, scale, rule) in [
+            (100, 70, 4.0, SizeRule::UpstreamCrop),
+            (100, 70, 4.0, SizeRule::PadToGrid),
+            (45, 37, 2.5, SizeRule::PadToGrid),
+            (50, 45, 3.0, SizeRule::UpstreamCrop),
+        ] {
+            let g = FrameGeometry::new(w, h, scale, rule)?;
+            let src = random_frame(w, h, 3)?;
+            let want = g.prepare(&src, rule)?;
+            let got = DevicePreprocess::new(w, h, &g, rule, &cpu)?.prepare(&src)?;
+            assert_eq!(got.dims(), &[g.model_h, g.model_w, 3]);
+            assert_eq!(
+                got.flatten_all()?.to_vec1::<u8>()?,
+                want.data,
+                "{w}x{h} x{scale} {rule:?}"
+            );
+        }
         Ok(())
     }
 

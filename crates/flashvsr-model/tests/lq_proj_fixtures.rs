@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 use common::*;
 use flashvsr_model::config::LqProjConfig;
-use flashvsr_model::lq_proj::{LqProj, LqProjState, LqProjProbes, LqProjVariant};
+use flashvsr_model::lq_proj::{LqProj, LqProjProbes, LqProjState, LqProjVariant};
 
 /// Runs the stream calls of `steps` DiT steps (spec §3) and checks every act1/act2/feature.
 fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Result<()> {

@@ -28,6 +28,7 @@ fn load(set: &str, version: ModelVersion) -> FlashVsr {
         vae: optional("Wan2.1_VAE.pth"),
         prompt,
         head_dim: Some(32),
+        dit_quantized: None,
     };
     FlashVsr::load(components, version, &dev, DType::F32).unwrap()
 }

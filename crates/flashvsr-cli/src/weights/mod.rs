@@ -4,6 +4,7 @@ pub mod components;
 pub mod discover;
 pub mod download;
 pub mod manifest;
+pub mod quantized;
 
 use std::fmt;
 

@@ -27,6 +27,16 @@ pub const BINARY_ENV: &[&str] = &[
     // The video crate's ffmpeg programs.
     "FLASHVSR_FFMPEG",
     "FLASHVSR_FFPROBE",
+    // How a quantized DiT weight multiplies on a GPU (model nn/linear.rs).
+    "FLASHVSR_QMATMUL",
+    // A/B switches between the new CUDA paths and the ones they replace (model decoders/tc,
+    // pipeline frame ops, dit), and the implicit-GEMM tile choice (kernels implicit_conv.rs).
+    "FLASHVSR_TC_CONV",
+    "FLASHVSR_LEGACY_FRAME_OPS",
+    "FLASHVSR_DIT_FUSED",
+    "FLASHVSR_CONV_TILE",
+    // Fault injection at a named stage (model pipeline/session.rs), for the failure tests.
+    "FLASHVSR_FAIL_AT",
 ];
 
 pub fn fixtures() -> PathBuf {

@@ -17,8 +17,10 @@
 //!
 //! Each call returns as many frames as LQ frames it was given: `4T-3`, then `4T`.
 
+mod nhwc;
+
 use crate::nn::conv2d::Conv2d;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Layer kinds at each `decoder.<i>` index of the upstream `nn.Sequential`.
@@ -167,11 +169,21 @@ pub struct TcConfig {
 pub struct TcState {
     mem: Vec<Option<Tensor>>,
     started: bool,
+    /// Run the stateless full-resolution tail in horizontal stripes of this many rows (of its
+    /// input resolution) to bound its activations; `None`: the whole frame at once.
+    tail_stripe_rows: Option<usize>,
 }
 
 impl TcState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A state whose calls run the decoder's tail in stripes (the same values: see
+    /// [`TcDecoder::decode`]).
+    pub fn with_tail_stripes(mut self, rows: Option<usize>) -> Self {
+        self.tail_stripe_rows = rows.filter(|&r| r > 0);
+        self
     }
 
     /// Whether the next call is the first of a video (gets `4T-3` LQ frames).
@@ -184,6 +196,9 @@ impl TcState {
 #[derive(Debug, Clone)]
 pub struct TcDecoder {
     layers: Vec<Layer>,
+    /// The channels-last program of the same layers (CUDA, f16/bf16; `FLASHVSR_TC_CONV=tap`
+    /// keeps the NCHW tap-GEMM path, for comparisons).
+    nhwc: Option<nhwc::NhwcPlan>,
     config: TcConfig,
     /// The dtype it computes in (the weights', `Precision::tiny_decoder` in the pipeline).
     dtype: candle_core::DType,
@@ -243,8 +258,17 @@ impl TcDecoder {
             latent_channels: first_in - COND_CHANNELS,
             frames_per_latent,
         };
+        let use_nhwc = vb.device().is_cuda()
+            && matches!(vb.dtype(), DType::F16 | DType::BF16)
+            && std::env::var("FLASHVSR_TC_CONV").map_or(true, |v| v != "tap");
+        let nhwc = if use_nhwc {
+            nhwc::NhwcPlan::new(&layers, vb.dtype())?
+        } else {
+            None
+        };
         Ok(Self {
             layers,
+            nhwc,
             config,
             dtype: vb.dtype(),
             span: tracing::span!(tracing::Level::TRACE, "tc-decoder"),
@@ -311,9 +335,9 @@ impl TcDecoder {
     }
 
     /// The (4, 8, 8) space-time-to-depth of the LQ frames `[1, 3, T_lq, H, W]`, front-padded
-    /// with copies of its first frame to a multiple of 4: `[T_lq/4, 768, H/8, W/8]`,
-    /// channel = c·256 + ft·64 + dy·8 + dx.
-    fn lq_condition(&self, lq: &Tensor) -> Result<Tensor> {
+    /// with copies of its first frame to a multiple of 4: `[T_lq/4, 768, H/8, W/8]`
+    /// (`[T_lq/4, H/8, W/8, 768]` if `channels_last`), channel = c·256 + ft·64 + dy·8 + dx.
+    fn lq_condition(&self, lq: &Tensor, channels_last: bool) -> Result<Tensor> {
         let (b, c, t, h, w) = lq.dims5()?;
         if b != 1 || c != 3 {
             candle_core::bail!(
@@ -337,11 +361,86 @@ impl TcDecoder {
         };
         let n = (t + pad) / g;
         let (s, hh, ww) = (SPATIAL_FACTOR, h / SPATIAL_FACTOR, w / SPATIAL_FACTOR);
-        // [c, n, ft, hh, dy, ww, dx] → [n, c, ft, dy, dx, hh, ww]
-        lq.reshape(vec![c, n, g, hh, s, ww, s])?
-            .permute(vec![1, 0, 2, 4, 6, 3, 5])?
-            .contiguous()?
-            .reshape((n, c * g * s * s, hh, ww))
+        let lq = lq.reshape(vec![c, n, g, hh, s, ww, s])?;
+        if channels_last {
+            // [c, n, ft, hh, dy, ww, dx] → [n, hh, ww, c, ft, dy, dx]
+            lq.permute(vec![1, 3, 5, 0, 2, 4, 6])?
+                .contiguous()?
+                .reshape((n, hh, ww, c * g * s * s))
+        } else {
+            // [c, n, ft, hh, dy, ww, dx] → [n, c, ft, dy, dx, hh, ww]
+            lq.permute(vec![1, 0, 2, 4, 6, 3, 5])?
+                .contiguous()?
+                .reshape((n, c * g * s * s, hh, ww))
+        }
+    }
+
+    /// A layer without temporal state.
+    fn stateless(layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        match layer {
+            Layer::Clamp => (x / 3.0)?.tanh()? * 3.0,
+            Layer::Conv(c) => c.forward(x),
+            Layer::Relu => x.relu(),
+            Layer::Upsample => {
+                let (_, _, hh, ww) = x.dims4()?;
+                x.upsample_nearest2d(hh * 2, ww * 2)
+            }
+            Layer::TGrow(g) => g.forward(x),
+            Layer::Mem(_) => candle_core::bail!("internal: a MemBlock in the stateless tail"),
+        }
+    }
+
+    /// Index of the first layer after the last MemBlock: from there on every layer is 2-D and
+    /// spatially local.
+    fn tail_start(&self) -> usize {
+        self.layers
+            .iter()
+            .rposition(|l| matches!(l, Layer::Mem(_)))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Rows of context (at the tail's input resolution) an output row of the tail needs on each
+    /// side: each conv adds its padding, each ×2 upsample halves what the layers after it need.
+    pub fn tail_halo_rows(&self) -> usize {
+        let mut need = 0;
+        for layer in self.layers[self.tail_start()..].iter().rev() {
+            match layer {
+                Layer::Conv(c) => need += c.padding(),
+                Layer::TGrow(g) => need += g.conv.padding(),
+                Layer::Upsample => need = need.div_ceil(2),
+                _ => {}
+            }
+        }
+        need
+    }
+
+    /// The tail over horizontal stripes of `rows` input rows, each with its halo of context
+    /// rows (cropped after): the zero padding a stripe edge adds only reaches rows of the halo,
+    /// so every kept row is computed from the same inputs as in one whole-frame call.
+    fn striped_tail(&self, x: &Tensor, rows: usize) -> Result<Tensor> {
+        let layers = &self.layers[self.tail_start()..];
+        let h = x.dim(2)?;
+        let halo = self.tail_halo_rows();
+        let mut parts = Vec::new();
+        let mut a = 0;
+        while a < h {
+            let b = (a + rows).min(h);
+            let (lo, hi) = (a.saturating_sub(halo), (b + halo).min(h));
+            let mut y = x.narrow(2, lo, hi - lo)?.contiguous()?;
+            for layer in layers {
+                y = Self::stateless(layer, &y)?;
+            }
+            let factor = y.dim(2)? / (hi - lo);
+            parts.push(
+                y.narrow(2, (a - lo) * factor, (b - a) * factor)?
+                    .contiguous()?,
+            );
+            a = b;
+        }
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one stripe"));
+        }
+        Tensor::cat(&parts, 2)
     }
 
     /// Decodes `latents` `[1, C_lat, T, h, w]` (DiT x0, not un-normalised) conditioned on the LQ
@@ -373,30 +472,43 @@ impl TcDecoder {
                 h * SPATIAL_FACTOR
             )
         }
-        let cond = self.lq_condition(&lq.to_dtype(self.dtype)?)?;
-        let lat = latents
-            .to_dtype(self.dtype)?
-            .squeeze(0)?
-            .permute((1, 0, 2, 3))?;
-        let mut x = Tensor::cat(&[&cond, &lat], 1)?;
         if state.mem.len() != self.layers.len() {
             state.mem = vec![None; self.layers.len()];
         }
+        let lq = lq.to_dtype(self.dtype)?;
+        let latents = latents.to_dtype(self.dtype)?.squeeze(0)?;
+        // The channels-last program has no striped tail (yet): a stream the memory plan puts
+        // in stripes runs the NCHW layers (the choice holds for the whole stream).
+        if let (Some(plan), None) = (&self.nhwc, state.tail_stripe_rows) {
+            // [T, h, w, 784] in, [frames, H, W, 3] out.
+            let cond = self.lq_condition(&lq, true)?;
+            let lat = latents.permute((1, 2, 3, 0))?;
+            let x = Tensor::cat(&[&cond, &lat], 3)?;
+            let mut y = plan.run(x, &mut state.mem)?;
+            if !state.started {
+                let trim = self.frames_to_trim();
+                y = y.narrow(0, trim, y.dim(0)? - trim)?;
+                state.started = true;
+            }
+            let y = y.permute((3, 0, 1, 2))?.unsqueeze(0)?.contiguous()?;
+            return (y * 2.0)? - 1.0;
+        }
+        let cond = self.lq_condition(&lq, false)?;
+        let lat = latents.permute((1, 0, 2, 3))?;
+        let mut x = Tensor::cat(&[&cond, &lat], 1)?;
+        let tail = self.tail_start();
         for (i, layer) in self.layers.iter().enumerate() {
+            if let (true, Some(rows)) = (i == tail, state.tail_stripe_rows) {
+                x = self.striped_tail(&x, rows)?;
+                break;
+            }
             x = match layer {
-                Layer::Clamp => ((&x / 3.0)?.tanh()? * 3.0)?,
-                Layer::Conv(c) => c.forward(&x)?,
-                Layer::Relu => x.relu()?,
-                Layer::Upsample => {
-                    let (_, _, hh, ww) = x.dims4()?;
-                    x.upsample_nearest2d(hh * 2, ww * 2)?
-                }
-                Layer::TGrow(g) => g.forward(&x)?,
                 Layer::Mem(m) => {
                     let (y, mem) = m.forward(&x, state.mem[i].as_ref())?;
                     state.mem[i] = Some(mem);
                     y
                 }
+                other => Self::stateless(other, &x)?,
             };
         }
         if !state.started {
@@ -407,5 +519,77 @@ impl TcDecoder {
         // [frames, 3, H, W] → [1, 3, frames, H, W], mapped from [0, 1] to [-1, 1].
         let x = x.permute((1, 0, 2, 3))?.unsqueeze(0)?.contiguous()?;
         (x * 2.0)? - 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    /// Random weights with the upstream layout at small widths `[16, 16, 8, 8]`.
+    fn random_decoder(device: &Device) -> Result<TcDecoder> {
+        let mut t = HashMap::new();
+        let mut add = |name: String, shape: &[usize]| -> Result<()> {
+            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+            let v = (Tensor::randn(0f32, 1.0, shape, device)? / (fan_in as f64).sqrt())?;
+            t.insert(name, v);
+            Ok(())
+        };
+        let ch = [16usize, 16, 8, 8];
+        add(
+            "decoder.1.weight".into(),
+            &[ch[0], COND_CHANNELS + 16, 3, 3],
+        )?;
+        add("decoder.1.bias".into(), &[ch[0]])?;
+        add("decoder.3.weight".into(), &[ch[0], ch[0], 3, 3])?;
+        for (stage, first) in [(0usize, 5usize), (1, 11), (2, 17)] {
+            let c = ch[stage];
+            for i in first..first + 3 {
+                add(format!("decoder.{i}.conv.0.weight"), &[c, 2 * c, 3, 3])?;
+                add(format!("decoder.{i}.conv.0.bias"), &[c])?;
+                for j in [2, 4] {
+                    add(format!("decoder.{i}.conv.{j}.weight"), &[c, c, 3, 3])?;
+                    add(format!("decoder.{i}.conv.{j}.bias"), &[c])?;
+                }
+            }
+        }
+        // TGrow 9 (stride 1), 15 and 21 (stride 2); the convs after them.
+        add("decoder.9.conv.weight".into(), &[ch[0], ch[0], 1, 1])?;
+        add("decoder.10.weight".into(), &[ch[1], ch[0], 3, 3])?;
+        add("decoder.15.conv.weight".into(), &[2 * ch[1], ch[1], 1, 1])?;
+        add("decoder.16.weight".into(), &[ch[2], ch[1], 3, 3])?;
+        add("decoder.21.conv.weight".into(), &[2 * ch[2], ch[2], 1, 1])?;
+        add("decoder.22.weight".into(), &[ch[3], ch[2], 3, 3])?;
+        add("decoder.24.weight".into(), &[ch[3], ch[3], 3, 3])?;
+        add("decoder.26.weight".into(), &[3, ch[3], 3, 3])?;
+        add("decoder.26.bias".into(), &[3])?;
+        TcDecoder::new(VarBuilder::from_tensors(t, DType::F32, device))
+    }
+
+    /// The channels-last program (here through the implicit conv's Candle path) decodes the
+    /// same frames as the NCHW layers, over two calls so the MemBlock memories carry over.
+    #[test]
+    fn channels_last_program_matches_nchw_layers() -> Result<()> {
+        let dev = Device::Cpu;
+        let nchw = random_decoder(&dev)?;
+        assert!(nchw.nhwc.is_none(), "CPU f32 runs the NCHW layers");
+        let mut nhwc = nchw.clone();
+        nhwc.nhwc = nhwc::NhwcPlan::new(&nhwc.layers, DType::F32)?;
+        assert!(nhwc.nhwc.is_some());
+        let (h, w) = (3, 5);
+        let (mut s1, mut s2) = (TcState::new(), TcState::new());
+        for (latents, frames) in [(2usize, 5usize), (1, 4)] {
+            let lat = Tensor::randn(0f32, 1.0, (1, 16, latents, h, w), &dev)?;
+            let lq = Tensor::randn(0f32, 0.5, (1, 3, frames, 8 * h, 8 * w), &dev)?;
+            let a = nchw.decode(&lat, &lq, &mut s1)?;
+            let b = nhwc.decode(&lat, &lq, &mut s2)?;
+            assert_eq!(a.dims(), &[1, 3, frames, 8 * h, 8 * w]);
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "channels-last decode differs by {d}");
+        }
+        Ok(())
     }
 }

@@ -3,118 +3,166 @@
 //!
 //! Upstream concatenates the cache with the new segment every step and then drops the oldest
 //! one, which copies the whole cache twice per block and step and lets memory peak at twice its
-//! size. Here each block owns two buffers `[heads, slots·seg_tokens, head_dim]` that are written
-//! in place: a step writes its new segments into free slots, attends over the filled slots,
-//! then frees the oldest one. Once the ring is full (from the second or third step on) attention
-//! reads the buffers as they are, with no copy.
+//! size. Here each block owns two buffers `[heads, slots·seg_tokens, head_dim]` with exactly as
+//! many slots as segments are kept between steps (no spare): a step copies the cached segments
+//! and its new ones into the keys/values it attends over (one block's worth, transient), then
+//! drops the oldest segment and writes the new ones into the freed slots (evict before write).
 //!
-//! Slot order is not time order once the ring wraps. That is harmless: LCSA is invariant under
-//! a permutation of whole key segments — the draft's local mask depends only on the window's
-//! position inside its segment, the top-k threshold and softmax are order-free, and the
-//! attention sums over the selected keys (only the f32 summation order changes). Callers that
-//! need the keys in time order (the draft probes compared with upstream) ask for it.
+//! Key order: the attended keys come in the order the previous design (a ring with one spare
+//! slot, read in place) gave them, which that ring's slot bookkeeping reproduces here as
+//! *positions*: LCSA is invariant under a permutation of whole key segments (the draft's local
+//! mask depends only on the window's position inside its segment, top-k and softmax are
+//! order-free), but the f32 summation order is not, and keeping it keeps the outputs bit for bit.
+//! Callers that need the keys in time order (the draft probes compared with upstream) ask for it.
 
 use candle_core::{Result, Tensor};
 
 use crate::config::DitConfig;
 
-/// Segment slots for a cache that keeps `kv_len` segments when a step adds `new_segments`.
-/// (Upstream drops one segment per step, so the first step's 3 segments may outlive `kv_len`.)
+/// Positions of the order-keeping layout for a cache that keeps `kv_len` segments when a step
+/// adds `new_segments` (the slots of the previous ring, which had one spare).
 pub fn slots_for(kv_len: usize, new_segments: usize) -> usize {
     (kv_len + 1).max(new_segments)
 }
 
-/// One block's ring of key/value segments.
+/// Device slots a block needs: the most segments kept between steps when the first step
+/// brings `first_segments` and each step drops one oldest segment once over `kv_len`.
+pub fn stored_slots(kv_len: usize, first_segments: usize) -> usize {
+    let kept = first_segments - usize::from(first_segments > kv_len);
+    kv_len.max(kept).max(1)
+}
+
+/// One block's segments: device storage without a spare slot, plus the order-keeping positions.
 #[derive(Debug, Clone)]
 struct Ring {
-    /// `[heads, slots·seg_tokens, head_dim]` each, contiguous.
+    /// `[heads, stored·seg_tokens, head_dim]` each, contiguous.
     k: Tensor,
     v: Tensor,
     seg_tokens: usize,
-    slots: usize,
-    /// Slot of the oldest filled segment.
+    /// Device slots not holding a segment.
+    free: Vec<usize>,
+    /// Positions (see the module doc): `positions` of them, the oldest filled one and how many
+    /// are filled; `at[p]` = the device slot of the segment at position `p`.
+    positions: usize,
     oldest: usize,
-    /// Filled segments.
     len: usize,
+    at: Vec<Option<usize>>,
 }
 
 impl Ring {
-    fn new(like: &Tensor, seg_tokens: usize, slots: usize) -> Result<Self> {
+    fn new(like: &Tensor, seg_tokens: usize, stored: usize, positions: usize) -> Result<Self> {
         let (heads, _, hd) = like.dims3()?;
-        let shape = (heads, slots * seg_tokens, hd);
+        let shape = (heads, stored * seg_tokens, hd);
         Ok(Self {
             k: Tensor::zeros(shape, like.dtype(), like.device())?,
             v: Tensor::zeros(shape, like.dtype(), like.device())?,
             seg_tokens,
-            slots,
+            free: (0..stored).rev().collect(),
+            positions,
             oldest: 0,
             len: 0,
+            at: vec![None; positions],
         })
     }
 
-    fn slot(&self, i: usize) -> usize {
-        (self.oldest + i) % self.slots
+    fn stored(&self) -> usize {
+        self.k.dim(1).unwrap_or(0) / self.seg_tokens
     }
 
-    /// The filled slots in time order as runs of consecutive slots `(first slot, count)`.
-    fn runs(&self) -> Vec<(usize, usize)> {
-        let first = self.len.min(self.slots - self.oldest);
-        let mut runs = vec![(self.oldest, first)];
-        if self.len > first {
-            runs.push((0, self.len - first));
+    fn position(&self, i: usize) -> usize {
+        (self.oldest + i) % self.positions
+    }
+
+    /// Re-lays the positions in time order from 0 with room for `positions` (no data moves).
+    fn regrow_positions(&mut self, positions: usize) {
+        let order: Vec<Option<usize>> = (0..self.len).map(|i| self.at[self.position(i)]).collect();
+        self.at = vec![None; positions];
+        self.at[..order.len()].copy_from_slice(&order);
+        self.positions = positions;
+        self.oldest = 0;
+    }
+
+    /// A free device slot, growing the buffers when none is left.
+    fn take_slot(&mut self) -> Result<usize> {
+        if let Some(s) = self.free.pop() {
+            return Ok(s);
         }
-        runs.retain(|&(_, n)| n > 0);
-        runs
-    }
-
-    /// Keys and values of the filled slots in time order (copies unless they are one run).
-    fn in_time_order(&self) -> Result<(Tensor, Tensor)> {
-        let s = self.seg_tokens;
-        let part = |t: &Tensor| -> Result<Tensor> {
-            let views = self
-                .runs()
-                .iter()
-                .map(|&(a, n)| t.narrow(1, a * s, n * s))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&views, 1)?.contiguous()
+        let old = self.stored();
+        let (heads, _, hd) = self.k.dims3()?;
+        let grow = |t: &Tensor| -> Result<Tensor> {
+            let bigger = Tensor::zeros(
+                (heads, (old + 1) * self.seg_tokens, hd),
+                t.dtype(),
+                t.device(),
+            )?;
+            bigger.slice_set(t, 1, 0)?;
+            Ok(bigger)
         };
-        Ok((part(&self.k)?, part(&self.v)?))
+        self.k = grow(&self.k)?;
+        self.v = grow(&self.v)?;
+        Ok(old)
     }
 
-    /// A ring with room for `slots`, holding the same segments in time order from slot 0.
-    fn grown(&self, slots: usize) -> Result<Self> {
-        let mut bigger = Ring::new(&self.k, self.seg_tokens, slots)?;
-        if self.len > 0 {
-            let (k, v) = self.in_time_order()?;
-            bigger.k.slice_set(&k, 1, 0)?;
-            bigger.v.slice_set(&v, 1, 0)?;
-            bigger.len = self.len;
-        }
-        Ok(bigger)
+    /// The stored segments in time order (copies).
+    fn in_time_order(&self) -> Result<(Tensor, Tensor)> {
+        let order: Vec<Source> = (0..self.len)
+            .map(|i| Source::Stored(self.at[self.position(i)].expect("filled position")))
+            .collect();
+        Ok((
+            self.gather(&self.k, None, &order)?,
+            self.gather(&self.v, None, &order)?,
+        ))
     }
 
-    /// Writes `k`, `v` (`[heads, m·seg_tokens, hd]`, contiguous) into the next `m` free slots.
-    fn push(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let m = k.dim(1)? / self.seg_tokens;
+    /// Concatenates stored slots and new segments (`new`: `[heads, m·seg, hd]`) in `order`,
+    /// merging runs of consecutive slots into one view.
+    fn gather(&self, stored: &Tensor, new: Option<&Tensor>, order: &[Source]) -> Result<Tensor> {
         let s = self.seg_tokens;
-        let mut i = 0;
-        while i < m {
-            let slot = self.slot(self.len + i);
-            let run = (m - i).min(self.slots - slot);
-            let (kk, vv) = if run == m {
-                (k.clone(), v.clone())
-            } else {
-                (
-                    k.narrow(1, i * s, run * s)?.contiguous()?,
-                    v.narrow(1, i * s, run * s)?.contiguous()?,
-                )
+        let mut views: Vec<Tensor> = Vec::new();
+        let mut run: Option<(Source, usize)> = None;
+        let flush = |run: Option<(Source, usize)>, views: &mut Vec<Tensor>| -> Result<()> {
+            if let Some((src, n)) = run {
+                let (t, first) = match src {
+                    Source::Stored(slot) => (stored, slot),
+                    Source::New(i) => (new.expect("new segments given"), i),
+                };
+                views.push(t.narrow(1, first * s, n * s)?);
+            }
+            Ok(())
+        };
+        for &src in order {
+            run = match run {
+                Some((start, n)) if start.offset(n) == Some(src) => Some((start, n + 1)),
+                other => {
+                    flush(other, &mut views)?;
+                    Some((src, 1))
+                }
             };
-            self.k.slice_set(&kk, 1, slot * s)?;
-            self.v.slice_set(&vv, 1, slot * s)?;
-            i += run;
         }
-        self.len += m;
-        Ok(())
+        flush(run, &mut views)?;
+        if views.len() == 1 {
+            return views.pop().expect("one view").contiguous();
+        }
+        Tensor::cat(&views, 1)?.contiguous()
+    }
+}
+
+/// Where one attended segment comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A device slot of the ring.
+    Stored(usize),
+    /// The i-th of this step's new segments.
+    New(usize),
+}
+
+impl Source {
+    /// The source `n` segments further in the same tensor.
+    fn offset(self, n: usize) -> Option<Source> {
+        match self {
+            Source::Stored(s) => Some(Source::Stored(s + n)),
+            Source::New(i) => Some(Source::New(i + n)),
+        }
     }
 }
 
@@ -130,9 +178,16 @@ impl BlockKv {
         self.ring.as_ref().map(|r| r.len).unwrap_or(0)
     }
 
+    /// Device slots allocated (tests, the memory plan's check).
+    pub fn stored_slots(&self) -> usize {
+        self.ring.as_ref().map(Ring::stored).unwrap_or(0)
+    }
+
     /// Adds this step's post-RoPE `k`, `v` (`[heads, m·seg_tokens, hd]`) and returns the keys and
-    /// values to attend over: every cached segment plus the new ones. In slot order unless
-    /// `time_order` is asked (see the module doc); `kv_len` sizes the ring on first use.
+    /// values to attend over: every cached segment plus the new ones (a copy, in the order of the
+    /// module doc, or in time order if `time_order`). Then drops the oldest segment when more
+    /// than `kv_len` are held and stores the new ones in the freed slots. `kv_len` sizes the
+    /// ring on first use.
     pub fn append(
         &mut self,
         k: &Tensor,
@@ -151,8 +206,13 @@ impl BlockKv {
             );
         }
         let m = n / seg_tokens;
-        let ring = match self.ring.take() {
-            None => Ring::new(&k, seg_tokens, slots_for(kv_len, m))?,
+        let mut ring = match self.ring.take() {
+            None => Ring::new(
+                &k,
+                seg_tokens,
+                stored_slots(kv_len, m),
+                slots_for(kv_len, m),
+            )?,
             Some(r) => {
                 let (heads, _, hd) = k.dims3()?;
                 let (rh, _, rhd) = r.k.dims3()?;
@@ -165,40 +225,74 @@ impl BlockKv {
                         r.seg_tokens
                     );
                 }
-                if r.len + m > r.slots {
-                    r.grown(r.len + m)?
-                } else {
-                    r
-                }
+                r
             }
         };
-        let ring = self.ring.insert(ring);
-        ring.push(&k, &v)?;
-        if time_order {
-            ring.in_time_order()
-        } else if ring.len == ring.slots {
-            Ok((ring.k.clone(), ring.v.clone()))
-        } else if ring.runs().len() == 1 {
-            let (a, cnt) = ring.runs()[0];
-            let s = ring.seg_tokens;
-            Ok((
-                ring.k.narrow(1, a * s, cnt * s)?.contiguous()?,
-                ring.v.narrow(1, a * s, cnt * s)?.contiguous()?,
-            ))
-        } else {
-            ring.in_time_order()
+        if ring.len + m > ring.positions {
+            ring.regrow_positions(ring.len + m);
         }
+        // What the previous ring returned: its slots in slot order once full, else time order.
+        let total = ring.len + m;
+        let source = |ring: &Ring, i: usize| -> Source {
+            // i-th segment in time order: stored ones first, then the new ones.
+            if i < ring.len {
+                Source::Stored(ring.at[ring.position(i)].expect("filled position"))
+            } else {
+                Source::New(i - ring.len)
+            }
+        };
+        let order: Vec<Source> = if !time_order && total == ring.positions {
+            (0..ring.positions)
+                .map(|p| {
+                    let i = (p + ring.positions - ring.oldest) % ring.positions;
+                    source(&ring, i)
+                })
+                .collect()
+        } else {
+            (0..total).map(|i| source(&ring, i)).collect()
+        };
+        let attend = if ring.len == 0 {
+            (k.clone(), v.clone())
+        } else {
+            (
+                ring.gather(&ring.k, Some(&k), &order)?,
+                ring.gather(&ring.v, Some(&v), &order)?,
+            )
+        };
+
+        // Evict before write: upstream drops exactly one oldest segment per step once over
+        // kv_len; its slot takes a new segment.
+        let new_positions: Vec<usize> = (0..m).map(|i| ring.position(ring.len + i)).collect();
+        ring.len += m;
+        let mut dropped_new = None;
+        if ring.len > kv_len {
+            let p = ring.oldest;
+            match ring.at[p].take() {
+                Some(slot) => ring.free.push(slot),
+                None => dropped_new = Some(p), // a new segment that is never stored
+            }
+            ring.oldest = (ring.oldest + 1) % ring.positions;
+            ring.len -= 1;
+        }
+        let s = seg_tokens;
+        for (i, &p) in new_positions.iter().enumerate() {
+            if dropped_new == Some(p) {
+                continue;
+            }
+            let slot = ring.take_slot()?;
+            ring.k
+                .slice_set(&k.narrow(1, i * s, s)?.contiguous()?, 1, slot * s)?;
+            ring.v
+                .slice_set(&v.narrow(1, i * s, s)?.contiguous()?, 1, slot * s)?;
+            ring.at[p] = Some(slot);
+        }
+        self.ring = Some(ring);
+        Ok(attend)
     }
 
-    /// After the step: drops exactly one oldest segment if more than `kv_len` are held.
-    pub fn evict(&mut self, kv_len: usize) {
-        if let Some(r) = self.ring.as_mut() {
-            if r.len > kv_len {
-                r.oldest = (r.oldest + 1) % r.slots;
-                r.len -= 1;
-            }
-        }
-    }
+    /// Kept for callers written against the ring with a spare slot: the oldest segment is now
+    /// dropped inside [`BlockKv::append`], before the new ones are written.
+    pub fn evict(&mut self, _kv_len: usize) {}
 
     /// The cached segments in time order (tests, diagnostics).
     pub fn contents(&self) -> Result<Option<(Tensor, Tensor)>> {
@@ -206,6 +300,25 @@ impl BlockKv {
             Some(r) if r.len > 0 => r.in_time_order().map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// Bytes of the device buffers.
+    pub fn bytes(&self) -> usize {
+        self.ring
+            .as_ref()
+            .map(|r| 2 * r.k.elem_count() * r.k.dtype().size_in_bytes())
+            .unwrap_or(0)
+    }
+
+    /// Moves the buffers to `device` (parking a tile's cache in host memory and back).
+    pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
+        if let Some(r) = self.ring.as_mut() {
+            if !r.k.device().same_device(device) {
+                r.k = r.k.to_device(device)?;
+                r.v = r.v.to_device(device)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn clear(&mut self) {
@@ -229,6 +342,19 @@ impl KvCache {
         for b in &mut self.blocks {
             b.clear();
         }
+    }
+
+    /// Bytes of every block's buffers.
+    pub fn bytes(&self) -> usize {
+        self.blocks.iter().map(BlockKv::bytes).sum()
+    }
+
+    /// Moves every block's buffers to `device` (host parking between a tile's steps).
+    pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
+        for b in &mut self.blocks {
+            b.move_to(device)?;
+        }
+        Ok(())
     }
 }
 
@@ -294,23 +420,100 @@ mod tests {
                 assert_eq!(held, reference, "kv_len {kv_len} after step {step}");
             }
             // The ring never grew past its first size for this schedule.
-            assert_eq!(kv.ring.as_ref().unwrap().slots, slots_for(kv_len, 3));
+            assert_eq!(kv.ring.as_ref().unwrap().positions, slots_for(kv_len, 3));
+            assert_eq!(kv.stored_slots(), stored_slots(kv_len, 3));
+        }
+        Ok(())
+    }
+
+    /// The previous ring (one spare slot, read in place), replayed with plain vectors: the
+    /// keys it handed to attention, in its order.
+    struct SpareRing {
+        slots: Vec<Option<f32>>,
+        oldest: usize,
+        len: usize,
+    }
+
+    impl SpareRing {
+        fn step(&mut self, new: &[f32], kv_len: usize, time_order: bool) -> Vec<f32> {
+            if self.slots.is_empty() {
+                self.slots = vec![None; slots_for(kv_len, new.len())];
+            }
+            let n = self.slots.len();
+            if self.len + new.len() > n {
+                let kept: Vec<_> = (0..self.len)
+                    .map(|i| self.slots[(self.oldest + i) % n])
+                    .collect();
+                self.slots = kept;
+                self.slots.resize(self.len + new.len(), None);
+                self.oldest = 0;
+            }
+            let n = self.slots.len();
+            for (i, &x) in new.iter().enumerate() {
+                self.slots[(self.oldest + self.len + i) % n] = Some(x);
+            }
+            self.len += new.len();
+            let out = if !time_order && self.len == n {
+                self.slots.iter().map(|x| x.unwrap()).collect()
+            } else {
+                (0..self.len)
+                    .map(|i| self.slots[(self.oldest + i) % n].unwrap())
+                    .collect()
+            };
+            if self.len > kv_len {
+                self.slots[self.oldest] = None;
+                self.oldest = (self.oldest + 1) % n;
+                self.len -= 1;
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn attends_in_the_spare_rings_order_without_its_spare_slot() -> Result<()> {
+        for kv_len in 0..6 {
+            let mut kv = BlockKv::default();
+            let mut spare = SpareRing {
+                slots: Vec::new(),
+                oldest: 0,
+                len: 0,
+            };
+            let mut next = 0f32;
+            for step in 0..11 {
+                let m = if step == 0 { 3 } else { 1 };
+                let new: Vec<f32> = (0..m).map(|i| next + i as f32).collect();
+                next += m as f32;
+                let time_order = step % 3 == 2;
+                let want = spare.step(&new, kv_len, time_order);
+                let (k, v) = kv.append(&seg(&new), &seg(&new), 2, kv_len, time_order)?;
+                assert_eq!(ids(&k), want, "kv_len {kv_len} step {step}");
+                assert_eq!(ids(&v), want, "kv_len {kv_len} step {step}");
+            }
+            // Device slots = segments kept between steps: one fewer than the spare ring's.
+            assert_eq!(
+                kv.stored_slots(),
+                stored_slots(kv_len, 3),
+                "kv_len {kv_len}"
+            );
+            assert_eq!(
+                stored_slots(kv_len, 3),
+                crate::memory_plan::ring_slots(kv_len)
+            );
+            if kv_len >= 3 {
+                assert_eq!(kv.stored_slots() + 1, slots_for(kv_len, 3));
+            }
         }
         Ok(())
     }
 
     #[test]
-    fn full_ring_is_read_without_a_copy() -> Result<()> {
+    fn cache_survives_a_trip_to_the_host() -> Result<()> {
         let mut kv = BlockKv::default();
         kv.append(&seg(&[0., 1., 2.]), &seg(&[0., 1., 2.]), 2, 3, false)?;
-        kv.evict(3);
-        let (k, _) = kv.append(&seg(&[3.]), &seg(&[3.]), 2, 3, false)?;
-        assert_eq!(ids(&k), vec![0., 1., 2., 3.]);
-        // The returned keys are the ring itself: the next step's write into segment 0's freed
-        // slot shows through them.
-        kv.evict(3);
-        kv.append(&seg(&[4.]), &seg(&[4.]), 2, 3, false)?;
-        assert_eq!(ids(&k), vec![4., 1., 2., 3.]);
+        let before = kv.contents()?.map(|(k, _)| ids(&k));
+        kv.move_to(&Device::Cpu)?;
+        assert_eq!(kv.contents()?.map(|(k, _)| ids(&k)), before);
+        assert_eq!(kv.bytes(), 2 * 2 * 6 * 4);
         Ok(())
     }
 

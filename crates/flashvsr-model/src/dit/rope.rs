@@ -111,6 +111,46 @@ impl RopeTables {
     }
 }
 
+/// Rotations by position, `[positions, head_dim/2]` f32 each: row p holds, for every pair j of
+/// a head, the rotation of position p by pair j's frequency (pair j belongs to the temporal,
+/// height or width part). A token (t, y, x) takes pair j from row t, y or x by j's part: the
+/// same values as [`RopeTables`] (same f64 angles), built once per model instead of per step.
+#[derive(Debug, Clone)]
+pub struct RopePositions {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Pairs of the temporal and the height part (the width part is the rest).
+    pub t_pairs: usize,
+    pub h_pairs: usize,
+}
+
+impl RopePositions {
+    pub fn new(head_dim: usize, theta: f64, positions: usize, device: &Device) -> Result<Self> {
+        let split = RopeSplit::for_head_dim(head_dim)?;
+        let freqs: Vec<f64> = part_freqs(split.t, theta)
+            .into_iter()
+            .chain(part_freqs(split.h, theta))
+            .chain(part_freqs(split.w, theta))
+            .collect();
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for fr in &freqs {
+                let a = p as f64 * fr;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (positions, half), device)?,
+            sin: Tensor::from_vec(sin, (positions, half), device)?,
+            t_pairs: split.t / 2,
+            h_pairs: split.h / 2,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +205,36 @@ mod tests {
         // token 0 = (t 3, row 0, col 0): height/width pairs unrotated.
         assert_eq!((y[0][12], y[0][13]), (1.0, 0.0));
         assert_eq!((y[0][30], y[0][31]), (1.0, 0.0));
+        Ok(())
+    }
+
+    /// The per-position tables hold exactly the per-token tables' values.
+    #[test]
+    fn position_tables_match_token_tables() -> Result<()> {
+        let dev = Device::Cpu;
+        let (f, h, w, t0) = (2, 3, 4, 5);
+        let tokens = RopeTables::new(32, 10000.0, (f, h, w), t0, 64, &dev)?;
+        let pos = RopePositions::new(32, 10000.0, 64, &dev)?;
+        let (tc, pc) = (tokens.cos.to_vec2::<f32>()?, pos.cos.to_vec2::<f32>()?);
+        let (ts, ps) = (tokens.sin.to_vec2::<f32>()?, pos.sin.to_vec2::<f32>()?);
+        for ti in 0..f {
+            for yi in 0..h {
+                for xi in 0..w {
+                    let n = (ti * h + yi) * w + xi;
+                    for j in 0..16 {
+                        let row = if j < pos.t_pairs {
+                            t0 + ti
+                        } else if j < pos.t_pairs + pos.h_pairs {
+                            yi
+                        } else {
+                            xi
+                        };
+                        assert_eq!(tc[n][j].to_bits(), pc[row][j].to_bits());
+                        assert_eq!(ts[n][j].to_bits(), ps[row][j].to_bits());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -109,6 +109,20 @@ impl Conv2d {
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
+
+    /// Zero padding on each side (= the rows of context an output row needs on each side).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// `[C_out, C_in, kH, kW]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 impl Module for Conv2d {

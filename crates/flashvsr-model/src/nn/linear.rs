@@ -44,6 +44,63 @@ impl Linear {
         matches!(self.weight, LinearWeight::Quantized(_))
     }
 
+    /// The dense weight `[out, in]`, `None` when it is kept quantized.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Some(w),
+            LinearWeight::Quantized(_) => None,
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `x·Wᵀ` without the bias (for fused kernels that add it on the way).
+    pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        self.over_last_dim(x, |x2| self.times_weight(x2))
+    }
+
+    /// `x2 [rows, in] · Wᵀ`, dense or quantized, in `x2`'s dtype.
+    fn times_weight(&self, x2: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => {
+                let w = if w.dtype() == x2.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x2.dtype())?
+                };
+                x2.matmul(&w.t()?)
+            }
+            LinearWeight::Quantized(q) if x2.device().is_cpu() => q.forward(x2),
+            LinearWeight::Quantized(q) => quantized_on_gpu(q, x2),
+        }
+    }
+
+    /// Flattens `x` to `[rows, in]`, applies `f`, restores the leading dims.
+    fn over_last_dim(
+        &self,
+        x: &Tensor,
+        f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let last = x.dim(candle_core::D::Minus1)?;
+        if last != self.in_features {
+            candle_core::bail!(
+                "linear: input last dim {last}, expected {} (weight [{}, {}])",
+                self.in_features,
+                self.out_features,
+                self.in_features
+            );
+        }
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = f(&x.reshape((rows, self.in_features))?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
+        y.reshape(out_dims)
+    }
+
     fn build(
         weight: LinearWeight,
         bias: Option<Tensor>,
@@ -75,37 +132,38 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let last = x.dim(candle_core::D::Minus1)?;
-        if last != self.in_features {
-            candle_core::bail!(
-                "linear: input last dim {last}, expected {} (weight [{}, {}])",
-                self.in_features,
-                self.out_features,
-                self.in_features
-            );
-        }
-        let dims = x.dims().to_vec();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, self.in_features))?;
-        let y = match &self.weight {
-            LinearWeight::Dense(w) => {
-                let w = if w.dtype() == x2.dtype() {
-                    w.clone()
-                } else {
-                    w.to_dtype(x2.dtype())?
-                };
-                x2.matmul(&w.t()?)?
+        self.over_last_dim(x, |x2| {
+            let y = self.times_weight(x2)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+                None => Ok(y),
             }
-            LinearWeight::Quantized(q) => q.forward(&x2)?,
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
-        y.reshape(out_dims)
+        })
     }
+}
+
+/// How a quantized weight multiplies on a GPU (`FLASHVSR_QMATMUL`, read once): `dense`
+/// (default) dequantizes the layer into a transient weight of the activations' dtype and runs
+/// one cuBLAS GEMM — with thousands of tokens per call the dequantization is a small part of
+/// the work, and the products are the dense model's; `candle` uses Candle's quantized matmul
+/// kernels (f32 activations, quantized to 8 bits inside), kept for comparison.
+fn candle_qmatmul() -> bool {
+    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CANDLE.get_or_init(|| std::env::var("FLASHVSR_QMATMUL").is_ok_and(|v| v == "candle"))
+}
+
+fn quantized_on_gpu(q: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    if candle_qmatmul() {
+        return q
+            .forward(&x.to_dtype(candle_core::DType::F32)?)?
+            .to_dtype(x.dtype());
+    }
+    let w = match q {
+        // Dequantized in f32 (the block scale times the quant, exact), rounded once.
+        QMatMul::QTensor(t) => t.dequantize(x.device())?.to_dtype(x.dtype())?,
+        QMatMul::Tensor(w) | QMatMul::TensorF16(w) => w.to_dtype(x.dtype())?,
+    };
+    x.matmul(&w.t()?)
 }
 
 /// Where quantized weights come from: the store behind a `VarBuilder`, which knows how each

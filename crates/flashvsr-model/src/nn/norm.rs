@@ -33,6 +33,15 @@ impl LayerNorm {
         })
     }
 
+    /// Weight and bias `[dim]`, f32 (ones and zeros when not affine).
+    pub fn params(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = candle_nn::ops::layer_norm(
             &x.to_dtype(DType::F32)?.contiguous()?,
@@ -61,6 +70,15 @@ impl RmsNorm {
             ones,
             eps: eps as f32,
         })
+    }
+
+    /// `weight` `[dim]` in the weights' dtype.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

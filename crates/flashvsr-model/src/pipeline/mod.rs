@@ -8,14 +8,19 @@
 //! and yields 21 output frames); after that every 8 input frames yield 8 output frames.
 //! `finish` pads the tail and flushes the rest. Memory does not grow with the video length:
 //! the session keeps at most ~20 preprocessed LQ frames, the bounded KV cache and the
-//! decoder's causal state.
+//! decoder's causal state. [`SegmentSession`] upscales one segment of a longer clip (scale-out,
+//! see [`crate::segments`]).
 
 mod options;
+mod segment;
 mod session;
 mod tiled;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
+
+use crate::nn::linear::QuantizedWeights;
 
 use crate::config::{DitConfig, LqProjConfig};
 use crate::decoders::tc::TcDecoder;
@@ -23,8 +28,10 @@ use crate::decoders::wan_vae::WanVaeDecoder;
 use crate::dit::{Dit, DitConstants};
 use crate::lq_proj::LqProj;
 use crate::precision::Precision;
+use crate::segments::Segment;
 
 pub use options::{ColorFix, Mode, ModelVersion, TileOptions, UpscaleOptions};
+pub use segment::SegmentSession;
 pub use session::{SessionStats, StreamSession};
 pub use tiled::Session;
 
@@ -39,6 +46,9 @@ pub struct ModelComponents {
     pub prompt: Tensor,
     /// DiT head size; `None` = 128 (every real Wan DiT). Not recoverable from the shapes.
     pub head_dim: Option<usize>,
+    /// Where the DiT's linear weights come from kept quantized (a quantized GGUF, or weights
+    /// quantized at load); `None`: every weight dense from `dit`.
+    pub dit_quantized: Option<Arc<dyn QuantizedWeights + Send + Sync>>,
 }
 
 /// A loaded FlashVSR model.
@@ -63,7 +73,11 @@ impl FlashVsr {
     ) -> Result<Self> {
         let precision = Precision::new(device, dtype)?;
         let dit_cfg = DitConfig::from_weights(&c.dit, c.head_dim)?;
-        let dit = Dit::new(c.dit, &dit_cfg)?;
+        let quantized = c
+            .dit_quantized
+            .as_deref()
+            .map(|q| q as &dyn QuantizedWeights);
+        let dit = Dit::load(c.dit, &dit_cfg, quantized)?;
         let lq_cfg = LqProjConfig::from_weights(&c.lq_proj)?;
         if lq_cfg.dim != dit_cfg.dim {
             candle_core::bail!(
@@ -123,5 +137,17 @@ impl FlashVsr {
         opts: &UpscaleOptions,
     ) -> Result<Session<'_>> {
         Session::new(self, input_width, input_height, opts)
+    }
+
+    /// Starts upscaling `segment` of a longer clip (push the frames of its run, from
+    /// `segment.run_start`); `opts.first_frame` is taken from the segment.
+    pub fn segment_session(
+        &self,
+        input_width: usize,
+        input_height: usize,
+        opts: &UpscaleOptions,
+        segment: &Segment,
+    ) -> Result<SegmentSession<'_>> {
+        SegmentSession::new(self, input_width, input_height, opts, segment)
     }
 }

@@ -1,5 +1,5 @@
 //! The settings of one upscale: decoder mode, weight generation, LCSA knobs, colour fix,
-//! frame contract, noise and tiling.
+//! frame contract, noise, tiling and the clip position of a segment's first frame.
 
 use candle_core::Tensor;
 
@@ -63,6 +63,18 @@ pub struct UpscaleOptions {
     /// The initial noise [1, 16, T, H/8, W/8] for exact reproduction of another run.
     pub noise: Option<Tensor>,
     pub tile: Option<TileOptions>,
+    /// Index in the whole clip of the first frame pushed, when this session upscales a segment
+    /// of a longer clip (a multiple of 8, see [`crate::segments`]): the session then draws the
+    /// noise of the clip's matching latent frames. 0 for a whole clip.
+    pub first_frame: usize,
+    /// With tiles: keep each tile's KV cache in host memory between its steps, so that the
+    /// device holds one tile's cache at a time (the memory plan decides).
+    pub park_kv: bool,
+    /// TCDecoder latents per call; `None`: as many as the CUDA element limit allows (2 or 1).
+    pub decoder_latents_per_call: Option<usize>,
+    /// TCDecoder: run its full-resolution tail in stripes of this many rows (of its input, half
+    /// the model height) — the same values, activations bounded by the stripe.
+    pub decoder_stripe_rows: Option<usize>,
 }
 
 impl Default for UpscaleOptions {
@@ -78,6 +90,10 @@ impl Default for UpscaleOptions {
             seed: 0,
             noise: None,
             tile: None,
+            first_frame: 0,
+            park_kv: false,
+            decoder_latents_per_call: None,
+            decoder_stripe_rows: None,
         }
     }
 }

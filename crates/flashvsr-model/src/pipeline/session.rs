@@ -11,13 +11,18 @@ use crate::color_fix::ColorFix;
 use crate::cuda_limits;
 use crate::decoders::tc::TcState;
 use crate::decoders::wan_vae::WanVaeState;
+use crate::device_memory;
 use crate::dit::lcsa::LcsaParams;
 use crate::dit::KvCache;
 use crate::frames::{self, RgbFrame};
 use crate::lq_proj::LqProjState;
 use crate::noise::NoiseSource;
-use crate::preprocess::{FrameGeometry, SizeRule};
+use crate::preprocess::{DevicePreprocess, FrameGeometry, SizeRule};
 use crate::schedule::{step_plan, FramePlan, FrameRule, StepPlan};
+
+/// Set to `1` to run the CUDA path's frame ops as before the device kernels (bicubic resize on
+/// the host, colour fix and 8-bit conversion as Candle tensor ops): for A/B timings in one run.
+pub const LEGACY_FRAME_OPS_ENV: &str = "FLASHVSR_LEGACY_FRAME_OPS";
 
 /// Seconds spent per stage, and frame counts.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -30,6 +35,23 @@ pub struct SessionStats {
     pub dit_s: f64,
     pub decode_s: f64,
     pub color_fix_s: f64,
+    /// Moving the KV cache to host memory and back between steps (tiles with `park_kv`).
+    pub kv_park_s: f64,
+    pub kv_parked_bytes: u64,
+    /// Device memory in use at each stage's peak (the allocator pool's high-water mark; CUDA
+    /// only): what the memory plan is checked against.
+    pub stage_peak_bytes: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl SessionStats {
+    /// Records the pool's peak since the last call under `stage`, and restarts it.
+    fn stage_peak(&mut self, stage: &'static str, device: &Device) {
+        if let Some(peak) = device_memory::pool_peak(device) {
+            let e = self.stage_peak_bytes.entry(stage).or_insert(0);
+            *e = (*e).max(peak);
+            device_memory::reset_pool_peak(device);
+        }
+    }
 }
 
 enum DecoderState {
@@ -46,8 +68,12 @@ pub struct StreamSession<'m> {
     frame_rule: FrameRule,
     input_size: (usize, usize),
     color_fix: ColorFix,
+    /// On CUDA: the resize on the device, and the colour fix fused with the 8-bit conversion.
+    device_frame_ops: Option<DevicePreprocess>,
     lcsa: LcsaParams,
     noise: NoiseSource,
+    /// Latent frame of the whole clip that this session's latent 0 is (`first_frame / 4`).
+    noise_offset: usize,
     /// Preprocessed LQ frames still needed (`[H, W, 3]` u8, on the model's device: each frame
     /// enters the device once), with the index of the first one.
     lq: VecDeque<Tensor>,
@@ -60,7 +86,23 @@ pub struct StreamSession<'m> {
     kv: KvCache,
     decoder: DecoderState,
     finished: bool,
+    /// Park the KV cache in host memory between steps.
+    park_kv: bool,
+    /// The stage running now (named in errors).
+    stage: &'static str,
+    /// Test hook: fail at this (stage, step) as if the device ran out of memory.
+    fail_at: Option<(String, usize)>,
     stats: SessionStats,
+}
+
+/// Environment variable of the failure test hook: `STAGE:STEP`, e.g. `decoder:2` (stage names as
+/// in the errors: `LQ projection`, `DiT`, `decoder`, `colour fix`).
+pub const FAIL_AT_ENV: &str = "FLASHVSR_FAIL_AT";
+
+fn fail_at_from_env() -> Option<(String, usize)> {
+    let v = std::env::var(FAIL_AT_ENV).ok()?;
+    let (stage, step) = v.rsplit_once(':')?;
+    Some((stage.to_string(), step.trim().parse().ok()?))
 }
 
 impl<'m> StreamSession<'m> {
@@ -87,8 +129,12 @@ impl<'m> StreamSession<'m> {
                 let Some(tc) = model.tc_decoder.as_ref() else {
                     candle_core::bail!("mode tiny needs the TCDecoder weights (TCDecoder.ckpt), which were not loaded")
                 };
-                let per_call = cuda_limits::tc_latents_per_call(tc.config(), mh, mw, cuda)?;
-                DecoderState::Tiny(TcState::new(), per_call)
+                let limit = cuda_limits::tc_latents_per_call(tc.config(), mh, mw, cuda)?;
+                let per_call = opts
+                    .decoder_latents_per_call
+                    .map_or(limit, |n| n.clamp(1, limit));
+                let state = TcState::new().with_tail_stripes(opts.decoder_stripe_rows);
+                DecoderState::Tiny(state, per_call)
             }
             Mode::Full => {
                 let Some(vae) = model.vae.as_ref() else {
@@ -103,10 +149,25 @@ impl<'m> StreamSession<'m> {
             kv_ratio: opts.kv_ratio,
             local_range: opts.local_range,
         };
+        let legacy = std::env::var(LEGACY_FRAME_OPS_ENV).is_ok_and(|v| v == "1");
+        let device_frame_ops = if cuda && !legacy {
+            Some(DevicePreprocess::new(
+                width,
+                height,
+                &geometry,
+                size_rule,
+                &model.device,
+            )?)
+        } else {
+            None
+        };
         let noise = match &opts.noise {
             Some(t) => NoiseSource::Given(t.clone()),
             None => NoiseSource::Seeded(opts.seed),
         };
+        let noise_offset = crate::segments::noise_offset(opts.first_frame)?;
+        // Stage peaks count from here (not the weights' loading).
+        device_memory::reset_pool_peak(&model.device);
         Ok(Self {
             model,
             geometry,
@@ -114,8 +175,10 @@ impl<'m> StreamSession<'m> {
             frame_rule,
             input_size: (width, height),
             color_fix: opts.color_fix,
+            device_frame_ops,
             lcsa,
             noise,
+            noise_offset,
             lq: VecDeque::new(),
             lq_first: 0,
             lq_total: 0,
@@ -125,6 +188,9 @@ impl<'m> StreamSession<'m> {
             kv: KvCache::new(model.dit.config()),
             decoder,
             finished: false,
+            park_kv: opts.park_kv,
+            stage: "start",
+            fail_at: fail_at_from_env(),
             stats: SessionStats::default(),
         })
     }
@@ -146,8 +212,18 @@ impl<'m> StreamSession<'m> {
         let (w, h) = self.input_size;
         frames::check_size(frame, w, h)?;
         let t0 = Instant::now();
-        let lq = self.geometry.prepare(frame, self.size_rule)?;
-        let lq = frames::to_device(&lq, &self.model.device)?;
+        let lq = match &self.device_frame_ops {
+            Some(ops) => {
+                let lq = ops.prepare(frame)?;
+                // Only for the stage time: the kernels take tens of microseconds.
+                self.model.device.synchronize()?;
+                lq
+            }
+            None => {
+                let lq = self.geometry.prepare(frame, self.size_rule)?;
+                frames::to_device(&lq, &self.model.device)?
+            }
+        };
         self.stats.preprocess_s += t0.elapsed().as_secs_f64();
         self.frames_in += 1;
         self.stats.frames_in += 1;
@@ -177,12 +253,25 @@ impl<'m> StreamSession<'m> {
 
     fn run_ready_steps(&mut self) -> Result<Vec<RgbFrame>> {
         let mut out = Vec::new();
+        let mut unparked = false;
         loop {
             let plan = step_plan(self.next_step);
             if self.lq_total < plan.lq_frames_needed() {
                 break;
             }
-            out.extend(self.run_step(&plan)?);
+            if self.park_kv && !unparked {
+                self.stage = "KV cache unparking";
+                self.move_kv(&self.model.device.clone())?;
+                unparked = true;
+            }
+            let frames = self.run_step(&plan).map_err(|e| {
+                let g = &self.geometry;
+                candle_core::Error::Msg(format!(
+                    "{} failed (DiT step {}, {}x{} model grid): {e}",
+                    self.stage, plan.step, g.model_w, g.model_h
+                ))
+            })?;
+            out.extend(frames);
             self.next_step += 1;
             self.stats.dit_steps += 1;
             // Frames older than the next step's outputs are no longer needed.
@@ -192,7 +281,33 @@ impl<'m> StreamSession<'m> {
                 self.lq_first += 1;
             }
         }
+        if unparked {
+            self.stage = "KV cache parking";
+            self.move_kv(&Device::Cpu)?;
+            self.stats.kv_parked_bytes = self.kv.bytes() as u64;
+        }
         Ok(out)
+    }
+
+    /// Marks the start of `stage` of `step` (errors name it; the test hook may fail here).
+    fn enter_stage(&mut self, stage: &'static str, step: usize) -> Result<()> {
+        self.stage = stage;
+        if let Some((s, n)) = &self.fail_at {
+            if s == stage && *n == step {
+                candle_core::bail!("out of memory (injected by {FAIL_AT_ENV})")
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the KV cache to `device` (host parking between this tile's steps), timed.
+    fn move_kv(&mut self, device: &Device) -> Result<()> {
+        let t0 = Instant::now();
+        self.kv.move_to(device)?;
+        device.synchronize()?;
+        self.model.device.synchronize()?;
+        self.stats.kv_park_s += t0.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// The LQ frames `range` as a [1, 3, T, H, W] tensor in the model dtype.
@@ -212,6 +327,7 @@ impl<'m> StreamSession<'m> {
         let model = self.model;
         let sync = |d: &Device| d.synchronize();
 
+        self.enter_stage("LQ projection", plan.step)?;
         let t0 = Instant::now();
         let mut tokens = Vec::new();
         for call in &plan.lq_proj_calls {
@@ -221,13 +337,18 @@ impl<'m> StreamSession<'m> {
             }
         }
         let lq_tokens = Tensor::cat(&tokens, 1)?;
+        drop(tokens);
         sync(&model.device)?;
         self.stats.lq_proj_s += t0.elapsed().as_secs_f64();
+        self.stats.stage_peak("LQ projection", &model.device);
 
+        self.enter_stage("DiT", plan.step)?;
         let t0 = Instant::now();
         let (mw, mh) = (self.geometry.model_w, self.geometry.model_h);
+        // A segment's session draws the clip's noise for its latents (segments.rs).
+        let (off, lat) = (self.noise_offset, &plan.latents);
         let noise = self.noise.frames(
-            plan.latents.clone(),
+            lat.start + off..lat.end + off,
             model.latent_channels,
             mh / 8,
             mw / 8,
@@ -244,9 +365,19 @@ impl<'m> StreamSession<'m> {
         )?;
         // x0 stays in f32: rounding it to bf16 alone costs the VAE decoder ~5e-2 (relative).
         let x0 = (noise - velocity.to_dtype(DType::F32)?)?;
+        drop((velocity, lq_tokens));
         sync(&model.device)?;
         self.stats.dit_s += t0.elapsed().as_secs_f64();
+        self.stats.stage_peak(
+            if plan.step == 0 {
+                "DiT step 0"
+            } else {
+                "DiT step"
+            },
+            &model.device,
+        );
 
+        self.enter_stage("decoder", plan.step)?;
         let t0 = Instant::now();
         // The LQ frames of this step's outputs: the tiny decoder's conditioning and the colour
         // reference, built once.
@@ -261,8 +392,10 @@ impl<'m> StreamSession<'m> {
                 vae.decode(&x0, state)?
             }
         };
+        drop(x0);
         sync(&model.device)?;
         self.stats.decode_s += t0.elapsed().as_secs_f64();
+        self.stats.stage_peak("decoder", &model.device);
 
         // Only outputs of real input frames leave the session (upstream-compat never runs
         // a step whose outputs pass the 8n−3 cut, so this is the product contract's cut).
@@ -274,6 +407,7 @@ impl<'m> StreamSession<'m> {
         if n_real == 0 {
             return Ok(Vec::new());
         }
+        self.enter_stage("colour fix", plan.step)?;
         let t0 = Instant::now();
         let g = &self.geometry;
         let crop = |t: &Tensor| -> Result<Tensor> {
@@ -283,9 +417,23 @@ impl<'m> StreamSession<'m> {
         };
         let hq = crop(&decoded)?;
         let reference = crop(&lq)?;
-        let fixed = self.color_fix.apply(&hq, &reference)?.clamp(-1f32, 1f32)?;
-        let frames = frames::to_rgb_frames(&fixed)?;
+        let frames = if self.device_frame_ops.is_some() {
+            let start = plan.outputs.start - self.lq_first;
+            let held: Vec<Tensor> = self.lq.range(start..start + n_real).cloned().collect();
+            let lq_frames = Tensor::stack(&held, 0)?
+                .narrow(1, 0, g.out_h)?
+                .narrow(2, 0, g.out_w)?;
+            let rgb = self
+                .color_fix
+                .apply_to_rgb8_cuda(&hq, &reference, &lq_frames)?;
+            frames::rgb8_to_frames(&rgb)?
+        } else {
+            let fixed = self.color_fix.apply(&hq, &reference)?.clamp(-1f32, 1f32)?;
+            frames::to_rgb_frames(&fixed)?
+        };
+        drop((hq, reference, decoded, lq));
         self.stats.color_fix_s += t0.elapsed().as_secs_f64();
+        self.stats.stage_peak("colour fix", &model.device);
         self.stats.frames_out += frames.len();
         Ok(frames)
     }

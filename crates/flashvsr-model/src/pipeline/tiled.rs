@@ -34,8 +34,13 @@ impl<'m> Session<'m> {
         opts: &UpscaleOptions,
     ) -> Result<Self> {
         let Some(tile) = opts.tile.filter(|t| t.size < width.max(height)) else {
+            // One session: nothing to park its KV cache for.
+            let opts = UpscaleOptions {
+                park_kv: false,
+                ..opts.clone()
+            };
             return Ok(Self {
-                inner: Inner::Whole(Box::new(StreamSession::new(model, width, height, opts)?)),
+                inner: Inner::Whole(Box::new(StreamSession::new(model, width, height, &opts)?)),
             });
         };
         if opts.upstream_compat {
@@ -96,6 +101,12 @@ impl<'m> Session<'m> {
                     sum.dit_s += st.dit_s;
                     sum.decode_s += st.decode_s;
                     sum.color_fix_s += st.color_fix_s;
+                    sum.kv_park_s += st.kv_park_s;
+                    sum.kv_parked_bytes += st.kv_parked_bytes;
+                    for (stage, b) in st.stage_peak_bytes {
+                        let e = sum.stage_peak_bytes.entry(stage).or_insert(0);
+                        *e = (*e).max(b);
+                    }
                     sum.frames_in = st.frames_in;
                     sum.frames_out = st.frames_out;
                     sum.dit_steps = st.dit_steps;
