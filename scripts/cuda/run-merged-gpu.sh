@@ -11,12 +11,13 @@
 #   bench    `flashvsr bench` 768x1408 (tiny and full) and 1080p: new paths vs the old ones, same binary
 #   memory   the memory plan and 4K runs under a VRAM budget
 #   quant    the quantized DiT (q8_0, q4_k) beside bf16
+#   joins    segments with warm-up (issue 16) at real dims: PSNR at the joins against one run
 # The old paths stay selectable in the same binary: FLASHVSR_TC_CONV=tap (NCHW tap-GEMM decoder),
 # FLASHVSR_LEGACY_FRAME_OPS=1 (Candle-op colour fix, host bicubic), FLASHVSR_DIT_FUSED=0 (op-by-op DiT).
 set -uo pipefail
 OUT=${OUT:-/tmp/flashvsr-gpu}; mkdir -p "$OUT"
 PHASES=${PHASES:-kernels parity fixture bench}
-D=device/merged; B=/tmp/flashvsr-bin; mkdir -p $B
+D=${BIN_DIR:-device/merged}; B=/tmp/flashvsr-bin; mkdir -p $B
 SP=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia 2>/dev/null | head -1)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$SP/cu13/lib:${LD_LIBRARY_PATH:-}
 export CUDA_CACHE_PATH=/tmp/flashvsr-nvcache
@@ -104,5 +105,21 @@ if has quant; then
   for q in q8_0 q4_k; do
     bench tiny_$q X=1 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16 --quantize-dit $q
   done
+fi
+if has joins; then
+  W=/tmp/w-real; IN=/tmp/joins_in.y4m; JF=${JOIN_FRAMES:-97}
+  [ -f $W/TCDecoder.ckpt ] || { $B/flashvsr -q synth-weights $W --dims real; stamp "synth-weights rc=$?"; }
+  python3 scripts/cuda/y4m_tools.py make $IN 352 192 $JF
+  UP=(--weights $W --device cuda --dtype bf16)
+  $B/flashvsr -q upscale $IN /tmp/joins_single.y4m -y "${UP[@]}"; stamp "single run rc=$?"
+  $B/flashvsr plan-segments $IN --segment-frames ${SEG:-40} --warmup 21 --json > $OUT/joins_plan.json
+  parts=(); joins=$(python3 -c 'import json,sys; print(",".join(str(s["start"]) for s in json.load(open(sys.argv[1]))["segments"][1:]))' $OUT/joins_plan.json)
+  for r in $(python3 -c 'import json,sys; print(" ".join(s["frames_arg"] for s in json.load(open(sys.argv[1]))["segments"]))' $OUT/joins_plan.json); do
+    seg=/tmp/joins_seg_$(echo "$r" | tr ':' '_').y4m
+    $B/flashvsr -q upscale $IN $seg --frames $r --warmup 21 -y "${UP[@]}"; stamp "segment $r rc=$?"
+    parts+=($seg)
+  done
+  python3 scripts/cuda/y4m_tools.py concat /tmp/joins_joined.y4m "${parts[@]}"
+  echo -n "joins ($joins): "; python3 scripts/cuda/y4m_tools.py compare /tmp/joins_joined.y4m /tmp/joins_single.y4m --joins "$joins" | tee $OUT/joins.json
 fi
 stamp "all done"

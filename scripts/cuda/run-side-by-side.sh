@@ -16,3 +16,14 @@ $PY device/reference/run_upstream.py --case "$CASE" --dtype "$DTYPE" --warmup 1 
   --save-bundle /tmp/bundle_$tag --json "$OUT/side_by_side_$tag.json" --deadline-s ${DEADLINE_S:-400} \
   --ours "/tmp/flashvsr-bin/flashvsr upscale {input} {out}/ --weights {bundle} --noise {noise} --upstream-compat --device cuda --dtype $OURS_DTYPE --json -q -y" \
   --ours-timeout-s ${OURS_TIMEOUT_S:-240} 2>&1 | tee "$OUT/side_by_side_$tag.log" | tail -40
+# More of ours on the same bundle, each compared with upstream's frames (judge precision against
+# an fp32 bundle): EXTRA="f32 bf16:q8_0 bf16:q4_k" = dtype[:--quantize-dit type] per run.
+BUNDLE=/tmp/bundle_$tag
+for extra in ${EXTRA:-}; do
+  dt=${extra%%:*}; q=; [ "$extra" != "$dt" ] && q=${extra#*:}
+  o=/tmp/extra_${tag}_$(echo "$extra" | tr ':' '_'); rm -rf "$o"
+  /tmp/flashvsr-bin/flashvsr upscale $BUNDLE/input $o/ --weights $BUNDLE --noise $BUNDLE/noise.npy --upstream-compat \
+    --device cuda --dtype $dt ${q:+--quantize-dit $q} --json -q -y > "$OUT/extra_${tag}_$extra.json" 2> "$OUT/extra_${tag}_$extra.err"
+  echo -n "ours $extra rc=$? $(tail -1 "$OUT/extra_${tag}_$extra.json" | head -c 300) vs upstream $DTYPE: "
+  $PY scripts/cuda/compare_frames.py $o $BUNDLE/upstream_out 2>&1 | tail -1
+done

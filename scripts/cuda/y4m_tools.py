@@ -3,6 +3,7 @@
 
     y4m_tools.py make OUT.y4m WIDTH HEIGHT FRAMES     a moving textured clip, 4:4:4 full range
     y4m_tools.py compare A.y4m B.y4m [--joins 21,45]  per-frame PSNR of A against B (same layout)
+    y4m_tools.py concat OUT.y4m SEG.y4m...            the segments' frames in order (same headers)
 """
 
 import argparse
@@ -77,6 +78,21 @@ def compare(a, b, joins):
     print(json.dumps(out))
 
 
+def concat(out, parts):
+    first = None
+    with open(out, "wb") as f:
+        for part in parts:
+            header, it = frames(part)
+            if first is None:
+                first = header
+                f.write((" ".join(header) + "\n").encode())
+            elif header != first:
+                sys.exit(f"{part}: header {header} differs from {first}")
+            for frame in it:
+                f.write(b"FRAME\n")
+                f.write(frame.tobytes())
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -89,9 +105,14 @@ def main():
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--joins", default="")
+    j = sub.add_parser("concat")
+    j.add_argument("out")
+    j.add_argument("parts", nargs="+")
     args = p.parse_args()
     if args.cmd == "make":
         make(args.out, args.width, args.height, args.frames)
+    elif args.cmd == "concat":
+        concat(args.out, args.parts)
     else:
         compare(args.a, args.b, [int(j) for j in args.joins.split(",") if j])
 
