@@ -136,12 +136,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let plan = memory::plan(model_dims, &job)?;
     if args.memory.plan {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            println!("{}", memory::describe(&plan));
-        }
-        return Ok(());
+        return memory::print_plan(&plan, args.json);
     }
 
     let t0 = Instant::now();

@@ -155,6 +155,16 @@ pub fn plan(dims: ModelDims, job: &Job) -> Result<MemoryPlan> {
     })
 }
 
+/// `--plan`'s output on stdout: the plan as JSON, or in words.
+pub fn print_plan(plan: &MemoryPlan, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(plan)?);
+    } else {
+        println!("{}", describe(plan));
+    }
+    Ok(())
+}
+
 /// The plan for people, several lines.
 pub fn describe(plan: &MemoryPlan) -> String {
     let g = |b: u64| format!("{:.2} GiB", b as f64 / GIB);

@@ -116,12 +116,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
     };
     let plan = memory::plan(dims, &job)?;
     if args.memory.plan {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            println!("{}", memory::describe(&plan));
-        }
-        return Ok(());
+        return memory::print_plan(&plan, args.json);
     }
     if !quiet && (plan.tiles > 1 || args.memory.max_vram.is_some()) {
         eprintln!("note: {}", memory::note(&plan));
