@@ -12,6 +12,7 @@ use flashvsr_model::pipeline::{Mode, ModelVersion};
 use crate::devices::DeviceChoice;
 use crate::tools;
 use crate::weights::Role;
+use crate::weights::quantized::DitQuant;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -381,14 +382,17 @@ fn parse_number(s: &str) -> Result<f64, String> {
 }
 
 /// A quantized type for `--quantize-dit` (float types are what `--dtype` is for).
-pub(crate) fn parse_dit_quant(s: &str) -> Result<Quant, String> {
+pub(crate) fn parse_dit_quant(s: &str) -> Result<DitQuant, String> {
+    if matches!(s.to_ascii_lowercase().as_str(), "fp8" | "e4m3" | "fp8_e4m3") {
+        return Ok(DitQuant::Fp8);
+    }
     let q: Quant = s.parse()?;
     if q.is_float() {
         return Err(format!(
-            "{s} is not a quantized type (use --dtype for float weights; quantized: q8_0, q6_k, q5_k, q4_k, q4_0)"
+            "{s} is not a quantized type (use --dtype for float weights; quantized: q8_0, q6_k, q5_k, q4_k, q4_0, fp8)"
         ));
     }
-    Ok(q)
+    Ok(DitQuant::Ggml(q))
 }
 
 pub(crate) fn parse_scale(s: &str) -> Result<f64, String> {
@@ -522,10 +526,11 @@ pub struct UpscaleArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
     /// Keep the DiT's linear weights quantized on the device in TYPE (q8_0, q6_k, q5_k, q4_k,
-    /// q4_0), quantized while loading a float file: less memory, a little less accuracy. A
-    /// quantized GGUF is kept as stored without this option.
+    /// q4_0), quantized while loading a float file: less memory, a little less accuracy; or
+    /// fp8 (e4m3 weights and activations, FP8 tensor cores; sm_89+ GPUs). A quantized GGUF
+    /// is kept as stored without this option.
     #[arg(long, value_name = "TYPE", value_parser = parse_dit_quant)]
-    pub quantize_dit: Option<Quant>,
+    pub quantize_dit: Option<DitQuant>,
     /// cpu, cuda, cuda:N, metal or auto (best available).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -661,7 +666,7 @@ pub struct BenchArgs {
     pub dtype: Option<DTypeArg>,
     /// Keep the DiT's linear weights quantized in TYPE (as `upscale --quantize-dit`).
     #[arg(long, value_name = "TYPE", value_parser = parse_dit_quant)]
-    pub quantize_dit: Option<Quant>,
+    pub quantize_dit: Option<DitQuant>,
     #[arg(long)]
     pub json: bool,
     /// Tiles of SIZE input pixels, as for upscale (with parked KV caches when the plan says so).

@@ -29,6 +29,8 @@ struct BenchReport {
     /// The DiT's linear weights kept quantized in this type (`--quantize-dit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     quantize_dit: Option<&'static str>,
+    /// Bytes of the DiT blocks' linear weights on the device, as loaded.
+    dit_linear_weight_bytes: u64,
     input_size: [usize; 2],
     output_size: [usize; 2],
     input_frames: u64,
@@ -145,7 +147,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         let tensors = crate::synth::synth_part(role, VersionArg::V1_1, small, 0)?;
         let map: HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
         if let (Role::Dit, Some(q)) = (role, args.quantize_dit) {
-            let quantized = QuantizedDit::from_tensors(&map, q.ggml())?;
+            let quantized = QuantizedDit::from_tensors(&map, q)?;
             dit_quantized = Some(crate::weights::quantized::shared(quantized));
         }
         Ok(VarBuilder::from_tensors(map, dtype, &device))
@@ -174,6 +176,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
     let model = FlashVsr::load(components, ModelVersion::V1_1, &device, dtype)
         .context("cannot build the model")?;
     let model_load_s = t1.elapsed().as_secs_f64();
+    let dit_linear_bytes = model.dit_linear_bytes();
 
     let opts = UpscaleOptions {
         scale: args.scale,
@@ -212,6 +215,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         device: devices::describe(&device),
         dtype: summary::dtype_name(dtype),
         quantize_dit: args.quantize_dit.map(|q| q.name()),
+        dit_linear_weight_bytes: dit_linear_bytes as u64,
         input_size: [iw, ih],
         output_size: [out_size.0, out_size.1],
         input_frames: frames,

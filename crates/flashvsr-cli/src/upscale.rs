@@ -592,14 +592,14 @@ mod engine {
         device: &Device,
         dtype: DType,
         head_dim: Option<usize>,
-        quantize_dit: Option<Quant>,
+        quantize_dit: Option<crate::weights::quantized::DitQuant>,
     ) -> Result<ModelComponents> {
         let vb = |role: Role| w.part(role).map(|p| p.var_builder(dtype, device));
         let dit_quantized = match w.part(Role::Dit) {
             Some(part) => Some(crate::weights::quantized::shared(
                 crate::weights::quantized::QuantizedDit::from_part(
                     part,
-                    quantize_dit.map(|q| q.ggml()),
+                    quantize_dit,
                 )?,
             )),
             None => None,

@@ -11,7 +11,7 @@
 //! [`frame_ops`] has the per-frame pixel ops at the pipeline's ends (bicubic resampling, AdaIN
 //! colour fix + 8-bit conversion).
 //! [`dit_fused`] holds the fused element-wise steps of a DiT block (norms, modulation,
-//! residuals, GELU, QKV + RoPE).
+//! residuals, GELU, QKV + RoPE). [`fp8`] runs linears in FP8 (e4m3) through cuBLASLt.
 //!
 //! "Tap", in this crate and the model, means one position of a convolution kernel (a `(dy, dx)`
 //! offset here, a temporal offset in the model's causal 3-D conv) and nothing else.
@@ -19,6 +19,7 @@
 pub mod block_sparse;
 pub mod dit_fused;
 pub mod draft_mask;
+pub mod fp8;
 pub mod frame_ops;
 pub mod gpu_caps;
 pub mod implicit_conv;
@@ -52,4 +53,5 @@ pub(crate) mod ptx {
     pub const IMPLICIT_CONV: &str = include_str!(concat!(env!("OUT_DIR"), "/implicit_conv.ptx"));
     pub const FRAME_OPS: &str = include_str!(concat!(env!("OUT_DIR"), "/frame_ops.ptx"));
     pub const DIT_FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/dit_fused.ptx"));
+    pub const FP8: &str = include_str!(concat!(env!("OUT_DIR"), "/fp8.ptx"));
 }

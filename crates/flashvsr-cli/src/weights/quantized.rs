@@ -1,7 +1,8 @@
 //! The DiT's linear weights kept quantized on the device: taken as stored from a quantized
 //! GGUF (`flashvsr convert --quant`, ComfyUI-GGUF's tools), or quantized while loading a float
 //! file (`--quantize-dit TYPE`), so that the weights rest in a quarter to a half of the bf16
-//! bytes. The model asks per linear weight ([`QuantizedWeights`]); everything else stays dense.
+//! bytes; or converted to FP8 (e4m3) on the device (`--quantize-dit fp8`, sm_89+ GPUs). The
+//! model asks per linear weight ([`QuantizedWeights`]); everything else stays dense.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
-use flashvsr_loader::convert::quantizes;
+use flashvsr_loader::convert::{quantizes, Quant};
 use flashvsr_model::nn::linear::QuantizedWeights;
 
 use super::components::Part;
@@ -17,17 +18,46 @@ use super::components::Part;
 /// Stored types that are plain floats (handed out dense by the `VarBuilder`).
 const DENSE_TYPES: [&str; 3] = ["F32", "F16", "BF16"];
 
+/// What `--quantize-dit` keeps the DiT's linear weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DitQuant {
+    /// A GGUF type, quantized on the host while loading.
+    Ggml(Quant),
+    /// FP8 e4m3 with per-output-channel scales, converted on the device (activations are
+    /// quantized per token at each call: `flashvsr_kernels::fp8`).
+    Fp8,
+}
+
+impl DitQuant {
+    pub fn name(self) -> &'static str {
+        match self {
+            DitQuant::Ggml(q) => q.name(),
+            DitQuant::Fp8 => "fp8",
+        }
+    }
+
+    fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            DitQuant::Ggml(q) => Some(q.ggml()),
+            DitQuant::Fp8 => None,
+        }
+    }
+}
+
 /// Quantized DiT weights: those quantized at load (prepared on the host, uploaded on
-/// request) and, through `part`, those stored quantized in the weight file.
+/// request), through `part` those stored quantized in the weight file, and with `fp8` the
+/// dense block linears the model converts to FP8 on the device.
 pub struct QuantizedDit {
     part: Option<Part>,
     prepared: Mutex<HashMap<String, QTensor>>,
+    fp8: bool,
 }
 
 impl QuantizedDit {
-    /// Over the DiT part of a weight store; with `at_load`, every float weight the conversion
-    /// rule picks ([`quantizes`]) is quantized to it now, on all host cores.
-    pub fn from_part(part: &Part, at_load: Option<GgmlDType>) -> anyhow::Result<Self> {
+    /// Over the DiT part of a weight store; with a GGUF type, every float weight the
+    /// conversion rule picks ([`quantizes`]) is quantized to it now, on all host cores.
+    pub fn from_part(part: &Part, quant: Option<DitQuant>) -> anyhow::Result<Self> {
+        let at_load = quant.and_then(DitQuant::ggml);
         let mut jobs = Vec::new();
         if let Some(t) = at_load {
             for info in part.store.infos() {
@@ -48,22 +78,29 @@ impl QuantizedDit {
         Ok(Self {
             part: Some(part.clone()),
             prepared: Mutex::new(prepared),
+            fp8: quant == Some(DitQuant::Fp8),
         })
     }
 
-    /// Over weights held in memory (the benchmark's synthetic ones), all quantized to `t`.
-    pub fn from_tensors(tensors: &HashMap<String, Tensor>, t: GgmlDType) -> anyhow::Result<Self> {
-        let jobs = tensors
-            .iter()
-            .filter(|(name, w)| quantizes(name, w.dims(), t))
-            .map(|(name, _)| (name.clone(), name.clone()))
-            .collect();
-        let prepared = quantize_all(jobs, Some(t), |name: &String| {
-            tensors[name].to_device(&Device::Cpu)?.to_dtype(DType::F32)
-        })?;
+    /// Over weights held in memory (the benchmark's synthetic ones), all kept in `quant`.
+    pub fn from_tensors(tensors: &HashMap<String, Tensor>, quant: DitQuant) -> anyhow::Result<Self> {
+        let prepared = match quant.ggml() {
+            Some(t) => {
+                let jobs = tensors
+                    .iter()
+                    .filter(|(name, w)| quantizes(name, w.dims(), t))
+                    .map(|(name, _)| (name.clone(), name.clone()))
+                    .collect();
+                quantize_all(jobs, Some(t), |name: &String| {
+                    tensors[name].to_device(&Device::Cpu)?.to_dtype(DType::F32)
+                })?
+            }
+            None => HashMap::new(),
+        };
         Ok(Self {
             part: None,
             prepared: Mutex::new(prepared),
+            fp8: quant == DitQuant::Fp8,
         })
     }
 }
@@ -91,6 +128,15 @@ impl QuantizedWeights for QuantizedDit {
                 .map_err(candle_core::Error::wrap),
             _ => Ok(None),
         }
+    }
+
+    fn fp8(&self, name: &str, (out, inner): (usize, usize)) -> bool {
+        // The weights the GGUF rule would quantize (block linears, not ComfyUI-GGUF's
+        // high-precision set), in the 16-multiples cuBLASLt's FP8 GEMM takes.
+        self.fp8
+            && quantizes(name, &[out, inner], GgmlDType::F32)
+            && out % 16 == 0
+            && inner % 16 == 0
     }
 }
 
@@ -182,7 +228,7 @@ mod tests {
                 Tensor::randn(0f32, 1.0, (256, 64), &dev)?,
             ),
         ]);
-        let q = QuantizedDit::from_tensors(&tensors, GgmlDType::Q4K)?;
+        let q = QuantizedDit::from_tensors(&tensors, DitQuant::Ggml(Quant::Q4K))?;
         let got = q
             .quantized("blocks.0.ffn.0.weight", &dev)?
             .expect("quantized");
@@ -205,6 +251,19 @@ mod tests {
         }
         // Handed out once: the host copy is gone after the upload.
         assert!(q.quantized("blocks.0.ffn.0.weight", &dev)?.is_none());
+        assert!(!q.fp8("blocks.0.ffn.0.weight", (64, 256)));
+        Ok(())
+    }
+
+    #[test]
+    fn fp8_asks_for_the_block_linears_only() -> anyhow::Result<()> {
+        let q = QuantizedDit::from_tensors(&HashMap::new(), DitQuant::Fp8)?;
+        assert!(q.fp8("blocks.0.ffn.0.weight", (64, 256)));
+        assert!(q.fp8("blocks.3.self_attn.q.weight", (1536, 1536)));
+        // Not a multiple of 16 for the GEMM.
+        assert!(!q.fp8("blocks.0.ffn.0.weight", (64, 40)));
+        assert!(!q.fp8("head.head.weight", (64, 256)));
+        assert!(q.quantized("blocks.0.ffn.0.weight", &Device::Cpu)?.is_none());
         Ok(())
     }
 }

@@ -51,15 +51,20 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
+    /// Bytes of the q/k/v/o weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.proj.weight_bytes()
+    }
+
     pub fn new(
         vb: VarBuilder,
         cfg: &DitConfig,
         quantized: Option<&dyn QuantizedWeights>,
     ) -> Result<Self> {
         let mut proj = AttentionProjection::new(vb.clone(), cfg.dim, cfg.eps, quantized)?;
-        // One QKV GEMM on CUDA when the weights are dense; the CPU path keeps its three
-        // separate weights as they are (quantized ones run three GEMMs on every device).
-        if vb.device().is_cuda() && quantized.is_none() {
+        // One QKV GEMM on CUDA when the weights stack (dense or FP8); the CPU path keeps its
+        // three separate weights as they are (GGUF-quantized ones run three GEMMs everywhere).
+        if vb.device().is_cuda() && proj.can_fuse_qkv() {
             proj = proj.with_fused_qkv()?;
         }
         Ok(Self {
@@ -221,6 +226,11 @@ pub struct CrossAttention {
 }
 
 impl CrossAttention {
+    /// Bytes of the q/k/v/o weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.proj.weight_bytes()
+    }
+
     pub fn new(
         vb: VarBuilder,
         cfg: &DitConfig,

@@ -46,6 +46,14 @@ pub struct DitBlock {
 }
 
 impl DitBlock {
+    /// Bytes of the block's linear weights (attention and FFN) on the device.
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.self_attn.weight_bytes()
+            + self.cross_attn.weight_bytes()
+            + self.ffn0.weight_bytes()
+            + self.ffn2.weight_bytes()
+    }
+
     /// `quantized`: where the linear weights may come from kept quantized.
     pub fn new(
         vb: VarBuilder,

@@ -118,6 +118,11 @@ pub struct Dit {
 }
 
 impl Dit {
+    /// Bytes of the blocks' linear weights on the device (what `--quantize-dit` shrinks).
+    pub fn block_linear_bytes(&self) -> usize {
+        self.blocks.iter().map(DitBlock::linear_weight_bytes).sum()
+    }
+
     /// `vb` at the root of the DiT weights (upstream key names).
     pub fn new(vb: VarBuilder, cfg: &DitConfig) -> Result<Self> {
         Self::load(vb, cfg, None)

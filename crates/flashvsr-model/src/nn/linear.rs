@@ -1,5 +1,6 @@
 //! One linear layer type for every projection in the DiT and the LQ projection: the weight is
-//! either a dense `Tensor` (f32/f16/bf16) or a quantized `QMatMul` (GGUF k-quants).
+//! a dense `Tensor` (f32/f16/bf16), a quantized `QMatMul` (GGUF k-quants) or FP8 (e4m3 with
+//! per-output-channel scales, activations quantized per token: `flashvsr_kernels::fp8`).
 //!
 //! A candle-nn `VarBuilder` hands out dense tensors only, so quantized weights come from a
 //! [`QuantizedWeights`] source next to it (the weight store that backs the `VarBuilder`):
@@ -8,12 +9,14 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use flashvsr_kernels::fp8::{self, Fp8Rows};
 
 /// The weight `[out, in]` of a [`Linear`].
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Dense(Tensor),
     Quantized(QMatMul),
+    Fp8(Fp8Rows),
 }
 
 /// `y = x·Wᵀ + b` over the last dim of `x` (any rank ≥ 1).
@@ -39,16 +42,55 @@ impl Linear {
         Self::build(weight, bias, in_features, out_features)
     }
 
-    /// Whether the weight is kept quantized (a `QMatMul`).
+    /// A dense weight `[out, in]` converted to FP8 (e4m3, one scale per output channel); the
+    /// dense tensor is dropped. Needs a device where [`fp8::supported`] holds.
+    pub fn from_dense_fp8(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        if !fp8::supported(weight.device())? {
+            candle_core::bail!(
+                "FP8 linears need an Ada/Hopper GPU (sm_89+) or the CPU; this device is older (use --quantize-dit q8_0)"
+            )
+        }
+        let q = fp8::quantize_rows(&weight)?;
+        Self::build(LinearWeight::Fp8(q), bias, in_features, out_features)
+    }
+
+    /// An FP8 weight as it is (e.g. stacked with others).
+    pub fn from_fp8(weight: Fp8Rows, bias: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.dims()?;
+        Self::build(LinearWeight::Fp8(weight), bias, in_features, out_features)
+    }
+
+    /// The FP8 weight, `None` unless the weight is kept in FP8.
+    pub fn fp8_weight(&self) -> Option<&Fp8Rows> {
+        match &self.weight {
+            LinearWeight::Fp8(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// Whether the weight is kept quantized (a `QMatMul` or FP8).
     pub fn is_quantized(&self) -> bool {
-        matches!(self.weight, LinearWeight::Quantized(_))
+        !matches!(self.weight, LinearWeight::Dense(_))
     }
 
     /// The dense weight `[out, in]`, `None` when it is kept quantized.
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) => Some(w),
-            LinearWeight::Quantized(_) => None,
+            LinearWeight::Quantized(_) | LinearWeight::Fp8(_) => None,
+        }
+    }
+
+    /// Bytes the weight holds on its device (the bias not counted).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            LinearWeight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+            LinearWeight::Fp8(q) => q.bytes(),
         }
     }
 
@@ -75,6 +117,7 @@ impl Linear {
             }
             LinearWeight::Quantized(q) if x2.device().is_cpu() => q.forward(x2),
             LinearWeight::Quantized(q) => quantized_on_gpu(q, x2),
+            LinearWeight::Fp8(q) => fp8::linear(&x2.contiguous()?, q, None),
         }
     }
 
@@ -118,6 +161,7 @@ impl Linear {
         let span = match weight {
             LinearWeight::Dense(_) => tracing::span!(tracing::Level::TRACE, "linear"),
             LinearWeight::Quantized(_) => tracing::span!(tracing::Level::TRACE, "qlinear"),
+            LinearWeight::Fp8(_) => tracing::span!(tracing::Level::TRACE, "fp8linear"),
         };
         Ok(Self {
             weight,
@@ -133,6 +177,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         self.over_last_dim(x, |x2| {
+            if let LinearWeight::Fp8(q) = &self.weight {
+                // The bias goes in with the scales, in f32.
+                return fp8::linear(&x2.contiguous()?, q, self.bias.as_ref());
+            }
             let y = self.times_weight(x2)?;
             match &self.bias {
                 Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
@@ -172,6 +220,12 @@ pub trait QuantizedWeights {
     /// `name` (full path, as `VarBuilder::prefix` spells it) as a `QTensor` when it is stored in
     /// a quantized type; `None` when it is stored dense and should come from the `VarBuilder`.
     fn quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>>;
+
+    /// Whether the dense weight `name` `[out, in]` is to be kept in FP8 instead (asked only
+    /// when [`QuantizedWeights::quantized`] gave `None`).
+    fn fp8(&self, _name: &str, _dims: (usize, usize)) -> bool {
+        false
+    }
 }
 
 /// Dense linear `prefix.weight` `[out, in]` + `prefix.bias` `[out]`.
@@ -203,6 +257,10 @@ pub fn linear_from(
         return Linear::from_qtensor(q, Some(b));
     }
     let w = vb.get((out_features, in_features), "weight")?;
+    if quantized.is_some_and(|s| s.fp8(&name, (out_features, in_features))) {
+        return Linear::from_dense_fp8(w, Some(b))
+            .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")));
+    }
     Linear::from_dense(w, Some(b))
 }
 
@@ -245,6 +303,44 @@ mod tests {
                 None => Ok(None),
             }
         }
+    }
+
+    /// Asks for FP8 on every weight.
+    struct AllFp8;
+
+    impl QuantizedWeights for AllFp8 {
+        fn quantized(&self, _: &str, _: &Device) -> Result<Option<QTensor>> {
+            Ok(None)
+        }
+        fn fp8(&self, _: &str, _: (usize, usize)) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn fp8_linear_is_quantized_and_close() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.1, (16, 64), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 16, &dev)?;
+        let tensors = HashMap::from([
+            ("l.weight".to_string(), w.clone()),
+            ("l.bias".to_string(), b.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let l = linear_from(64, 16, vb.pp("l"), Some(&AllFp8))?;
+        assert!(l.is_quantized() && l.dense_weight().is_none());
+        assert_eq!(l.weight_bytes(), 16 * 64 + 16 * 4);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev)?;
+        let y = l.forward(&x)?;
+        assert_eq!(y.dims(), &[2, 3, 16]);
+        // The bias path and the no-bias path agree (the bias added after the scales).
+        let nb = l.forward_no_bias(&x)?.broadcast_add(&b)?;
+        assert!(max_abs_diff(&y, &nb)? < 1e-5);
+        let want = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let err = max_abs_diff(&y, &want)?;
+        assert!(err < 0.08 * scale, "{err} vs {scale}");
+        Ok(())
     }
 
     #[test]

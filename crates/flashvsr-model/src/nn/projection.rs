@@ -4,6 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use flashvsr_kernels::fp8::Fp8Rows;
+
 use super::linear::{linear_from, Linear, QuantizedWeights};
 use super::norm::RmsNorm;
 
@@ -44,27 +46,57 @@ impl AttentionProjection {
     /// instead of three) and rebuilds `q`, `k`, `v` as views of it. Dense weights only.
     pub fn with_fused_qkv(mut self) -> Result<Self> {
         let parts = [&self.q, &self.k, &self.v];
-        let (mut ws, mut bs) = (Vec::new(), Vec::new());
+        let mut bs = Vec::new();
         for l in parts {
-            match (l.dense_weight(), l.bias()) {
-                (Some(w), Some(b)) => {
-                    ws.push(w.clone());
-                    bs.push(b.clone());
-                }
-                _ => candle_core::bail!("fused QKV: q/k/v must be dense linears with bias"),
+            match l.bias() {
+                Some(b) => bs.push(b.clone()),
+                None => candle_core::bail!("fused QKV: q/k/v must be linears with bias"),
             }
         }
-        let dim = ws[0].dim(0)?;
-        let w = Tensor::cat(&ws, 0)?;
         let b = Tensor::cat(&bs, 0)?;
-        let view = |i: usize| -> Result<Linear> {
-            Linear::from_dense(w.narrow(0, i * dim, dim)?, Some(b.narrow(0, i * dim, dim)?))
+        let dim = bs[0].elem_count();
+        let dense: Option<Vec<Tensor>> = parts.iter().map(|l| l.dense_weight().cloned()).collect();
+        let fp8: Option<Vec<Fp8Rows>> = parts.iter().map(|l| l.fp8_weight().cloned()).collect();
+        let (qkv, views) = if let Some(ws) = dense {
+            let w = Tensor::cat(&ws, 0)?;
+            let view = |i: usize| -> Result<Linear> {
+                Linear::from_dense(w.narrow(0, i * dim, dim)?, Some(b.narrow(0, i * dim, dim)?))
+            };
+            (Linear::from_dense(w.clone(), Some(b.clone()))?, [view(0)?, view(1)?, view(2)?])
+        } else if let Some(ws) = fp8 {
+            // Per-output-channel scales: stacking the rows stacks the scales with them.
+            let qs: Vec<Tensor> = ws.iter().map(|w| w.q.clone()).collect();
+            let ss: Vec<Tensor> = ws.iter().map(|w| w.scale.clone()).collect();
+            let w = Fp8Rows {
+                q: Tensor::cat(&qs, 0)?,
+                scale: Tensor::cat(&ss, 0)?,
+            };
+            let view = |i: usize| -> Result<Linear> {
+                let part = Fp8Rows {
+                    q: w.q.narrow(0, i * dim, dim)?,
+                    scale: w.scale.narrow(0, i * dim, dim)?,
+                };
+                Linear::from_fp8(part, Some(b.narrow(0, i * dim, dim)?))
+            };
+            let views = [view(0)?, view(1)?, view(2)?];
+            (Linear::from_fp8(w, Some(b.clone()))?, views)
+        } else {
+            candle_core::bail!("fused QKV: q/k/v must all be dense or all FP8")
         };
-        self.q = view(0)?;
-        self.k = view(1)?;
-        self.v = view(2)?;
-        self.qkv = Some(Linear::from_dense(w, Some(b))?);
+        let [q, k, v] = views;
+        self.q = q;
+        self.k = k;
+        self.v = v;
+        self.qkv = Some(qkv);
         Ok(self)
+    }
+
+    /// Whether q, k and v can be stacked into one GEMM ([`Self::with_fused_qkv`]): all dense or
+    /// all FP8 (GGUF-quantized blocks do not stack).
+    pub fn can_fuse_qkv(&self) -> bool {
+        let parts = [&self.q, &self.k, &self.v];
+        parts.iter().all(|l| l.dense_weight().is_some())
+            || parts.iter().all(|l| l.fp8_weight().is_some())
     }
 
     /// The stacked QKV linear, when [`AttentionProjection::with_fused_qkv`] built it.
@@ -100,6 +132,15 @@ impl AttentionProjection {
 
     pub fn o_linear(&self) -> &Linear {
         &self.o
+    }
+
+    /// Bytes of the four weights on their device (a stacked QKV counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let qkv = match &self.qkv {
+            Some(l) => l.weight_bytes(),
+            None => self.q.weight_bytes() + self.k.weight_bytes() + self.v.weight_bytes(),
+        };
+        qkv + self.o.weight_bytes()
     }
 
     pub fn norm_q(&self) -> &RmsNorm {

@@ -125,6 +125,11 @@ impl FlashVsr {
         &self.device
     }
 
+    /// Bytes of the DiT blocks' linear weights on the device (dense, GGUF-quantized or FP8).
+    pub fn dit_linear_bytes(&self) -> usize {
+        self.dit.block_linear_bytes()
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

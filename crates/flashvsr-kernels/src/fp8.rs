@@ -1,0 +1,610 @@
+//! FP8 (e4m3) linear layers: weights quantized per output channel, activations per token, one
+//! cuBLASLt FP8 GEMM (f32 accumulation) between, the two scales applied once in f32.
+//!
+//! `y[t, o] = (Σ_i e4m3(x[t,i]/sx[t]) · e4m3(w[o,i]/sw[o])) · sx[t] · sw[o]`, with
+//! `s = amax(row) / 448` (448 is e4m3's largest finite value) and round-to-nearest-even,
+//! saturating conversion. On CUDA it needs sm_89+ (Ada, Hopper); on the CPU the same
+//! quantization and scale order run through an f32 matmul of the decoded values (the reference
+//! the GPU is tested against).
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+
+/// e4m3's largest finite magnitude.
+pub const E4M3_MAX: f32 = 448.0;
+
+/// FP8 tensor-core GEMMs start at Ada (sm_89).
+pub const MIN_COMPUTE_CAP: crate::gpu_caps::ComputeCap = 89;
+
+/// The value of an e4m3 (`fn` variant: no infinities, 0x7f/0xff are NaN) byte.
+pub fn e4m3_decode(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
+}
+
+/// The e4m3 byte nearest to `x` (ties to an even mantissa), saturating at ±448; NaN stays NaN.
+pub fn e4m3_encode(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7f;
+    }
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs();
+    if a >= E4M3_MAX {
+        return sign | 0x7e;
+    }
+    // Magnitudes are monotonic in the byte: find the neighbours among the 126 finite codes.
+    let (mut lo, mut hi) = (0u8, 0x7eu8);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if e4m3_decode(mid) <= a {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (dl, dh) = (a - e4m3_decode(lo), e4m3_decode(hi) - a);
+    let code = if dl < dh || (dl == dh && lo % 2 == 0) {
+        lo
+    } else {
+        hi
+    };
+    sign | code
+}
+
+/// The scale of a row whose largest magnitude is `amax` (1 for a row of zeros).
+pub fn row_scale(amax: f32) -> f32 {
+    if amax > 0.0 {
+        amax / E4M3_MAX
+    } else {
+        1.0
+    }
+}
+
+/// A matrix `[rows, cols]` in e4m3, one f32 scale per row.
+#[derive(Debug, Clone)]
+pub struct Fp8Rows {
+    /// `[rows, cols]` bytes (U8).
+    pub q: Tensor,
+    /// `[rows]` f32.
+    pub scale: Tensor,
+}
+
+impl Fp8Rows {
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        self.q.dims2()
+    }
+
+    /// Bytes on the device (values and scales).
+    pub fn bytes(&self) -> usize {
+        self.q.elem_count() + 4 * self.scale.elem_count()
+    }
+
+    /// The matrix the bytes and scales stand for, in `dtype` (`q · scale`, in f32, rounded once).
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        decode(&self.q)?
+            .broadcast_mul(&self.scale.unsqueeze(1)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Whether FP8 linears run on `device`: the CPU always (the reference), CUDA from sm_89.
+pub fn supported(device: &Device) -> Result<bool> {
+    Ok(match crate::gpu_caps::compute_capability(device)? {
+        Some(cap) => cap >= MIN_COMPUTE_CAP,
+        None => device.is_cpu(),
+    })
+}
+
+fn check_cols(cols: usize, what: &str) -> Result<()> {
+    if cols == 0 || cols % 16 != 0 {
+        bail!("fp8 {what}: {cols} columns, the FP8 GEMM needs a positive multiple of 16")
+    }
+    Ok(())
+}
+
+/// Quantizes each row of `x` `[rows, cols]` (f32/f16/bf16) to e4m3 with its own scale.
+pub fn quantize_rows(x: &Tensor) -> Result<Fp8Rows> {
+    let (rows, cols) = x.dims2()?;
+    check_cols(cols, "quantize")?;
+    match x.device() {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda::quantize_rows(x, rows, cols),
+        _ => quantize_rows_host(x, rows, cols),
+    }
+}
+
+fn quantize_rows_host(x: &Tensor, rows: usize, cols: usize) -> Result<Fp8Rows> {
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut q = Vec::with_capacity(v.len());
+    let mut scale = Vec::with_capacity(rows);
+    for row in v.chunks_exact(cols.max(1)) {
+        let s = row_scale(row.iter().fold(0f32, |m, &a| m.max(a.abs())));
+        q.extend(row.iter().map(|&a| e4m3_encode(a / s)));
+        scale.push(s);
+    }
+    Ok(Fp8Rows {
+        q: Tensor::from_vec(q, (rows, cols), x.device())?,
+        scale: Tensor::from_vec(scale, rows, x.device())?,
+    })
+}
+
+/// The e4m3 bytes `q` as f32 values (no scale).
+fn decode(q: &Tensor) -> Result<Tensor> {
+    let table: Vec<f32> = (0..=255u8).map(e4m3_decode).collect();
+    let table = Tensor::from_vec(table, 256, q.device())?;
+    let idx = q.flatten_all()?.to_dtype(DType::U32)?;
+    table.index_select(&idx, 0)?.reshape(q.shape())
+}
+
+/// `y = x · Wᵀ (+ bias)` over `x` `[rows, in]` in f32/f16/bf16 (output in `x`'s dtype), `w` the
+/// weight `[out, in]` quantized per output channel; `x` is quantized per token on the way.
+pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let (n, wk) = w.dims()?;
+    if k != wk {
+        bail!("fp8 linear: input has {k} features, the weight [{n}, {wk}]")
+    }
+    if let Some(b) = bias {
+        if b.elem_count() != n {
+            bail!("fp8 linear: bias has {} elements, expected {n}", b.elem_count())
+        }
+    }
+    if rows == 0 {
+        return Tensor::zeros((0, n), x.dtype(), x.device());
+    }
+    let xq = quantize_rows(x)?;
+    match x.device() {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda::linear(&xq, w, bias, x.dtype(), rows, n, k),
+        _ => {
+            let d = decode(&xq.q)?.matmul(&decode(&w.q)?.t()?)?;
+            let y = d
+                .broadcast_mul(&xq.scale.unsqueeze(1)?)?
+                .broadcast_mul(&w.scale.unsqueeze(0)?)?;
+            let y = match bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, n))?)?,
+                None => y,
+            };
+            y.to_dtype(x.dtype())
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::Fp8Rows;
+    use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{
+        bail, CudaDevice, CudaStorage, DType, Device, Layout, Result, Shape, Storage, Tensor,
+        WithDType,
+    };
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    const MODULE: &str = "flashvsr_fp8";
+
+    fn device(t: &Tensor) -> Result<CudaDevice> {
+        match t.device() {
+            Device::Cuda(d) => Ok(d.clone()),
+            d => bail!("fp8: tensor on {d:?}, expected CUDA"),
+        }
+    }
+
+    fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+        let start = crate::contiguous_start(l, "fp8", what)?;
+        match s {
+            Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(start..)),
+            _ => bail!("fp8: {what} is not on CUDA"),
+        }
+    }
+
+    fn wrap<T: CudaDType + DeviceRepr + WithDType>(
+        out: CudaSlice<T>,
+        dev: &CudaDevice,
+        shape: impl Into<Shape>,
+    ) -> Tensor {
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+        Tensor::from_storage(storage, shape, BackpropOp::none(), false)
+    }
+
+    fn suffix(dtype: DType) -> Result<&'static str> {
+        Ok(match dtype {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            dt => bail!("fp8: dtype {dt:?} is not supported (f32, f16, bf16)"),
+        })
+    }
+
+    pub(super) fn quantize_rows(x: &Tensor, rows: usize, cols: usize) -> Result<Fp8Rows> {
+        fn go<T: CudaDType + DeviceRepr + WithDType>(
+            x: &Tensor,
+            rows: usize,
+            cols: usize,
+        ) -> Result<Fp8Rows> {
+            let dev = device(x)?;
+            let x = x.contiguous()?;
+            let (sx, lx) = x.storage_and_layout();
+            let xv = view::<T>(&sx, lx, "x")?;
+            let name = format!("fp8_quantize_rows_{}", suffix(T::DTYPE)?);
+            let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
+            // SAFETY: the kernel writes every byte and every scale.
+            let q = unsafe { dev.alloc::<u8>(rows * cols)? };
+            let scale = unsafe { dev.alloc::<f32>(rows)? };
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: ((cols / 4).div_ceil(32).clamp(1, 8) as u32 * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let cols_i = cols as i32;
+            let mut b = f.builder();
+            b.arg(&xv);
+            b.arg(&q);
+            b.arg(&scale);
+            b.arg(&cols_i);
+            // SAFETY: arguments match fp8_quantize_rows_* in kernels/fp8.cu.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(Fp8Rows {
+                q: wrap(q, &dev, (rows, cols)),
+                scale: wrap(scale, &dev, rows),
+            })
+        }
+        if rows > i32::MAX as usize {
+            bail!("fp8 quantize: {rows} rows, at most {} per call", i32::MAX)
+        }
+        match x.dtype() {
+            DType::F32 => go::<f32>(x, rows, cols),
+            DType::F16 => go::<half::f16>(x, rows, cols),
+            DType::BF16 => go::<half::bf16>(x, rows, cols),
+            dt => bail!("fp8 quantize: dtype {dt:?} is not supported (f32, f16, bf16)"),
+        }
+    }
+
+    /// A cuBLASLt handle and its workspace (32 MiB, NVIDIA's advice for Hopper), one per CUDA
+    /// device, made at first use and kept for the process.
+    struct LtHandle {
+        handle: sys::cublasLtHandle_t,
+        workspace: CudaSlice<u8>,
+        stream: Arc<CudaStream>,
+    }
+
+    // SAFETY: a cuBLASLt handle may be used from any thread; calls are serialised on one stream.
+    unsafe impl Send for LtHandle {}
+    unsafe impl Sync for LtHandle {}
+
+    const WORKSPACE_BYTES: usize = 32 << 20;
+
+    fn handle(dev: &CudaDevice) -> Result<Arc<LtHandle>> {
+        static HANDLES: OnceLock<Mutex<HashMap<DeviceId, Arc<LtHandle>>>> = OnceLock::new();
+        let mut map = HANDLES
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fp8: poisoned cuBLASLt handle lock".into()))?;
+        if let Some(h) = map.get(&dev.id()) {
+            return Ok(h.clone());
+        }
+        let stream = dev.cuda_stream();
+        stream.context().bind_to_thread().w()?;
+        let handle = lt::create_handle().map_err(|e| {
+            candle_core::Error::Msg(format!("fp8: cannot create a cuBLASLt handle: {e:?}"))
+        })?;
+        // SAFETY: scratch for cuBLASLt, never read by us.
+        let workspace = unsafe { dev.alloc::<u8>(WORKSPACE_BYTES)? };
+        let h = Arc::new(LtHandle {
+            handle,
+            workspace,
+            stream,
+        });
+        map.insert(dev.id(), h.clone());
+        Ok(h)
+    }
+
+    fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> candle_core::Error + '_ {
+        move |e| candle_core::Error::Msg(format!("fp8 GEMM ({what}): {e:?}"))
+    }
+
+    /// Owns the cuBLASLt descriptors of one call.
+    struct Descriptors {
+        desc: sys::cublasLtMatmulDesc_t,
+        layouts: Vec<sys::cublasLtMatrixLayout_t>,
+        pref: Option<sys::cublasLtMatmulPreference_t>,
+    }
+
+    impl Drop for Descriptors {
+        fn drop(&mut self) {
+            // SAFETY: each handle was created once and is destroyed once, here.
+            unsafe {
+                if let Some(p) = self.pref {
+                    let _ = lt::destroy_matmul_pref(p);
+                }
+                for l in &self.layouts {
+                    let _ = lt::destroy_matrix_layout(*l);
+                }
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+        }
+    }
+
+    /// `d [rows, n] (f32) = xq [rows, k] · wqᵀ`. In cuBLASLt's column-major terms:
+    /// D (n × rows) = Wᵀ-op(A = the weight bytes, k × n, ld k) · B (the activation bytes,
+    /// k × rows, ld k) — the "TN" layout FP8 requires.
+    fn gemm(
+        dev: &CudaDevice,
+        xq: &Tensor,
+        wq: &Tensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let h = handle(dev)?;
+        let stream = h.stream.clone();
+        let (sx, lx) = xq.storage_and_layout();
+        let (sw, lw) = wq.storage_and_layout();
+        let xv = view::<u8>(&sx, lx, "activations")?;
+        let wv = view::<u8>(&sw, lw, "weight")?;
+        // SAFETY: the GEMM writes every element (beta = 0).
+        let d = unsafe { dev.alloc::<f32>(rows * n)? };
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType_t::CUDA_R_32F,
+        )
+        .map_err(lt_err("descriptor"))?;
+        let mut owned = Descriptors {
+            desc,
+            layouts: Vec::new(),
+            pref: None,
+        };
+        let trans: i32 = sys::cublasOperation_t::CUBLAS_OP_T as i32;
+        // SAFETY: the attribute value is a live i32, as cuBLASLt expects for TRANSA.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                (&trans) as *const i32 as *const _,
+                std::mem::size_of::<i32>(),
+            )
+        }
+        .map_err(lt_err("TRANSA"))?;
+        let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
+        let f32t = sys::cudaDataType_t::CUDA_R_32F;
+        let a = lt::create_matrix_layout(e4m3, k as u64, n as u64, k as i64)
+            .map_err(lt_err("layout A"))?;
+        owned.layouts.push(a);
+        let b = lt::create_matrix_layout(e4m3, k as u64, rows as u64, k as i64)
+            .map_err(lt_err("layout B"))?;
+        owned.layouts.push(b);
+        let c = lt::create_matrix_layout(f32t, n as u64, rows as u64, n as i64)
+            .map_err(lt_err("layout D"))?;
+        owned.layouts.push(c);
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        owned.pref = Some(pref);
+        let ws_size = WORKSPACE_BYTES;
+        // SAFETY: a live usize, as the attribute expects.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws_size) as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            )
+        }
+        .map_err(lt_err("workspace size"))?;
+        // SAFETY: every descriptor is live (owned) until the end of this function.
+        let heuristic = unsafe { lt::get_matmul_algo_heuristic(h.handle, desc, a, b, c, c, pref) }
+            .map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "fp8 GEMM: cuBLASLt has no algorithm for [{rows}, {k}] x [{n}, {k}]^T ({e:?}); FP8 needs sm_89+ and dims in multiples of 16"
+                ))
+            })?;
+        let (alpha, beta) = (1f32, 0f32);
+        let (ap, _ra) = wv.device_ptr(&stream);
+        let (bp, _rb) = xv.device_ptr(&stream);
+        let (dp, _rd) = d.device_ptr(&stream);
+        let (wp, _rw) = h.workspace.device_ptr(&stream);
+        // SAFETY: pointers are live device buffers of the sizes the layouts describe; one stream.
+        unsafe {
+            lt::matmul(
+                h.handle,
+                desc,
+                (&alpha) as *const f32 as *const _,
+                (&beta) as *const f32 as *const _,
+                ap as *const _,
+                a,
+                bp as *const _,
+                b,
+                dp as *const _,
+                c,
+                dp as *mut _,
+                c,
+                (&heuristic.algo) as *const _,
+                wp as *mut _,
+                ws_size,
+                stream.cu_stream() as *mut _,
+            )
+        }
+        .map_err(lt_err("matmul"))?;
+        drop(owned);
+        Ok(d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear(
+        xq: &Fp8Rows,
+        w: &Fp8Rows,
+        bias: Option<&Tensor>,
+        out: DType,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Tensor> {
+        fn go<T: CudaDType + DeviceRepr + WithDType>(
+            xq: &Fp8Rows,
+            w: &Fp8Rows,
+            bias: Option<&Tensor>,
+            rows: usize,
+            n: usize,
+            k: usize,
+        ) -> Result<Tensor> {
+            let dev = device(&xq.q)?;
+            let wq = w.q.contiguous()?;
+            let d = gemm(&dev, &xq.q, &wq, rows, n, k)?;
+            let name = format!("fp8_rescale_{}", suffix(T::DTYPE)?);
+            let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
+            let bias = bias.map(|b| b.to_dtype(T::DTYPE)?.contiguous()).transpose()?;
+            let sxs = xq.scale.contiguous()?;
+            let sws = w.scale.contiguous()?;
+            let (s1, l1) = sxs.storage_and_layout();
+            let (s2, l2) = sws.storage_and_layout();
+            let sxv = view::<f32>(&s1, l1, "activation scales")?;
+            let swv = view::<f32>(&s2, l2, "weight scales")?;
+            let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
+            let bias_view = match &bias_guard {
+                Some((s, l)) => Some(view::<T>(s, l, "bias")?),
+                None => None,
+            };
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<T>(rows * n)? };
+            let total = rows * n;
+            let cfg = LaunchConfig {
+                grid_dim: (total.div_ceil(256).min(65_535 * 8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (rows_i, n_i) = (rows as i64, n as i32);
+            let null: u64 = 0;
+            let mut b = f.builder();
+            b.arg(&d);
+            b.arg(&sxv);
+            b.arg(&swv);
+            match &bias_view {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+            b.arg(&y);
+            b.arg(&rows_i);
+            b.arg(&n_i);
+            // SAFETY: arguments match fp8_rescale_* in kernels/fp8.cu.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(wrap(y, &dev, (rows, n)))
+        }
+        match out {
+            DType::F32 => go::<f32>(xq, w, bias, rows, n, k),
+            DType::F16 => go::<half::f16>(xq, w, bias, rows, n, k),
+            DType::BF16 => go::<half::bf16>(xq, w, bias, rows, n, k),
+            dt => bail!("fp8 linear: dtype {dt:?} is not supported (f32, f16, bf16)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_table_is_the_format() {
+        assert_eq!(e4m3_decode(0x00), 0.0);
+        assert_eq!(e4m3_decode(0x01), 2f32.powi(-9)); // smallest subnormal
+        assert_eq!(e4m3_decode(0x08), 2f32.powi(-6)); // smallest normal
+        assert_eq!(e4m3_decode(0x38), 1.0);
+        assert_eq!(e4m3_decode(0x7e), 448.0);
+        assert_eq!(e4m3_decode(0xbe), -1.75);
+        assert!(e4m3_decode(0x7f).is_nan() && e4m3_decode(0xff).is_nan());
+    }
+
+    #[test]
+    fn encode_rounds_to_the_nearest_code_ties_to_even() {
+        // Every finite code encodes to itself.
+        for b in (0..=0x7eu8).chain(0x80..=0xfe) {
+            let v = e4m3_decode(b);
+            let want = if v == 0.0 && b == 0x80 { 0x80 } else { b };
+            assert_eq!(e4m3_encode(v), want, "{b:#x} ({v})");
+        }
+        // Midpoints go to the even mantissa; just off them to the nearer side.
+        for b in 0..0x7eu8 {
+            let (lo, hi) = (e4m3_decode(b), e4m3_decode(b + 1));
+            let mid = (lo + hi) / 2.0;
+            let even = if b % 2 == 0 { b } else { b + 1 };
+            assert_eq!(e4m3_encode(mid), even, "midpoint of {b:#x}");
+            assert_eq!(e4m3_encode(mid - (hi - lo) * 0.01), b);
+            assert_eq!(e4m3_encode(mid + (hi - lo) * 0.01), b + 1);
+        }
+        assert_eq!(e4m3_encode(1e6), 0x7e);
+        assert_eq!(e4m3_encode(-500.0), 0xfe);
+        assert_eq!(e4m3_encode(f32::NAN), 0x7f);
+    }
+
+    #[test]
+    fn rows_quantize_within_half_a_step_and_zero_rows_stay_zero() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 32), &dev)?;
+        let x = Tensor::cat(&[x, Tensor::zeros((1, 32), DType::F32, &dev)?], 0)?;
+        let r = quantize_rows(&x)?;
+        let back = r.dequantize(DType::F32)?;
+        let xs = x.to_vec2::<f32>()?;
+        let bs = back.to_vec2::<f32>()?;
+        let scales = r.scale.to_vec1::<f32>()?;
+        for (row, (xr, br)) in xs.iter().zip(&bs).enumerate() {
+            let amax = xr.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in xr.iter().zip(br) {
+                // 3 mantissa bits: relative error at most 1/16 (normals) or half a subnormal step.
+                let tol = (a.abs() / 16.0).max(scales[row] * 2f32.powi(-10)) * 1.0001;
+                assert!((a - b).abs() <= tol, "row {row}: {a} -> {b}");
+            }
+            if amax > 0.0 {
+                let largest = br.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!((largest - amax).abs() <= amax * 1e-6, "{largest} vs {amax}");
+            } else {
+                assert_eq!(scales[row], 1.0);
+                assert!(br.iter().all(|&v| v == 0.0));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_is_the_product_of_the_quantized_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 48), &dev)?;
+        let w = Tensor::randn(0f32, 0.1, (16, 48), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 16, &dev)?;
+        let wq = quantize_rows(&w)?;
+        let y = linear(&x, &wq, Some(&b))?;
+        // f64 reference over the dequantized operands.
+        let xd = quantize_rows(&x)?.dequantize(DType::F32)?.to_vec2::<f32>()?;
+        let wd = wq.dequantize(DType::F32)?.to_vec2::<f32>()?;
+        let bv = b.to_vec1::<f32>()?;
+        let yv = y.to_vec2::<f32>()?;
+        for (r, xr) in xd.iter().enumerate() {
+            for (o, wr) in wd.iter().enumerate() {
+                let want: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &c)| a as f64 * c as f64)
+                    .sum::<f64>()
+                    + bv[o] as f64;
+                assert!((yv[r][o] as f64 - want).abs() < 1e-4, "[{r},{o}] {} vs {want}", yv[r][o]);
+            }
+        }
+        // And close to the float product (e4m3 keeps ~2 significant digits).
+        let exact = x.matmul(&w.t()?)?.broadcast_add(&b)?;
+        let err = (y - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.08 * scale, "{err} vs {scale}");
+        assert!(linear(&x, &quantize_rows(&w.narrow(1, 0, 32)?)?, None).is_err());
+        assert!(quantize_rows(&Tensor::zeros((2, 20), DType::F32, &dev)?).is_err());
+        Ok(())
+    }
+}
