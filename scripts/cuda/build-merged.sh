@@ -14,7 +14,10 @@ pack "$CARGO_TARGET_DIR/release/flashvsr" flashvsr
 [ "${BINS:-all}" = cli ] && { ls -la device/merged; exit 0; }
 # Test binaries: (package, test target) pairs; cargo prints each executable's path as JSON.
 tests=(flashvsr-model:device_parity flashvsr-model:cuda_dit flashvsr-model:cuda_frame_ops
-       flashvsr-kernels:cuda_implicit_conv flashvsr-kernels:cuda_dit_fused flashvsr-kernels:cuda_block_sparse)
+       flashvsr-kernels:cuda_implicit_conv flashvsr-kernels:cuda_dit_fused flashvsr-kernels:cuda_block_sparse
+       flashvsr-kernels:cuda_fp8)
+# TESTS="pkg:test ..." builds only those.
+[ -n "${TESTS:-}" ] && read -r -a tests <<< "$TESTS"
 for pt in "${tests[@]}"; do
   pkg=${pt%%:*}; t=${pt##*:}
   exe=$(nice -n 19 cargo test --locked --release -p "$pkg" --features cuda --no-run --test "$t" \

@@ -33,20 +33,21 @@ t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 OLD="FLASHVSR_TC_CONV=tap FLASHVSR_LEGACY_FRAME_OPS=1 FLASHVSR_DIT_FUSED=0"
 
 if has kernels; then
-  for t in cuda_implicit_conv cuda_dit_fused cuda_block_sparse; do
+  for t in cuda_implicit_conv cuda_dit_fused cuda_block_sparse cuda_fp8; do
     [ -x $B/$t ] || { echo "$t: not built"; continue; }
     (cd /work/main/crates/flashvsr-kernels && timeout 120 $B/$t --test-threads=1 --nocapture) > $OUT/$t.log 2>&1
     stamp "$t rc=$?"; grep -E "rel|max|test result|FAILED|panicked" $OUT/$t.log | tail -25
   done
   for t in cuda_frame_ops cuda_dit; do
     [ -x $B/$t ] || { echo "$t: not built"; continue; }
-    (cd /work/main/crates/flashvsr-model && FLASHVSR_TEST_DTYPE=bf16 timeout 150 $B/$t --test-threads=1 --nocapture) > $OUT/$t.log 2>&1
+    (cd /work/main/crates/flashvsr-model && FLASHVSR_TEST_DEVICE=cuda FLASHVSR_TEST_DTYPE=bf16 timeout 150 $B/$t --test-threads=1 --nocapture) > $OUT/$t.log 2>&1
     stamp "$t rc=$?"; grep -E "rel|max|diff|test result|FAILED|panicked" $OUT/$t.log | tail -25
   done
   if [ -x $B/cuda_dit ] && [ "${DIT_BENCH:-1}" = 1 ]; then
     (cd /work/main/crates/flashvsr-model && FLASHVSR_TEST_DTYPE=bf16 timeout 150 $B/cuda_dit --ignored --nocapture bench_dit_step) > $OUT/bench_dit_step.log 2>&1
     stamp "bench_dit_step rc=$?"; tail -40 $OUT/bench_dit_step.log
   fi
+  [ -x $B/cuda_fp8 ] && { (cd /work/main/crates/flashvsr-kernels && timeout 120 $B/cuda_fp8 --ignored --nocapture bench_fp8_vs_bf16_gemm) > $OUT/bench_fp8.log 2>&1; stamp "bench_fp8 rc=$?"; grep '^{' $OUT/bench_fp8.log; }
   [ -x $B/bench_implicit_conv ] && { timeout 120 $B/bench_implicit_conv > $OUT/bench_implicit_conv.log 2>&1; stamp "bench_implicit_conv rc=$?"; tail -40 $OUT/bench_implicit_conv.log; }
 fi
 
@@ -102,7 +103,7 @@ if has memory; then
   bench 1080_12g X=1 -- --size 1920x1080 --frames 41 --dtype bf16 --max-vram 12
 fi
 if has quant; then
-  for q in q8_0 q4_k; do
+  for q in ${QUANTS:-q8_0 q4_k fp8}; do
     bench tiny_$q X=1 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16 --quantize-dit $q
   done
 fi

@@ -11,8 +11,8 @@ use flashvsr_model::pipeline::{Mode, ModelVersion};
 
 use crate::devices::DeviceChoice;
 use crate::tools;
-use crate::weights::Role;
 use crate::weights::quantized::DitQuant;
+use crate::weights::Role;
 
 const EXAMPLES: &str = "\
 Examples:

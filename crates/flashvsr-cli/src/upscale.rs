@@ -574,7 +574,6 @@ mod engine {
     use flashvsr_model::segments::Segment;
 
     use crate::weights::Role;
-    use flashvsr_loader::convert::Quant;
 
     pub struct Model {
         inner: FlashVsr,
@@ -597,10 +596,7 @@ mod engine {
         let vb = |role: Role| w.part(role).map(|p| p.var_builder(dtype, device));
         let dit_quantized = match w.part(Role::Dit) {
             Some(part) => Some(crate::weights::quantized::shared(
-                crate::weights::quantized::QuantizedDit::from_part(
-                    part,
-                    quantize_dit,
-                )?,
+                crate::weights::quantized::QuantizedDit::from_part(part, quantize_dit)?,
             )),
             None => None,
         };

@@ -94,6 +94,7 @@ fn quantize_dit_fp8_changes_the_frames_and_stays_close_to_dense() {
     assert!(dense != fp8, "--quantize-dit fp8 left the output unchanged");
     let db = psnr(&dense, &fp8);
     eprintln!("fp8 vs dense: {db:.2} dB");
-    // e4m3 keeps 3 mantissa bits of weights and activations (q8_0: 58.7 dB on the same run).
-    assert!(db > 30.0, "fp8 vs dense: {db:.1} dB");
+    // 52.5 dB measured on these fixture weights (x86-64, 2026-12-07): e4m3 keeps 3 mantissa
+    // bits of weights and activations, q8_0 8 bits of the weights (58.7 dB above).
+    assert!(db > 45.0, "fp8 vs dense: {db:.1} dB");
 }

@@ -154,7 +154,10 @@ pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> 
     }
     if let Some(b) = bias {
         if b.elem_count() != n {
-            bail!("fp8 linear: bias has {} elements, expected {n}", b.elem_count())
+            bail!(
+                "fp8 linear: bias has {} elements, expected {n}",
+                b.elem_count()
+            )
         }
     }
     if rows == 0 {
@@ -192,6 +195,7 @@ mod cuda {
         WithDType,
     };
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
 
     const MODULE: &str = "flashvsr_fp8";
@@ -287,6 +291,18 @@ mod cuda {
 
     const WORKSPACE_BYTES: usize = 32 << 20;
 
+    /// Set once cuBLASLt has refused outer-vector scaling (older cuBLAS or GPU).
+    static OUTER_VEC_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+    /// Scales applied by cuBLASLt (one pass, output in the activations' dtype) unless it refused
+    /// them before or `FLASHVSR_FP8_RESCALE=kernel` asks for the f32 output + rescale kernel.
+    fn outer_vector_scaling() -> bool {
+        static KERNEL: OnceLock<bool> = OnceLock::new();
+        let kernel = *KERNEL
+            .get_or_init(|| std::env::var("FLASHVSR_FP8_RESCALE").is_ok_and(|v| v == "kernel"));
+        !kernel && !OUTER_VEC_UNAVAILABLE.load(Ordering::Relaxed)
+    }
+
     fn handle(dev: &CudaDevice) -> Result<Arc<LtHandle>> {
         static HANDLES: OnceLock<Mutex<HashMap<DeviceId, Arc<LtHandle>>>> = OnceLock::new();
         let mut map = HANDLES
@@ -338,25 +354,42 @@ mod cuda {
         }
     }
 
-    /// `d [rows, n] (f32) = xq [rows, k] · wqᵀ`. In cuBLASLt's column-major terms:
+    /// `d [rows, n] = xq [rows, k] · wqᵀ` in `T`. In cuBLASLt's column-major terms:
     /// D (n × rows) = Wᵀ-op(A = the weight bytes, k × n, ld k) · B (the activation bytes,
     /// k × rows, ld k) — the "TN" layout FP8 requires.
-    fn gemm(
+    /// With `scales = (sw [n], sx [rows])` cuBLASLt applies them itself ("outer vector"
+    /// scaling, cuBLAS 12.9+: `d[r, o] = sw[o] · sx[r] · Σ`, one rounding into `T`); `None` is
+    /// returned when it has no algorithm for that (the caller then rescales an f32 `d`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<T: CudaDType + DeviceRepr + WithDType>(
         dev: &CudaDevice,
         xq: &Tensor,
         wq: &Tensor,
+        scales: Option<(&Tensor, &Tensor)>,
         rows: usize,
         n: usize,
         k: usize,
-    ) -> Result<CudaSlice<f32>> {
+    ) -> Result<Option<CudaSlice<T>>> {
         let h = handle(dev)?;
         let stream = h.stream.clone();
         let (sx, lx) = xq.storage_and_layout();
         let (sw, lw) = wq.storage_and_layout();
         let xv = view::<u8>(&sx, lx, "activations")?;
         let wv = view::<u8>(&sw, lw, "weight")?;
-        // SAFETY: the GEMM writes every element (beta = 0).
-        let d = unsafe { dev.alloc::<f32>(rows * n)? };
+        let d_type = match T::DTYPE {
+            DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+            dt => bail!("fp8 GEMM: output dtype {dt:?} is not supported"),
+        };
+        let scale_guards = scales.map(|(a, b)| (a.storage_and_layout(), b.storage_and_layout()));
+        let scale_views = match &scale_guards {
+            Some(((sa, la), (sb, lb))) => Some((
+                view::<f32>(sa, la, "weight scales")?,
+                view::<f32>(sb, lb, "activation scales")?,
+            )),
+            None => None,
+        };
         let desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType_t::CUDA_R_32F,
@@ -367,7 +400,8 @@ mod cuda {
             layouts: Vec::new(),
             pref: None,
         };
-        let trans: i32 = sys::cublasOperation_t::CUBLAS_OP_T as i32;
+        // cublasOperation_t: CUBLAS_OP_T = 1 (the operation enums live in cuBLAS, not cuBLASLt).
+        let trans: i32 = 1;
         // SAFETY: the attribute value is a live i32, as cuBLASLt expects for TRANSA.
         unsafe {
             lt::set_matmul_desc_attribute(
@@ -378,15 +412,61 @@ mod cuda {
             )
         }
         .map_err(lt_err("TRANSA"))?;
+        // Kept alive until the GEMM is queued: cuBLASLt reads the pointers at launch.
+        let scale_ptrs = scale_views
+            .as_ref()
+            .map(|(a, b)| (a.device_ptr(&stream), b.device_ptr(&stream)));
+        if let Some(((ap, _), (bp, _))) = &scale_ptrs {
+            // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F (cuBLAS 12.9+; not in every binding).
+            let mode: i32 = 3;
+            for (attr, value) in [
+                (
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                    None,
+                ),
+                (
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                    None,
+                ),
+                (
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                    Some(*ap),
+                ),
+                (
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                    Some(*bp),
+                ),
+            ] {
+                // SAFETY: live values of the attribute's type (i32 mode, device pointer).
+                let r = unsafe {
+                    match value {
+                        None => lt::set_matmul_desc_attribute(
+                            desc,
+                            attr,
+                            (&mode) as *const i32 as *const _,
+                            std::mem::size_of::<i32>(),
+                        ),
+                        Some(p) => lt::set_matmul_desc_attribute(
+                            desc,
+                            attr,
+                            (&p) as *const _ as *const _,
+                            std::mem::size_of_val(&p),
+                        ),
+                    }
+                };
+                if r.is_err() {
+                    return Ok(None);
+                }
+            }
+        }
         let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
-        let f32t = sys::cudaDataType_t::CUDA_R_32F;
         let a = lt::create_matrix_layout(e4m3, k as u64, n as u64, k as i64)
             .map_err(lt_err("layout A"))?;
         owned.layouts.push(a);
         let b = lt::create_matrix_layout(e4m3, k as u64, rows as u64, k as i64)
             .map_err(lt_err("layout B"))?;
         owned.layouts.push(b);
-        let c = lt::create_matrix_layout(f32t, n as u64, rows as u64, n as i64)
+        let c = lt::create_matrix_layout(d_type, n as u64, rows as u64, n as i64)
             .map_err(lt_err("layout D"))?;
         owned.layouts.push(c);
         let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
@@ -403,41 +483,49 @@ mod cuda {
         }
         .map_err(lt_err("workspace size"))?;
         // SAFETY: every descriptor is live (owned) until the end of this function.
-        let heuristic = unsafe { lt::get_matmul_algo_heuristic(h.handle, desc, a, b, c, c, pref) }
-            .map_err(|e| {
+        let heuristic = unsafe { lt::get_matmul_algo_heuristic(h.handle, desc, a, b, c, c, pref) };
+        if heuristic.is_err() && scales.is_some() {
+            return Ok(None);
+        }
+        let heuristic = heuristic.map_err(|e| {
                 candle_core::Error::Msg(format!(
                     "fp8 GEMM: cuBLASLt has no algorithm for [{rows}, {k}] x [{n}, {k}]^T ({e:?}); FP8 needs sm_89+ and dims in multiples of 16"
                 ))
             })?;
         let (alpha, beta) = (1f32, 0f32);
-        let (ap, _ra) = wv.device_ptr(&stream);
-        let (bp, _rb) = xv.device_ptr(&stream);
-        let (dp, _rd) = d.device_ptr(&stream);
-        let (wp, _rw) = h.workspace.device_ptr(&stream);
-        // SAFETY: pointers are live device buffers of the sizes the layouts describe; one stream.
-        unsafe {
-            lt::matmul(
-                h.handle,
-                desc,
-                (&alpha) as *const f32 as *const _,
-                (&beta) as *const f32 as *const _,
-                ap as *const _,
-                a,
-                bp as *const _,
-                b,
-                dp as *const _,
-                c,
-                dp as *mut _,
-                c,
-                (&heuristic.algo) as *const _,
-                wp as *mut _,
-                ws_size,
-                stream.cu_stream() as *mut _,
-            )
+        // SAFETY: the GEMM writes every element (beta = 0).
+        let d = unsafe { dev.alloc::<T>(rows * n)? };
+        {
+            let (ap, _ra) = wv.device_ptr(&stream);
+            let (bp, _rb) = xv.device_ptr(&stream);
+            let (dp, _rd) = d.device_ptr(&stream);
+            let (wp, _rw) = h.workspace.device_ptr(&stream);
+            // SAFETY: pointers are live device buffers of the sizes the layouts describe; one stream.
+            unsafe {
+                lt::matmul(
+                    h.handle,
+                    desc,
+                    (&alpha) as *const f32 as *const _,
+                    (&beta) as *const f32 as *const _,
+                    ap as *const _,
+                    a,
+                    bp as *const _,
+                    b,
+                    dp as *const _,
+                    c,
+                    dp as *mut _,
+                    c,
+                    (&heuristic.algo) as *const _,
+                    wp as *mut _,
+                    ws_size,
+                    stream.cu_stream() as *mut _,
+                )
+            }
+            .map_err(lt_err("matmul"))?;
         }
-        .map_err(lt_err("matmul"))?;
+        drop(scale_ptrs);
         drop(owned);
-        Ok(d)
+        Ok(Some(d))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -460,10 +548,24 @@ mod cuda {
         ) -> Result<Tensor> {
             let dev = device(&xq.q)?;
             let wq = w.q.contiguous()?;
-            let d = gemm(&dev, &xq.q, &wq, rows, n, k)?;
+            let (sw, sx) = (w.scale.contiguous()?, xq.scale.contiguous()?);
+            if outer_vector_scaling() {
+                if let Some(y) = gemm::<T>(&dev, &xq.q, &wq, Some((&sw, &sx)), rows, n, k)? {
+                    let y = wrap(y, &dev, (rows, n));
+                    return match bias {
+                        Some(b) => y.broadcast_add(&b.to_dtype(T::DTYPE)?.reshape((1, n))?),
+                        None => Ok(y),
+                    };
+                }
+                OUTER_VEC_UNAVAILABLE.store(true, Ordering::Relaxed);
+            }
+            let d = gemm::<f32>(&dev, &xq.q, &wq, None, rows, n, k)?
+                .ok_or_else(|| candle_core::Error::Msg("fp8 GEMM: no algorithm".into()))?;
             let name = format!("fp8_rescale_{}", suffix(T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
-            let bias = bias.map(|b| b.to_dtype(T::DTYPE)?.contiguous()).transpose()?;
+            let bias = bias
+                .map(|b| b.to_dtype(T::DTYPE)?.contiguous())
+                .transpose()?;
             let sxs = xq.scale.contiguous()?;
             let sws = w.scale.contiguous()?;
             let (s1, l1) = sxs.storage_and_layout();
@@ -583,7 +685,9 @@ mod tests {
         let wq = quantize_rows(&w)?;
         let y = linear(&x, &wq, Some(&b))?;
         // f64 reference over the dequantized operands.
-        let xd = quantize_rows(&x)?.dequantize(DType::F32)?.to_vec2::<f32>()?;
+        let xd = quantize_rows(&x)?
+            .dequantize(DType::F32)?
+            .to_vec2::<f32>()?;
         let wd = wq.dequantize(DType::F32)?.to_vec2::<f32>()?;
         let bv = b.to_vec1::<f32>()?;
         let yv = y.to_vec2::<f32>()?;
@@ -595,7 +699,11 @@ mod tests {
                     .map(|(&a, &c)| a as f64 * c as f64)
                     .sum::<f64>()
                     + bv[o] as f64;
-                assert!((yv[r][o] as f64 - want).abs() < 1e-4, "[{r},{o}] {} vs {want}", yv[r][o]);
+                assert!(
+                    (yv[r][o] as f64 - want).abs() < 1e-4,
+                    "[{r},{o}] {} vs {want}",
+                    yv[r][o]
+                );
             }
         }
         // And close to the float product (e4m3 keeps ~2 significant digits).

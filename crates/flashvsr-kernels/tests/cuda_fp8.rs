@@ -50,7 +50,10 @@ fn quantized_rows_equal_the_cpu_bytes_and_scales() -> anyhow::Result<()> {
         let gpu = fp8::quantize_rows(&x.to_device(&dev)?)?;
         let (qc, qg) = (
             cpu.q.flatten_all()?.to_vec1::<u8>()?,
-            gpu.q.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u8>()?,
+            gpu.q
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<u8>()?,
         );
         let differing = qc.iter().zip(&qg).filter(|(a, b)| a != b).count();
         let (sc, sg) = (
@@ -68,7 +71,11 @@ fn quantized_rows_equal_the_cpu_bytes_and_scales() -> anyhow::Result<()> {
 fn linear_matches_the_cpu_reference() -> anyhow::Result<()> {
     let Some(dev) = gpu()? else { return Ok(()) };
     // DiT-like shapes, a token count that is not a multiple of anything.
-    for (rows, k, n) in [(203usize, 1536usize, 1536usize), (77, 1536, 4608), (64, 8960, 1536)] {
+    for (rows, k, n) in [
+        (203usize, 1536usize, 1536usize),
+        (77, 1536, 4608),
+        (64, 8960, 1536),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let b = Tensor::randn(0f32, 0.5, n, &Device::Cpu)?;
@@ -89,7 +96,7 @@ fn linear_matches_the_cpu_reference() -> anyhow::Result<()> {
             };
             let e = rel(&got, &want_dt)?;
             let no_bias = fp8::linear(&xg, &wq_gpu, None)?;
-            let e_nb = rel(&(no_bias.to_dtype(DType::F32)? + bg.unsqueeze(0)?)?, &want_dt)?;
+            let e_nb = rel(&no_bias.to_dtype(DType::F32)?.broadcast_add(&bg)?, &want_dt)?;
             eprintln!("[{rows},{k}]x[{n},{k}] {dtype:?}: rel {e:.2e} (no bias + bias {e_nb:.2e})");
             assert!(e <= bound, "{dtype:?} [{rows},{k}]x[{n},{k}]: {e}");
             assert!(e_nb <= 2.0 * bound, "{dtype:?} no-bias: {e_nb}");
@@ -101,7 +108,11 @@ fn linear_matches_the_cpu_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<Tensor>) -> anyhow::Result<f64> {
+fn time_ms(
+    dev: &Device,
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<Tensor>,
+) -> anyhow::Result<f64> {
     for _ in 0..3 {
         f()?;
     }

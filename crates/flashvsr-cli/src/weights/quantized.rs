@@ -83,7 +83,10 @@ impl QuantizedDit {
     }
 
     /// Over weights held in memory (the benchmark's synthetic ones), all kept in `quant`.
-    pub fn from_tensors(tensors: &HashMap<String, Tensor>, quant: DitQuant) -> anyhow::Result<Self> {
+    pub fn from_tensors(
+        tensors: &HashMap<String, Tensor>,
+        quant: DitQuant,
+    ) -> anyhow::Result<Self> {
         let prepared = match quant.ggml() {
             Some(t) => {
                 let jobs = tensors
@@ -263,7 +266,9 @@ mod tests {
         // Not a multiple of 16 for the GEMM.
         assert!(!q.fp8("blocks.0.ffn.0.weight", (64, 40)));
         assert!(!q.fp8("head.head.weight", (64, 256)));
-        assert!(q.quantized("blocks.0.ffn.0.weight", &Device::Cpu)?.is_none());
+        assert!(q
+            .quantized("blocks.0.ffn.0.weight", &Device::Cpu)?
+            .is_none());
         Ok(())
     }
 }

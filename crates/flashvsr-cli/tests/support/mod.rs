@@ -37,6 +37,7 @@ pub const BINARY_ENV: &[&str] = &[
     "FLASHVSR_CONV_TILE",
     // Fault injection at a named stage (model pipeline/session.rs), for the failure tests.
     "FLASHVSR_FAIL_AT",
+    "FLASHVSR_FP8_RESCALE",
 ];
 
 pub fn fixtures() -> PathBuf {

@@ -62,7 +62,10 @@ impl AttentionProjection {
             let view = |i: usize| -> Result<Linear> {
                 Linear::from_dense(w.narrow(0, i * dim, dim)?, Some(b.narrow(0, i * dim, dim)?))
             };
-            (Linear::from_dense(w.clone(), Some(b.clone()))?, [view(0)?, view(1)?, view(2)?])
+            (
+                Linear::from_dense(w.clone(), Some(b.clone()))?,
+                [view(0)?, view(1)?, view(2)?],
+            )
         } else if let Some(ws) = fp8 {
             // Per-output-channel scales: stacking the rows stacks the scales with them.
             let qs: Vec<Tensor> = ws.iter().map(|w| w.q.clone()).collect();
