@@ -356,27 +356,17 @@ mod reference {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::RopeGrid;
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
-    };
+    use crate::cuda_ops as ops;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
-    use candle_core::op::BackpropOp;
-    use candle_core::{
-        bail, CudaDevice, CudaStorage, DType, Device, Layout, Result, Shape, Storage, Tensor,
-        WithDType,
-    };
+    use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor, WithDType};
 
+    /// This module's name in error messages.
+    const OP: &str = "dit kernels";
     const MODULE: &str = "flashvsr_dit_fused";
     const THREADS: u32 = 256;
     /// Rows handled by the grid-stride element-wise kernels at once.
     const MAX_ROW_BLOCKS: usize = 8192;
-
-    fn device(t: &Tensor) -> Result<CudaDevice> {
-        match t.device() {
-            Device::Cuda(d) => Ok(d.clone()),
-            d => bail!("dit kernels: tensor on {d:?}, expected CUDA"),
-        }
-    }
 
     /// Contiguous, at an even element offset (the kernels load pairs), on `dev`.
     fn prepared(t: &Tensor, dev: &CudaDevice, what: &str) -> Result<Tensor> {
@@ -389,32 +379,6 @@ mod cuda {
         } else {
             Ok(t)
         }
-    }
-
-    fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-        let start = crate::contiguous_start(l, "dit kernels", what)?;
-        match s {
-            Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(start..)),
-            _ => bail!("dit kernels: {what} is not on CUDA"),
-        }
-    }
-
-    fn suffix(dtype: DType) -> Result<&'static str> {
-        Ok(match dtype {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            dt => bail!("dit kernels: dtype {dt:?} is not supported (f32, f16, bf16)"),
-        })
-    }
-
-    fn wrap<T: CudaDType + DeviceRepr + WithDType>(
-        out: candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-        dev: &CudaDevice,
-        shape: impl Into<Shape>,
-    ) -> Tensor {
-        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
-        Tensor::from_storage(storage, shape, BackpropOp::none(), false)
     }
 
     fn smem(bytes: usize, op: &str) -> Result<u32> {
@@ -460,7 +424,7 @@ mod cuda {
             rows: usize,
             d: usize,
         ) -> Result<Tensor> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let (x, mul, add) = (
                 prepared(x, &dev, "x")?,
                 prepared(mul, &dev, "mul")?,
@@ -469,10 +433,10 @@ mod cuda {
             let (sx, lx) = x.storage_and_layout();
             let (sm, lm) = mul.storage_and_layout();
             let (sa, la) = add.storage_and_layout();
-            let xv = view::<f32>(&sx, lx, "x")?;
-            let mv = view::<f32>(&sm, lm, "mul")?;
-            let av = view::<f32>(&sa, la, "add")?;
-            let name = format!("dit_layer_norm_{}", suffix(T::DTYPE)?);
+            let xv = ops::view::<f32>(OP, &sx, lx, "x")?;
+            let mv = ops::view::<f32>(OP, &sm, lm, "mul")?;
+            let av = ops::view::<f32>(OP, &sa, la, "add")?;
+            let name = format!("dit_layer_norm_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
@@ -492,7 +456,7 @@ mod cuda {
             b.arg(&eps);
             // SAFETY: arguments match dit_layer_norm_* in kernels/dit_fused.cu.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, x.shape().clone()))
+            Ok(ops::wrap(out, &dev, x.shape().clone()))
         }
         if rows == 0 {
             return Tensor::zeros(x.shape(), out_dtype, x.device());
@@ -516,26 +480,26 @@ mod cuda {
             rows: usize,
             d: usize,
         ) -> Result<Tensor> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let x = prepared(x, &dev, "x")?;
             let branch = prepared(branch, &dev, "branch")?;
             let bias = bias.map(|b| prepared(b, &dev, "bias")).transpose()?;
             let gate = gate.map(|g| prepared(g, &dev, "gate")).transpose()?;
             let (sx, lx) = x.storage_and_layout();
             let (sb, lb) = branch.storage_and_layout();
-            let xv = view::<f32>(&sx, lx, "x")?;
-            let bv = view::<T>(&sb, lb, "branch")?;
+            let xv = ops::view::<f32>(OP, &sx, lx, "x")?;
+            let bv = ops::view::<T>(OP, &sb, lb, "branch")?;
             let bias_sl = bias.as_ref().map(|t| t.storage_and_layout());
             let gate_sl = gate.as_ref().map(|t| t.storage_and_layout());
             let biasv = match &bias_sl {
-                Some((s, l)) => Some(view::<T>(s, l, "bias")?),
+                Some((s, l)) => Some(ops::view::<T>(OP, s, l, "bias")?),
                 None => None,
             };
             let gatev = match &gate_sl {
-                Some((s, l)) => Some(view::<f32>(s, l, "gate")?),
+                Some((s, l)) => Some(ops::view::<f32>(OP, s, l, "gate")?),
                 None => None,
             };
-            let name = format!("dit_residual_{}", suffix(T::DTYPE)?);
+            let name = format!("dit_residual_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<f32>(rows * d)? };
@@ -562,7 +526,7 @@ mod cuda {
             b.arg(&d_i);
             // SAFETY: arguments match dit_residual_* in kernels/dit_fused.cu (null = absent).
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, x.shape().clone()))
+            Ok(ops::wrap(out, &dev, x.shape().clone()))
         }
         if rows == 0 {
             return x.clone().contiguous();
@@ -577,13 +541,13 @@ mod cuda {
             rows: usize,
             d: usize,
         ) -> Result<Tensor> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let (x, bias) = (prepared(x, &dev, "x")?, prepared(bias, &dev, "bias")?);
             let (sx, lx) = x.storage_and_layout();
             let (sb, lb) = bias.storage_and_layout();
-            let xv = view::<T>(&sx, lx, "x")?;
-            let bv = view::<T>(&sb, lb, "bias")?;
-            let name = format!("dit_bias_gelu_{}", suffix(T::DTYPE)?);
+            let xv = ops::view::<T>(OP, &sx, lx, "x")?;
+            let bv = ops::view::<T>(OP, &sb, lb, "bias")?;
+            let name = format!("dit_bias_gelu_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
@@ -601,7 +565,7 @@ mod cuda {
             b.arg(&d_i);
             // SAFETY: arguments match dit_bias_gelu_* in kernels/dit_fused.cu.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, x.shape().clone()))
+            Ok(ops::wrap(out, &dev, x.shape().clone()))
         }
         if rows == 0 {
             return x.clone().contiguous();
@@ -633,7 +597,7 @@ mod cuda {
             hd: usize,
             eps: f32,
         ) -> Result<Tensor> {
-            let dev = device(qkv)?;
+            let dev = ops::device(OP, qkv)?;
             let qkv = prepared(qkv, &dev, "qkv")?;
             let bias = prepared(bias, &dev, "bias")?;
             let wq = prepared(norm_q, &dev, "norm_q")?;
@@ -649,13 +613,13 @@ mod cuda {
             let (s3, l3) = wk.storage_and_layout();
             let (s4, l4) = cos.storage_and_layout();
             let (s5, l5) = sin.storage_and_layout();
-            let qkv_v = view::<T>(&s0, l0, "qkv")?;
-            let bias_v = view::<T>(&s1, l1, "bias")?;
-            let wq_v = view::<T>(&s2, l2, "norm_q")?;
-            let wk_v = view::<T>(&s3, l3, "norm_k")?;
-            let cos_v = view::<f32>(&s4, l4, "rope cos")?;
-            let sin_v = view::<f32>(&s5, l5, "rope sin")?;
-            let name = format!("dit_qkv_rope_{}", suffix(T::DTYPE)?);
+            let qkv_v = ops::view::<T>(OP, &s0, l0, "qkv")?;
+            let bias_v = ops::view::<T>(OP, &s1, l1, "bias")?;
+            let wq_v = ops::view::<T>(OP, &s2, l2, "norm_q")?;
+            let wk_v = ops::view::<T>(OP, &s3, l3, "norm_k")?;
+            let cos_v = ops::view::<f32>(OP, &s4, l4, "rope cos")?;
+            let sin_v = ops::view::<f32>(OP, &s5, l5, "rope sin")?;
+            let name = format!("dit_qkv_rope_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element of q, k and v.
             let out = unsafe { dev.alloc::<T>(3 * rows * d)? };
@@ -689,7 +653,7 @@ mod cuda {
             // SAFETY: arguments match dit_qkv_rope_* in kernels/dit_fused.cu; the token grid
             // and table sizes were checked by the caller.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, (3, d / hd, rows, hd)))
+            Ok(ops::wrap(out, &dev, (3, d / hd, rows, hd)))
         }
         if rows > i32::MAX as usize {
             bail!("qkv_rope: too many tokens ({rows})")
@@ -719,17 +683,17 @@ mod cuda {
             hd: usize,
             eps: f32,
         ) -> Result<Tensor> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let x = prepared(x, &dev, "x")?;
             let bias = prepared(bias, &dev, "bias")?;
             let w = prepared(weight, &dev, "weight")?;
             let (s0, l0) = x.storage_and_layout();
             let (s1, l1) = bias.storage_and_layout();
             let (s2, l2) = w.storage_and_layout();
-            let xv = view::<T>(&s0, l0, "x")?;
-            let bv = view::<T>(&s1, l1, "bias")?;
-            let wv = view::<T>(&s2, l2, "weight")?;
-            let name = format!("dit_rms_heads_{}", suffix(T::DTYPE)?);
+            let xv = ops::view::<T>(OP, &s0, l0, "x")?;
+            let bv = ops::view::<T>(OP, &s1, l1, "bias")?;
+            let wv = ops::view::<T>(OP, &s2, l2, "weight")?;
+            let name = format!("dit_rms_heads_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<T>(rows * d)? };
@@ -750,7 +714,7 @@ mod cuda {
             b.arg(&eps);
             // SAFETY: arguments match dit_rms_heads_* in kernels/dit_fused.cu.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, (d / hd, rows, hd)))
+            Ok(ops::wrap(out, &dev, (d / hd, rows, hd)))
         }
         if rows == 0 || rows > i32::MAX as usize {
             bail!("rms_norm_heads: {rows} rows")
@@ -770,11 +734,11 @@ mod cuda {
             windows: usize,
             hd: usize,
         ) -> Result<Tensor> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let x = prepared(x, &dev, "x")?;
             let (s0, l0) = x.storage_and_layout();
-            let xv = view::<T>(&s0, l0, "x")?;
-            let name = format!("dit_window_means_{}", suffix(T::DTYPE)?);
+            let xv = ops::view::<T>(OP, &s0, l0, "x")?;
+            let name = format!("dit_window_means_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
             // SAFETY: the kernel writes every element.
             let out = unsafe { dev.alloc::<f32>(windows * heads * hd)? };
@@ -791,7 +755,7 @@ mod cuda {
             b.arg(&hd_i);
             // SAFETY: arguments match dit_window_means_* in kernels/dit_fused.cu.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(out, &dev, (windows, heads * hd)))
+            Ok(ops::wrap(out, &dev, (windows, heads * hd)))
         }
         if windows == 0 || heads > 65_535 {
             bail!("window_means: {windows} windows x {heads} heads")

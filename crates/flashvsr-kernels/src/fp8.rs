@@ -184,54 +184,20 @@ pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> 
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::Fp8Rows;
+    use crate::cuda_ops as ops;
     use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
-    use candle_core::op::BackpropOp;
-    use candle_core::{
-        bail, CudaDevice, CudaStorage, DType, Device, Layout, Result, Shape, Storage, Tensor,
-        WithDType,
-    };
+    use candle_core::{bail, CudaDevice, DType, Result, Tensor, WithDType};
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex, OnceLock};
 
+    /// This module's name in error messages.
+    const OP: &str = "fp8";
     const MODULE: &str = "flashvsr_fp8";
-
-    fn device(t: &Tensor) -> Result<CudaDevice> {
-        match t.device() {
-            Device::Cuda(d) => Ok(d.clone()),
-            d => bail!("fp8: tensor on {d:?}, expected CUDA"),
-        }
-    }
-
-    fn view<'a, T: CudaDType>(s: &'a Storage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-        let start = crate::contiguous_start(l, "fp8", what)?;
-        match s {
-            Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(start..)),
-            _ => bail!("fp8: {what} is not on CUDA"),
-        }
-    }
-
-    fn wrap<T: CudaDType + DeviceRepr + WithDType>(
-        out: CudaSlice<T>,
-        dev: &CudaDevice,
-        shape: impl Into<Shape>,
-    ) -> Tensor {
-        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
-        Tensor::from_storage(storage, shape, BackpropOp::none(), false)
-    }
-
-    fn suffix(dtype: DType) -> Result<&'static str> {
-        Ok(match dtype {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            dt => bail!("fp8: dtype {dt:?} is not supported (f32, f16, bf16)"),
-        })
-    }
 
     pub(super) fn quantize_rows(x: &Tensor, rows: usize, cols: usize) -> Result<Fp8Rows> {
         fn go<T: CudaDType + DeviceRepr + WithDType>(
@@ -239,11 +205,11 @@ mod cuda {
             rows: usize,
             cols: usize,
         ) -> Result<Fp8Rows> {
-            let dev = device(x)?;
+            let dev = ops::device(OP, x)?;
             let x = x.contiguous()?;
             let (sx, lx) = x.storage_and_layout();
-            let xv = view::<T>(&sx, lx, "x")?;
-            let name = format!("fp8_quantize_rows_{}", suffix(T::DTYPE)?);
+            let xv = ops::view::<T>(OP, &sx, lx, "x")?;
+            let name = format!("fp8_quantize_rows_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
             // SAFETY: the kernel writes every byte and every scale.
             let q = unsafe { dev.alloc::<u8>(rows * cols)? };
@@ -262,8 +228,8 @@ mod cuda {
             // SAFETY: arguments match fp8_quantize_rows_* in kernels/fp8.cu.
             unsafe { b.launch(cfg) }.w()?;
             Ok(Fp8Rows {
-                q: wrap(q, &dev, (rows, cols)),
-                scale: wrap(scale, &dev, rows),
+                q: ops::wrap(q, &dev, (rows, cols)),
+                scale: ops::wrap(scale, &dev, rows),
             })
         }
         if rows > i32::MAX as usize {
@@ -328,6 +294,25 @@ mod cuda {
         Ok(h)
     }
 
+    /// Sets a matmul-descriptor attribute to `value` (the attribute's C type: i32 enums, device
+    /// pointers).
+    fn set_desc_attribute<V>(
+        desc: sys::cublasLtMatmulDesc_t,
+        attr: sys::cublasLtMatmulDescAttributes_t,
+        value: &V,
+    ) -> std::result::Result<(), lt::CublasError> {
+        // SAFETY: `value` is live for the call and sized as the attribute expects (callers pass
+        // the attribute's type); cuBLASLt copies it.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                attr,
+                value as *const V as *const _,
+                std::mem::size_of::<V>(),
+            )
+        }
+    }
+
     fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> candle_core::Error + '_ {
         move |e| candle_core::Error::Msg(format!("fp8 GEMM ({what}): {e:?}"))
     }
@@ -374,8 +359,8 @@ mod cuda {
         let stream = h.stream.clone();
         let (sx, lx) = xq.storage_and_layout();
         let (sw, lw) = wq.storage_and_layout();
-        let xv = view::<u8>(&sx, lx, "activations")?;
-        let wv = view::<u8>(&sw, lw, "weight")?;
+        let xv = ops::view::<u8>(OP, &sx, lx, "activations")?;
+        let wv = ops::view::<u8>(OP, &sw, lw, "weight")?;
         let d_type = match T::DTYPE {
             DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
@@ -385,8 +370,8 @@ mod cuda {
         let scale_guards = scales.map(|(a, b)| (a.storage_and_layout(), b.storage_and_layout()));
         let scale_views = match &scale_guards {
             Some(((sa, la), (sb, lb))) => Some((
-                view::<f32>(sa, la, "weight scales")?,
-                view::<f32>(sb, lb, "activation scales")?,
+                ops::view::<f32>(OP, sa, la, "weight scales")?,
+                ops::view::<f32>(OP, sb, lb, "activation scales")?,
             )),
             None => None,
         };
@@ -402,15 +387,11 @@ mod cuda {
         };
         // cublasOperation_t: CUBLAS_OP_T = 1 (the operation enums live in cuBLAS, not cuBLASLt).
         let trans: i32 = 1;
-        // SAFETY: the attribute value is a live i32, as cuBLASLt expects for TRANSA.
-        unsafe {
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                (&trans) as *const i32 as *const _,
-                std::mem::size_of::<i32>(),
-            )
-        }
+        set_desc_attribute(
+            desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            &trans,
+        )
         .map_err(lt_err("TRANSA"))?;
         // Kept alive until the GEMM is queued: cuBLASLt reads the pointers at launch.
         let scale_ptrs = scale_views
@@ -419,44 +400,19 @@ mod cuda {
         if let Some(((ap, _), (bp, _))) = &scale_ptrs {
             // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F (cuBLAS 12.9+; not in every binding).
             let mode: i32 = 3;
-            for (attr, value) in [
-                (
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-                    None,
-                ),
-                (
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
-                    None,
-                ),
-                (
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-                    Some(*ap),
-                ),
-                (
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                    Some(*bp),
-                ),
-            ] {
-                // SAFETY: live values of the attribute's type (i32 mode, device pointer).
-                let r = unsafe {
-                    match value {
-                        None => lt::set_matmul_desc_attribute(
-                            desc,
-                            attr,
-                            (&mode) as *const i32 as *const _,
-                            std::mem::size_of::<i32>(),
-                        ),
-                        Some(p) => lt::set_matmul_desc_attribute(
-                            desc,
-                            attr,
-                            (&p) as *const _ as *const _,
-                            std::mem::size_of_val(&p),
-                        ),
-                    }
-                };
-                if r.is_err() {
-                    return Ok(None);
-                }
+            use sys::cublasLtMatmulDescAttributes_t as Attr;
+            let set = set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)
+                .and_then(|_| {
+                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)
+                })
+                .and_then(|_| {
+                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, ap)
+                })
+                .and_then(|_| {
+                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, bp)
+                });
+            if set.is_err() {
+                return Ok(None);
             }
         }
         let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
@@ -546,12 +502,12 @@ mod cuda {
             n: usize,
             k: usize,
         ) -> Result<Tensor> {
-            let dev = device(&xq.q)?;
+            let dev = ops::device(OP, &xq.q)?;
             let wq = w.q.contiguous()?;
             let (sw, sx) = (w.scale.contiguous()?, xq.scale.contiguous()?);
             if outer_vector_scaling() {
                 if let Some(y) = gemm::<T>(&dev, &xq.q, &wq, Some((&sw, &sx)), rows, n, k)? {
-                    let y = wrap(y, &dev, (rows, n));
+                    let y = ops::wrap(y, &dev, (rows, n));
                     return match bias {
                         Some(b) => y.broadcast_add(&b.to_dtype(T::DTYPE)?.reshape((1, n))?),
                         None => Ok(y),
@@ -561,7 +517,7 @@ mod cuda {
             }
             let d = gemm::<f32>(&dev, &xq.q, &wq, None, rows, n, k)?
                 .ok_or_else(|| candle_core::Error::Msg("fp8 GEMM: no algorithm".into()))?;
-            let name = format!("fp8_rescale_{}", suffix(T::DTYPE)?);
+            let name = format!("fp8_rescale_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
             let bias = bias
                 .map(|b| b.to_dtype(T::DTYPE)?.contiguous())
@@ -570,11 +526,11 @@ mod cuda {
             let sws = w.scale.contiguous()?;
             let (s1, l1) = sxs.storage_and_layout();
             let (s2, l2) = sws.storage_and_layout();
-            let sxv = view::<f32>(&s1, l1, "activation scales")?;
-            let swv = view::<f32>(&s2, l2, "weight scales")?;
+            let sxv = ops::view::<f32>(OP, &s1, l1, "activation scales")?;
+            let swv = ops::view::<f32>(OP, &s2, l2, "weight scales")?;
             let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
             let bias_view = match &bias_guard {
-                Some((s, l)) => Some(view::<T>(s, l, "bias")?),
+                Some((s, l)) => Some(ops::view::<T>(OP, s, l, "bias")?),
                 None => None,
             };
             // SAFETY: the kernel writes every element.
@@ -600,7 +556,7 @@ mod cuda {
             b.arg(&n_i);
             // SAFETY: arguments match fp8_rescale_* in kernels/fp8.cu.
             unsafe { b.launch(cfg) }.w()?;
-            Ok(wrap(y, &dev, (rows, n)))
+            Ok(ops::wrap(y, &dev, (rows, n)))
         }
         match out {
             DType::F32 => go::<f32>(xq, w, bias, rows, n, k),

@@ -17,6 +17,8 @@
 //! offset here, a temporal offset in the model's causal 3-D conv) and nothing else.
 
 pub mod block_sparse;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
 pub mod dit_fused;
 pub mod draft_mask;
 pub mod fp8;
