@@ -6,6 +6,10 @@
 //! saturating conversion. On CUDA it needs sm_89+ (Ada, Hopper); on the CPU the same
 //! quantization and scale order run through an f32 matmul of the decoded values (the reference
 //! the GPU is tested against).
+//!
+//! The cuBLASLt descriptors, layouts and algorithm of a GEMM are made once per (device, shape,
+//! output dtype, scaling mode) and reused (a DiT step calls the same few shapes ~150 times);
+//! [`linear_prequantized`] takes activations a fused kernel already quantized.
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 
@@ -104,7 +108,7 @@ pub fn supported(device: &Device) -> Result<bool> {
 }
 
 fn check_cols(cols: usize, what: &str) -> Result<()> {
-    if cols == 0 || cols % 16 != 0 {
+    if cols == 0 || !cols.is_multiple_of(16) {
         bail!("fp8 {what}: {cols} columns, the FP8 GEMM needs a positive multiple of 16")
     }
     Ok(())
@@ -144,10 +148,9 @@ fn decode(q: &Tensor) -> Result<Tensor> {
     table.index_select(&idx, 0)?.reshape(q.shape())
 }
 
-/// `y = x · Wᵀ (+ bias)` over `x` `[rows, in]` in f32/f16/bf16 (output in `x`'s dtype), `w` the
-/// weight `[out, in]` quantized per output channel; `x` is quantized per token on the way.
-pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (rows, k) = x.dims2()?;
+/// The output features of `w`, after checking it takes `k` inputs and `bias` has one element
+/// per output.
+fn check_operands(k: usize, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<usize> {
     let (n, wk) = w.dims()?;
     if k != wk {
         bail!("fp8 linear: input has {k} features, the weight [{n}, {wk}]")
@@ -160,13 +163,43 @@ pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> 
             )
         }
     }
+    Ok(n)
+}
+
+/// `y = x · Wᵀ (+ bias)` over `x` `[rows, in]` in f32/f16/bf16 (output in `x`'s dtype), `w` the
+/// weight `[out, in]` quantized per output channel; `x` is quantized per token on the way.
+pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let n = check_operands(k, w, bias)?;
     if rows == 0 {
         return Tensor::zeros((0, n), x.dtype(), x.device());
     }
-    let xq = quantize_rows(x)?;
-    match x.device() {
+    linear_prequantized(&quantize_rows(x)?, w, bias, x.dtype())
+}
+
+/// [`linear`] from activations already quantized per token (`xq` `[rows, in]` with its `[rows]`
+/// scales, as [`quantize_rows`] makes them, e.g. by a fused kernel that produced them), output
+/// in `out` (f32/f16/bf16: the dtype the activations had).
+pub fn linear_prequantized(
+    xq: &Fp8Rows,
+    w: &Fp8Rows,
+    bias: Option<&Tensor>,
+    out: DType,
+) -> Result<Tensor> {
+    let (rows, k) = xq.dims()?;
+    let n = check_operands(k, w, bias)?;
+    if xq.scale.elem_count() != rows {
+        bail!(
+            "fp8 linear: {rows} activation rows but {} scales",
+            xq.scale.elem_count()
+        )
+    }
+    if rows == 0 {
+        return Tensor::zeros((0, n), out, xq.q.device());
+    }
+    match xq.q.device() {
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) => cuda::linear(&xq, w, bias, x.dtype(), rows, n, k),
+        Device::Cuda(_) => cuda::linear(xq, w, bias, out, rows, n, k),
         _ => {
             let d = decode(&xq.q)?.matmul(&decode(&w.q)?.t()?)?;
             let y = d
@@ -176,7 +209,7 @@ pub fn linear(x: &Tensor, w: &Fp8Rows, bias: Option<&Tensor>) -> Result<Tensor> 
                 Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, n))?)?,
                 None => y,
             };
-            y.to_dtype(x.dtype())
+            y.to_dtype(out)
         }
     }
 }
@@ -317,7 +350,7 @@ mod cuda {
         move |e| candle_core::Error::Msg(format!("fp8 GEMM ({what}): {e:?}"))
     }
 
-    /// Owns the cuBLASLt descriptors of one call.
+    /// Owns cuBLASLt descriptors (destroyed on drop).
     struct Descriptors {
         desc: sys::cublasLtMatmulDesc_t,
         layouts: Vec<sys::cublasLtMatrixLayout_t>,
@@ -328,7 +361,7 @@ mod cuda {
         fn drop(&mut self) {
             // SAFETY: each handle was created once and is destroyed once, here.
             unsafe {
-                if let Some(p) = self.pref {
+                if let Some(p) = self.pref.take() {
                     let _ = lt::destroy_matmul_pref(p);
                 }
                 for l in &self.layouts {
@@ -339,12 +372,172 @@ mod cuda {
         }
     }
 
+    /// What a [`Plan`] is made for: the device (one cuBLASLt handle each), the shape, the output
+    /// dtype and whether cuBLASLt applies the scales (A and B are always e4m3).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    struct PlanKey {
+        device: DeviceId,
+        rows: usize,
+        n: usize,
+        k: usize,
+        out: DType,
+        outer_vec: bool,
+    }
+
+    /// The cuBLASLt objects of one GEMM shape: the matmul descriptor (transpose, scale modes),
+    /// the layouts of A, B and D, and the algorithm the heuristic chose. Made at a shape's first
+    /// call and reused; only the scale pointers are set per call.
+    struct Plan {
+        owned: Descriptors,
+        algo: sys::cublasLtMatmulAlgo_t,
+    }
+
+    // SAFETY: the descriptors are plain host objects; a plan is only used under its mutex.
+    unsafe impl Send for Plan {}
+
+    /// Plans kept at most (a run has a handful of shapes; past this the cache starts over).
+    const MAX_PLANS: usize = 256;
+
+    /// Device pointers of the weight's and the activations' scales.
+    type ScalePtrs = (u64, u64);
+
+    impl Plan {
+        /// `None` when the scales were asked for and cuBLASLt refuses outer-vector scaling (or
+        /// has no algorithm with it). `scale_ptrs` (weight, activations) are set for the
+        /// heuristic, as a call would.
+        fn new(h: &LtHandle, key: &PlanKey, scale_ptrs: Option<ScalePtrs>) -> Result<Option<Plan>> {
+            let PlanKey { rows, n, k, .. } = *key;
+            let d_type = match key.out {
+                DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
+                DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+                DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+                dt => bail!("fp8 GEMM: output dtype {dt:?} is not supported"),
+            };
+            let desc = lt::create_matmul_desc(
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cudaDataType_t::CUDA_R_32F,
+            )
+            .map_err(lt_err("descriptor"))?;
+            let mut owned = Descriptors {
+                desc,
+                layouts: Vec::new(),
+                pref: None,
+            };
+            // cublasOperation_t: CUBLAS_OP_T = 1 (the operation enums live in cuBLAS, not
+            // cuBLASLt).
+            let trans: i32 = 1;
+            set_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &trans,
+            )
+            .map_err(lt_err("TRANSA"))?;
+            if key.outer_vec {
+                // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F (cuBLAS 12.9+; not in every
+                // binding).
+                let mode: i32 = 3;
+                use sys::cublasLtMatmulDescAttributes_t as Attr;
+                let set = set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)
+                    .and_then(|_| {
+                        set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)
+                    })
+                    .and_then(|_| match scale_ptrs {
+                        Some(p) => set_scale_pointers(desc, p),
+                        None => Ok(()),
+                    });
+                if set.is_err() {
+                    return Ok(None);
+                }
+            }
+            let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
+            let a = lt::create_matrix_layout(e4m3, k as u64, n as u64, k as i64)
+                .map_err(lt_err("layout A"))?;
+            owned.layouts.push(a);
+            let b = lt::create_matrix_layout(e4m3, k as u64, rows as u64, k as i64)
+                .map_err(lt_err("layout B"))?;
+            owned.layouts.push(b);
+            let c = lt::create_matrix_layout(d_type, n as u64, rows as u64, n as i64)
+                .map_err(lt_err("layout D"))?;
+            owned.layouts.push(c);
+            let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+            owned.pref = Some(pref);
+            let ws_size = WORKSPACE_BYTES;
+            // SAFETY: a live usize, as the attribute expects.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    (&ws_size) as *const usize as *const _,
+                    std::mem::size_of::<usize>(),
+                )
+            }
+            .map_err(lt_err("workspace size"))?;
+            // SAFETY: every descriptor is live (owned).
+            let heuristic =
+                unsafe { lt::get_matmul_algo_heuristic(h.handle, desc, a, b, c, c, pref) };
+            if heuristic.is_err() && key.outer_vec {
+                return Ok(None);
+            }
+            let heuristic = heuristic.map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "fp8 GEMM: cuBLASLt has no algorithm for [{rows}, {k}] x [{n}, {k}]^T ({e:?}); FP8 needs sm_89+ and dims in multiples of 16"
+                ))
+            })?;
+            // The preference is only for the heuristic.
+            if let Some(p) = owned.pref.take() {
+                // SAFETY: created above, destroyed once.
+                let _ = unsafe { lt::destroy_matmul_pref(p) };
+            }
+            Ok(Some(Plan {
+                owned,
+                algo: heuristic.algo,
+            }))
+        }
+    }
+
+    /// Points the descriptor's A and B scales at the weight's and the activations' scales.
+    fn set_scale_pointers(
+        desc: sys::cublasLtMatmulDesc_t,
+        (wp, xp): ScalePtrs,
+    ) -> std::result::Result<(), lt::CublasError> {
+        use sys::cublasLtMatmulDescAttributes_t as Attr;
+        set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wp)
+            .and_then(|_| set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xp))
+    }
+
+    /// The plan of `key`, made now if there is none; `None` as [`Plan::new`] says.
+    fn plan(
+        h: &LtHandle,
+        key: PlanKey,
+        scale_ptrs: Option<ScalePtrs>,
+    ) -> Result<Option<Arc<Mutex<Plan>>>> {
+        static PLANS: OnceLock<Mutex<HashMap<PlanKey, Arc<Mutex<Plan>>>>> = OnceLock::new();
+        let mut map = PLANS
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fp8: poisoned GEMM plan lock".into()))?;
+        if let Some(p) = map.get(&key) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(p) = Plan::new(h, &key, scale_ptrs)? else {
+            return Ok(None);
+        };
+        if map.len() >= MAX_PLANS {
+            // Plans in use elsewhere live on through their Arc.
+            map.clear();
+        }
+        let p = Arc::new(Mutex::new(p));
+        map.insert(key, p.clone());
+        Ok(Some(p))
+    }
+
     /// `d [rows, n] = xq [rows, k] · wqᵀ` in `T`. In cuBLASLt's column-major terms:
     /// D (n × rows) = Wᵀ-op(A = the weight bytes, k × n, ld k) · B (the activation bytes,
     /// k × rows, ld k) — the "TN" layout FP8 requires.
     /// With `scales = (sw [n], sx [rows])` cuBLASLt applies them itself ("outer vector"
     /// scaling, cuBLAS 12.9+: `d[r, o] = sw[o] · sx[r] · Σ`, one rounding into `T`); `None` is
     /// returned when it has no algorithm for that (the caller then rescales an f32 `d`).
+    /// Descriptors, layouts and algorithm come from the shape's cached [`Plan`].
     #[allow(clippy::too_many_arguments)]
     fn gemm<T: CudaDType + DeviceRepr + WithDType>(
         dev: &CudaDevice,
@@ -361,12 +554,6 @@ mod cuda {
         let (sw, lw) = wq.storage_and_layout();
         let xv = ops::view::<u8>(OP, &sx, lx, "activations")?;
         let wv = ops::view::<u8>(OP, &sw, lw, "weight")?;
-        let d_type = match T::DTYPE {
-            DType::F32 => sys::cudaDataType_t::CUDA_R_32F,
-            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
-            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
-            dt => bail!("fp8 GEMM: output dtype {dt:?} is not supported"),
-        };
         let scale_guards = scales.map(|(a, b)| (a.storage_and_layout(), b.storage_and_layout()));
         let scale_views = match &scale_guards {
             Some(((sa, la), (sb, lb))) => Some((
@@ -375,79 +562,34 @@ mod cuda {
             )),
             None => None,
         };
-        let desc = lt::create_matmul_desc(
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cudaDataType_t::CUDA_R_32F,
-        )
-        .map_err(lt_err("descriptor"))?;
-        let mut owned = Descriptors {
-            desc,
-            layouts: Vec::new(),
-            pref: None,
-        };
-        // cublasOperation_t: CUBLAS_OP_T = 1 (the operation enums live in cuBLAS, not cuBLASLt).
-        let trans: i32 = 1;
-        set_desc_attribute(
-            desc,
-            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-            &trans,
-        )
-        .map_err(lt_err("TRANSA"))?;
         // Kept alive until the GEMM is queued: cuBLASLt reads the pointers at launch.
         let scale_ptrs = scale_views
             .as_ref()
             .map(|(a, b)| (a.device_ptr(&stream), b.device_ptr(&stream)));
-        if let Some(((ap, _), (bp, _))) = &scale_ptrs {
-            // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F (cuBLAS 12.9+; not in every binding).
-            let mode: i32 = 3;
-            use sys::cublasLtMatmulDescAttributes_t as Attr;
-            let set = set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)
-                .and_then(|_| {
-                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)
-                })
-                .and_then(|_| {
-                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, ap)
-                })
-                .and_then(|_| {
-                    set_desc_attribute(desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, bp)
-                });
-            if set.is_err() {
-                return Ok(None);
-            }
-        }
-        let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
-        let a = lt::create_matrix_layout(e4m3, k as u64, n as u64, k as i64)
-            .map_err(lt_err("layout A"))?;
-        owned.layouts.push(a);
-        let b = lt::create_matrix_layout(e4m3, k as u64, rows as u64, k as i64)
-            .map_err(lt_err("layout B"))?;
-        owned.layouts.push(b);
-        let c = lt::create_matrix_layout(d_type, n as u64, rows as u64, n as i64)
-            .map_err(lt_err("layout D"))?;
-        owned.layouts.push(c);
-        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
-        owned.pref = Some(pref);
-        let ws_size = WORKSPACE_BYTES;
-        // SAFETY: a live usize, as the attribute expects.
-        unsafe {
-            lt::set_matmul_pref_attribute(
-                pref,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&ws_size) as *const usize as *const _,
-                std::mem::size_of::<usize>(),
-            )
-        }
-        .map_err(lt_err("workspace size"))?;
-        // SAFETY: every descriptor is live (owned) until the end of this function.
-        let heuristic = unsafe { lt::get_matmul_algo_heuristic(h.handle, desc, a, b, c, c, pref) };
-        if heuristic.is_err() && scales.is_some() {
+        let ptrs = scale_ptrs.as_ref().map(|((ap, _), (bp, _))| (*ap, *bp));
+        let key = PlanKey {
+            device: dev.id(),
+            rows,
+            n,
+            k,
+            out: T::DTYPE,
+            outer_vec: scales.is_some(),
+        };
+        let Some(plan) = plan(&h, key, ptrs)? else {
             return Ok(None);
+        };
+        let plan = plan
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fp8: poisoned GEMM plan".into()))?;
+        let desc = plan.owned.desc;
+        let (a, b, c) = (
+            plan.owned.layouts[0],
+            plan.owned.layouts[1],
+            plan.owned.layouts[2],
+        );
+        if let Some(p) = ptrs {
+            set_scale_pointers(desc, p).map_err(lt_err("scale pointers"))?;
         }
-        let heuristic = heuristic.map_err(|e| {
-                candle_core::Error::Msg(format!(
-                    "fp8 GEMM: cuBLASLt has no algorithm for [{rows}, {k}] x [{n}, {k}]^T ({e:?}); FP8 needs sm_89+ and dims in multiples of 16"
-                ))
-            })?;
         let (alpha, beta) = (1f32, 0f32);
         // SAFETY: the GEMM writes every element (beta = 0).
         let d = unsafe { dev.alloc::<T>(rows * n)? };
@@ -456,7 +598,9 @@ mod cuda {
             let (bp, _rb) = xv.device_ptr(&stream);
             let (dp, _rd) = d.device_ptr(&stream);
             let (wp, _rw) = h.workspace.device_ptr(&stream);
-            // SAFETY: pointers are live device buffers of the sizes the layouts describe; one stream.
+            // SAFETY: pointers are live device buffers of the sizes the layouts describe; one
+            // stream; the plan (its descriptor holds this call's scale pointers) is locked
+            // until the GEMM is queued.
             unsafe {
                 lt::matmul(
                     h.handle,
@@ -471,16 +615,16 @@ mod cuda {
                     c,
                     dp as *mut _,
                     c,
-                    (&heuristic.algo) as *const _,
+                    (&plan.algo) as *const _,
                     wp as *mut _,
-                    ws_size,
+                    WORKSPACE_BYTES,
                     stream.cu_stream() as *mut _,
                 )
             }
             .map_err(lt_err("matmul"))?;
         }
+        drop(plan);
         drop(scale_ptrs);
-        drop(owned);
         Ok(Some(d))
     }
 
@@ -503,10 +647,10 @@ mod cuda {
             k: usize,
         ) -> Result<Tensor> {
             let dev = ops::device(OP, &xq.q)?;
-            let wq = w.q.contiguous()?;
+            let (xb, wq) = (xq.q.contiguous()?, w.q.contiguous()?);
             let (sw, sx) = (w.scale.contiguous()?, xq.scale.contiguous()?);
             if outer_vector_scaling() {
-                if let Some(y) = gemm::<T>(&dev, &xq.q, &wq, Some((&sw, &sx)), rows, n, k)? {
+                if let Some(y) = gemm::<T>(&dev, &xb, &wq, Some((&sw, &sx)), rows, n, k)? {
                     let y = ops::wrap(y, &dev, (rows, n));
                     return match bias {
                         Some(b) => y.broadcast_add(&b.to_dtype(T::DTYPE)?.reshape((1, n))?),
@@ -515,17 +659,15 @@ mod cuda {
                 }
                 OUTER_VEC_UNAVAILABLE.store(true, Ordering::Relaxed);
             }
-            let d = gemm::<f32>(&dev, &xq.q, &wq, None, rows, n, k)?
+            let d = gemm::<f32>(&dev, &xb, &wq, None, rows, n, k)?
                 .ok_or_else(|| candle_core::Error::Msg("fp8 GEMM: no algorithm".into()))?;
             let name = format!("fp8_rescale_{}", ops::suffix(OP, T::DTYPE)?);
             let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::FP8)?;
             let bias = bias
                 .map(|b| b.to_dtype(T::DTYPE)?.contiguous())
                 .transpose()?;
-            let sxs = xq.scale.contiguous()?;
-            let sws = w.scale.contiguous()?;
-            let (s1, l1) = sxs.storage_and_layout();
-            let (s2, l2) = sws.storage_and_layout();
+            let (s1, l1) = sx.storage_and_layout();
+            let (s2, l2) = sw.storage_and_layout();
             let sxv = ops::view::<f32>(OP, &s1, l1, "activation scales")?;
             let swv = ops::view::<f32>(OP, &s2, l2, "weight scales")?;
             let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
@@ -667,6 +809,9 @@ mod tests {
         let err = (y - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let scale = exact.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 0.08 * scale, "{err} vs {scale}");
+        // Pre-quantized activations give the same product.
+        let pre = linear_prequantized(&quantize_rows(&x)?, &wq, Some(&b), DType::F32)?;
+        assert_eq!(pre.to_vec2::<f32>()?, yv);
         assert!(linear(&x, &quantize_rows(&w.narrow(1, 0, 32)?)?, None).is_err());
         assert!(quantize_rows(&Tensor::zeros((2, 20), DType::F32, &dev)?).is_err());
         Ok(())

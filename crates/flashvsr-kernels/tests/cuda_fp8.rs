@@ -108,6 +108,45 @@ fn linear_matches_the_cpu_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GEMM plans are cached per shape: interleaved calls of one shape with different weights,
+/// activations and scales each get their own scales (set per call) and repeat bit for bit.
+#[test]
+fn repeated_shapes_use_their_own_scales() -> anyhow::Result<()> {
+    let Some(dev) = gpu()? else { return Ok(()) };
+    let (rows, k, n) = (96usize, 1536usize, 1536usize);
+    let cases = (0..3)
+        .map(|i| {
+            let mag = 10f32.powi(i - 1);
+            let x = (Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)? * mag as f64)?;
+            let w = (Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)? / mag as f64)?;
+            let want = fp8::linear(
+                &x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?,
+                &fp8::quantize_rows(&w)?,
+                None,
+            )?;
+            let x = x.to_dtype(DType::BF16)?.to_device(&dev)?;
+            let wq = fp8::quantize_rows(&w.to_device(&dev)?)?;
+            Ok((x, wq, want))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut first = Vec::new();
+    for round in 0..3 {
+        for (i, (x, wq, want)) in cases.iter().enumerate() {
+            let got = fp8::linear(x, wq, None)?;
+            let e = rel(&got, want)?;
+            assert!(e <= 9e-3, "case {i} round {round}: rel {e}");
+            let got = got.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let got = got.flatten_all()?.to_vec1::<f32>()?;
+            if round == 0 {
+                first.push(got);
+            } else {
+                assert_eq!(got, first[i], "case {i} round {round}: not repeatable");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn time_ms(
     dev: &Device,
     iters: usize,
