@@ -6,6 +6,8 @@
 //   dit_residual_*       out = x + (branch + bias) * gate            x, out f32; branch, bias T;
 //                        gate f32; bias and gate may be null
 //   dit_bias_gelu_*      y = gelu_tanh(x + bias)                      T -> T
+//   dit_bias_gelu_fp8_*  dit_bias_gelu, then fp8_quantize_rows (kernels/fp8.cu) of its T output:
+//                        e4m3 bytes [rows, d] + f32 scale per row, the same bytes and scales
 //   dit_qkv_rope_*       q, k, v of self-attention from the fused QKV GEMM output [rows, 3d]:
 //                        bias, RMSNorm over d (q and k), RoPE (q and k), heads-major layout
 //   dit_rms_heads_*      bias + RMSNorm over d + heads-major layout (cross-attention q)
@@ -16,6 +18,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 template <typename T> struct Cv;
@@ -129,6 +132,60 @@ __device__ __forceinline__ void bias_gelu(const T *__restrict__ x, const T *__re
   }
 }
 
+// Maximum over the CTA, as block_sum.
+__device__ __forceinline__ float block_max(float v, float *red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+  return t;
+}
+
+#define E4M3_MAX 448.0f
+
+// bias_gelu and fp8.cu's quantize_rows in one pass, one CTA per row (d a multiple of 4): the
+// GELU row is stored to shared memory through the same store2 as bias_gelu's output (rounded
+// to T), then scale = amax / 448 (1 for a zero row) and q = e4m3(v / scale) as in
+// quantize_rows, so the bytes and scales are those of the two kernels in a row.
+template <typename T>
+__device__ __forceinline__ void bias_gelu_fp8(const T *__restrict__ x, const T *__restrict__ bias,
+                                              uint8_t *__restrict__ q, float *__restrict__ scale,
+                                              int d) {
+  extern __shared__ float row[];
+  __shared__ float red[32];
+  T *g = reinterpret_cast<T *>(row);
+  const size_t base = (size_t)blockIdx.x * d;
+  const int pairs = d / 2;
+  float amax = 0.f;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const float2 v = Cv<T>::load2(x + base + 2 * p);
+    const float2 b = Cv<T>::load2(bias + 2 * p);
+    Cv<T>::store2(g + 2 * p, gelu_tanh(v.x + b.x), gelu_tanh(v.y + b.y));
+    const float2 r = Cv<T>::load2(g + 2 * p);
+    amax = fmaxf(amax, fmaxf(fabsf(r.x), fabsf(r.y)));
+  }
+  // block_max's barriers also publish the row to the whole CTA.
+  amax = block_max(amax, red);
+  const float s = amax > 0.f ? amax / E4M3_MAX : 1.f;
+  if (threadIdx.x == 0) scale[blockIdx.x] = s;
+  uint32_t *qr = reinterpret_cast<uint32_t *>(q + base);
+  for (int c = threadIdx.x * 4; c < d; c += blockDim.x * 4) {
+    uint32_t packed = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_fp8_storage_t e =
+          __nv_cvt_float_to_fp8(Cv<T>::f(g[c + i]) / s, __NV_SATFINITE, __NV_E4M3);
+      packed |= (uint32_t)e << (8 * i);
+    }
+    qr[c / 4] = packed;
+  }
+}
+
 // One CTA per token (window order). qkv row = [q | k | v] (3d, bias not yet added). Outputs
 // q, k, v at out + {0, 1, 2} * heads*rows*hd, each [heads, rows, hd].
 // RoPE: rcos/rsin [positions, hd/2]; pair j of a head rotates by the table of position t
@@ -238,6 +295,10 @@ __device__ __forceinline__ void window_means(const T *__restrict__ x, float *__r
   extern "C" __global__ void dit_bias_gelu_##NAME(const T *x, const T *bias, T *out, int rows, \
                                                   int d) {                                     \
     bias_gelu<T>(x, bias, out, rows, d);                                                       \
+  }                                                                                            \
+  extern "C" __global__ void dit_bias_gelu_fp8_##NAME(const T *x, const T *bias, uint8_t *q,   \
+                                                      float *scale, int d) {                   \
+    bias_gelu_fp8<T>(x, bias, q, scale, d);                                                    \
   }                                                                                            \
   extern "C" __global__ void dit_qkv_rope_##NAME(                                              \
       const T *qkv, const T *bias, const T *wq, const T *wk, const float *rcos,                \

@@ -9,6 +9,8 @@
 //!   affine LayerNorm with weight and bias and offset 0).
 //! * [`gated_residual`]: `x + (branch + bias)·gate` into a new f32 residual stream.
 //! * [`bias_gelu`]: `gelu_tanh(x + bias)` after the first FFN GEMM.
+//! * [`bias_gelu_fp8`]: the same, quantized per row to e4m3 on the way out, when the second FFN
+//!   GEMM is an FP8 linear (the bytes and scales [`crate::fp8::quantize_rows`] would make).
 //! * [`qkv_rope`]: self-attention q, k, v from one fused QKV GEMM output: bias, RMSNorm over
 //!   the model dim (q, k), 3-D RoPE (q, k), heads-major layout for the attention kernel.
 //! * [`rms_norm_heads`]: bias, RMSNorm, heads-major layout (cross-attention q).
@@ -16,7 +18,7 @@
 
 use candle_core::{bail, DType, Result, Tensor, D};
 
-use crate::BLOCK_TOKENS;
+use crate::{fp8, BLOCK_TOKENS};
 
 /// Where the RoPE tables and the token grid of [`qkv_rope`] come from.
 ///
@@ -157,6 +159,30 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         .broadcast_add(&bias.flatten_all()?.to_dtype(DType::F32)?)?
         .gelu()?
         .to_dtype(x.dtype())
+}
+
+/// [`bias_gelu`] and then [`fp8::quantize_rows`] of its output (rounded to `x`'s dtype first,
+/// as `bias_gelu` returns it): the same e4m3 bytes and per-row scales, for
+/// [`fp8::linear_prequantized`]. On CUDA one kernel: the GELU output never goes to memory.
+/// `x` any rank with the last dim `d` a multiple of 16, flattened to `[rows, d]`; `bias` `[d]`
+/// in `x`'s dtype.
+pub fn bias_gelu_fp8(x: &Tensor, bias: &Tensor) -> Result<fp8::Fp8Rows> {
+    let op = "bias_gelu_fp8";
+    let (rows, d) = rows_of(x)?;
+    fp8::check_cols(d, op)?;
+    check_vec(bias, d, "bias", op)?;
+    if bias.dtype() != x.dtype() {
+        bail!(
+            "{op}: bias {:?} and x {:?} dtypes differ",
+            bias.dtype(),
+            x.dtype()
+        )
+    }
+    if x.device().is_cuda() {
+        #[cfg(feature = "cuda")]
+        return cuda::bias_gelu_fp8(x, bias, rows, d);
+    }
+    fp8::quantize_rows(&bias_gelu(x, bias)?.reshape((rows, d))?)
 }
 
 /// q, k, v `[heads, rows, head_dim]` each (views of one buffer) from the fused QKV GEMM output
@@ -357,6 +383,7 @@ mod reference {
 mod cuda {
     use super::RopeGrid;
     use crate::cuda_ops as ops;
+    use crate::fp8::Fp8Rows;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaDevice, DType, Device, Result, Tensor, WithDType};
@@ -381,8 +408,11 @@ mod cuda {
         }
     }
 
+    /// Dynamic shared memory a kernel may take without opting in.
+    const SMEM_MAX: usize = 48 * 1024;
+
     fn smem(bytes: usize, op: &str) -> Result<u32> {
-        if bytes > 48 * 1024 {
+        if bytes > SMEM_MAX {
             bail!("{op}: rows too wide for the kernel's shared memory ({bytes} bytes)")
         }
         Ok(bytes as u32)
@@ -569,6 +599,56 @@ mod cuda {
         }
         if rows == 0 {
             return x.clone().contiguous();
+        }
+        dispatch!(x.dtype(), go(x, bias, rows, d))
+    }
+
+    pub(super) fn bias_gelu_fp8(
+        x: &Tensor,
+        bias: &Tensor,
+        rows: usize,
+        d: usize,
+    ) -> Result<Fp8Rows> {
+        fn go<T: CudaDType + DeviceRepr + WithDType>(
+            x: &Tensor,
+            bias: &Tensor,
+            rows: usize,
+            d: usize,
+        ) -> Result<Fp8Rows> {
+            let dev = ops::device(OP, x)?;
+            let (x, bias) = (prepared(x, &dev, "x")?, prepared(bias, &dev, "bias")?);
+            let (sx, lx) = x.storage_and_layout();
+            let (sb, lb) = bias.storage_and_layout();
+            let xv = ops::view::<T>(OP, &sx, lx, "x")?;
+            let bv = ops::view::<T>(OP, &sb, lb, "bias")?;
+            let name = format!("dit_bias_gelu_fp8_{}", ops::suffix(OP, T::DTYPE)?);
+            let f = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::DIT_FUSED)?;
+            // SAFETY: the kernel writes every byte and every scale.
+            let q = unsafe { dev.alloc::<u8>(rows * d)? };
+            let scale = unsafe { dev.alloc::<f32>(rows)? };
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (row_threads(d / 2), 1, 1),
+                shared_mem_bytes: smem(d * std::mem::size_of::<T>(), "bias_gelu_fp8")?,
+            };
+            let d_i = d as i32;
+            let mut b = f.builder();
+            b.arg(&xv);
+            b.arg(&bv);
+            b.arg(&q);
+            b.arg(&scale);
+            b.arg(&d_i);
+            // SAFETY: arguments match dit_bias_gelu_fp8_* in kernels/dit_fused.cu.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(Fp8Rows {
+                q: ops::wrap(q, &dev, (rows, d)),
+                scale: ops::wrap(scale, &dev, rows),
+            })
+        }
+        if rows == 0 || rows > i32::MAX as usize || d * x.dtype().size_in_bytes() > SMEM_MAX {
+            // No rows, or more than one launch or the shared memory takes: the two kernels.
+            let h = super::bias_gelu(x, bias)?.reshape((rows, d))?;
+            return crate::fp8::quantize_rows(&h);
         }
         dispatch!(x.dtype(), go(x, bias, rows, d))
     }
@@ -761,5 +841,32 @@ mod cuda {
             bail!("window_means: {windows} windows x {heads} heads")
         }
         dispatch!(x.dtype(), go(x, heads, windows, hd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn bias_gelu_fp8_is_bias_gelu_then_quantize_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (2, 3, 32), &dev)?.to_dtype(DType::BF16)?;
+        let b = Tensor::randn(0f32, 0.5, 32, &dev)?.to_dtype(DType::BF16)?;
+        let got = bias_gelu_fp8(&x, &b)?;
+        let want = fp8::quantize_rows(&bias_gelu(&x, &b)?.reshape((6, 32))?)?;
+        assert_eq!(got.q.dims(), &[6, 32]);
+        assert_eq!(
+            got.q.flatten_all()?.to_vec1::<u8>()?,
+            want.q.flatten_all()?.to_vec1::<u8>()?
+        );
+        assert_eq!(got.scale.to_vec1::<f32>()?, want.scale.to_vec1::<f32>()?);
+        // The FP8 GEMM's column rule, and the bias checks of bias_gelu.
+        let narrow = x.narrow(2, 0, 24)?.contiguous()?;
+        assert!(bias_gelu_fp8(&narrow, &b.narrow(0, 0, 24)?).is_err());
+        assert!(bias_gelu_fp8(&x, &b.to_dtype(DType::F32)?).is_err());
+        assert!(bias_gelu_fp8(&x, &b.narrow(0, 0, 16)?).is_err());
+        Ok(())
     }
 }

@@ -107,7 +107,8 @@ pub fn supported(device: &Device) -> Result<bool> {
     })
 }
 
-fn check_cols(cols: usize, what: &str) -> Result<()> {
+/// `cols` columns can go through the FP8 GEMM (`what` names the caller in the error).
+pub(crate) fn check_cols(cols: usize, what: &str) -> Result<()> {
     if cols == 0 || !cols.is_multiple_of(16) {
         bail!("fp8 {what}: {cols} columns, the FP8 GEMM needs a positive multiple of 16")
     }

@@ -6,6 +6,8 @@
 //! accumulation differs (order, and the FP8 tensor cores' accumulator between cuBLASLt's f32
 //! promotions), so the bound is 1e-3 of the output's largest value, plus one output rounding
 //! step in f16/bf16 (2^-10, 2^-7).
+//! The fused bias + GELU + quantize kernel (`dit_fused::bias_gelu_fp8`) must give the bytes and
+//! scales of `dit_fused::bias_gelu` followed by `quantize_rows` exactly.
 //! The ignored `bench_fp8_vs_bf16_gemm` times the DiT's linears at 768×1408 (8448 tokens per
 //! step): FP8 (quantize + GEMM + rescale) against one bf16 cuBLAS GEMM, JSON lines.
 //! Needs an sm_89+ GPU: `cargo test -p flashvsr-kernels --features cuda --test cuda_fp8`.
@@ -108,6 +110,86 @@ fn linear_matches_the_cpu_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bytes_and_scales(r: &fp8::Fp8Rows) -> anyhow::Result<(Vec<u8>, Vec<u32>)> {
+    let q =
+        r.q.to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<u8>()?;
+    let s = r.scale.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    Ok((q, s.iter().map(|v| v.to_bits()).collect()))
+}
+
+/// The fused bias + GELU + e4m3 kernel gives the bytes and scales of `bias_gelu` followed by
+/// `quantize_rows`, exactly; and the FP8 GEMM over them gives what `fp8::linear` over the GELU
+/// output gives.
+#[test]
+fn fused_bias_gelu_fp8_equals_bias_gelu_then_quantize() -> anyhow::Result<()> {
+    use flashvsr_kernels::dit_fused;
+    let Some(dev) = gpu()? else { return Ok(()) };
+    // The DiT's FFN width, a narrow row, and rows too wide for the fused kernel's shared memory
+    // in f32 (the unfused fallback).
+    for (rows, d) in [(203usize, 8960usize), (5, 16), (3, 16384)] {
+        let base = Tensor::randn(0f32, 1.0, (rows, d), &Device::Cpu)?;
+        // Rows of very different magnitudes (GELU ~ identity for large, ~0 for very negative).
+        let mags = Tensor::from_vec(
+            (0..rows)
+                .map(|i| 10f32.powi(i as i32 % 7 - 3))
+                .collect::<Vec<_>>(),
+            (rows, 1),
+            &Device::Cpu,
+        )?;
+        let bias = Tensor::randn(0f32, 0.5, d, &Device::Cpu)?;
+        let x = base.broadcast_mul(&mags)?;
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let b = bias.to_dtype(dtype)?;
+            let mut xs = x.to_dtype(dtype)?;
+            if rows > 1 {
+                // Row 1 is -bias: x + bias = 0 exactly, an all-zero GELU row (scale 1).
+                let neg = b.neg()?.unsqueeze(0)?;
+                xs = Tensor::cat(&[xs.narrow(0, 0, 1)?, neg, xs.narrow(0, 2, rows - 2)?], 0)?;
+            }
+            let (xg, bg) = (xs.to_device(&dev)?, b.to_device(&dev)?);
+            let fused = dit_fused::bias_gelu_fp8(&xg, &bg)?;
+            let h = dit_fused::bias_gelu(&xg, &bg)?;
+            let unfused = fp8::quantize_rows(&h)?;
+            assert_eq!(fused.q.dims(), &[rows, d]);
+            assert_eq!(fused.scale.dims(), &[rows]);
+            let (qf, sf) = bytes_and_scales(&fused)?;
+            let (qu, su) = bytes_and_scales(&unfused)?;
+            let differing = qf.iter().zip(&qu).filter(|(a, b)| a != b).count();
+            // For the record: against the CPU reference (its tanh may differ by an ulp).
+            let cpu = dit_fused::bias_gelu_fp8(&xs, &b)?;
+            let (qc, _) = bytes_and_scales(&cpu)?;
+            let vs_cpu = qf.iter().zip(&qc).filter(|(a, b)| a != b).count();
+            eprintln!(
+                "[{rows},{d}] {dtype:?}: {differing} of {} bytes differ from the unfused path ({vs_cpu} from the CPU)",
+                qf.len()
+            );
+            assert_eq!(differing, 0, "[{rows},{d}] {dtype:?} bytes");
+            assert_eq!(sf, su, "[{rows},{d}] {dtype:?} scales");
+            if rows > 1 {
+                assert_eq!(f32::from_bits(sf[1]), 1.0, "the zero row's scale");
+            }
+            // The GEMM over pre-quantized activations is the FP8 linear over the GELU output.
+            let w = Tensor::randn(0f32, 0.02, (64, d), &dev)?;
+            let wq = fp8::quantize_rows(&w)?;
+            let pre = fp8::linear_prequantized(&fused, &wq, None, dtype)?;
+            let lin = fp8::linear(&h, &wq, None)?;
+            assert_eq!(pre.dtype(), dtype);
+            let (pre, lin) = (
+                pre.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                lin.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            );
+            assert_eq!(
+                pre.flatten_all()?.to_vec1::<f32>()?,
+                lin.flatten_all()?.to_vec1::<f32>()?,
+                "[{rows},{d}] {dtype:?}: GEMM over the fused bytes"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// GEMM plans are cached per shape: interleaved calls of one shape with different weights,
 /// activations and scales each get their own scales (set per call) and repeat bit for bit.
 #[test]
@@ -200,5 +282,29 @@ fn bench_fp8_vs_bf16_gemm() -> anyhow::Result<()> {
         total.1,
         total.0 / total.1
     );
+    // The FFN's second linear with the bias + GELU before it, as the fused DiT block runs it:
+    // bf16 (bias_gelu + GEMM), FP8 unfused (bias_gelu + quantize + GEMM), FP8 fused
+    // (bias_gelu_fp8 + GEMM over its bytes).
+    {
+        use flashvsr_kernels::dit_fused;
+        let (k, n) = (8960, 1536);
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?.to_dtype(DType::BF16)?;
+        let b = Tensor::randn(0f32, 0.5, k, &dev)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?.to_dtype(DType::BF16)?;
+        let wt = w.t()?;
+        let wq = fp8::quantize_rows(&w)?;
+        let bf16 = time_ms(&dev, 20, || Ok(dit_fused::bias_gelu(&x, &b)?.matmul(&wt)?))?;
+        let unfused = time_ms(&dev, 20, || {
+            Ok(fp8::linear(&dit_fused::bias_gelu(&x, &b)?, &wq, None)?)
+        })?;
+        let fused = time_ms(&dev, 20, || {
+            let hq = dit_fused::bias_gelu_fp8(&x, &b)?;
+            Ok(fp8::linear_prequantized(&hq, &wq, None, DType::BF16)?)
+        })?;
+        println!(
+            "{{\"gelu_ffn2_ms\":{{\"bf16\":{bf16:.4},\"fp8_unfused\":{unfused:.4},\"fp8_fused\":{fused:.4}}},\"fused_speedup_vs_unfused\":{:.3}}}",
+            unfused / fused
+        );
+    }
     Ok(())
 }

@@ -128,8 +128,18 @@ impl DitBlock {
         let Some(ffn0_bias) = self.ffn0.bias() else {
             candle_core::bail!("DiT block: ffn.0 without bias")
         };
-        let h = dit_fused::bias_gelu(&self.ffn0.forward_no_bias(&b)?, ffn0_bias)?;
-        let f = self.ffn2.forward_no_bias(&h)?;
+        let h = self.ffn0.forward_no_bias(&b)?;
+        let f = if self.ffn2.fp8_weight().is_some() {
+            // The GELU output goes to e4m3 in the same kernel (the bytes and scales the FP8
+            // linear would make of it).
+            let hq = dit_fused::bias_gelu_fp8(&h, ffn0_bias)?;
+            self.ffn2
+                .forward_fp8_no_bias(&hq, h.dtype())?
+                .reshape(x.shape())?
+        } else {
+            self.ffn2
+                .forward_no_bias(&dit_fused::bias_gelu(&h, ffn0_bias)?)?
+        };
         let x = dit_fused::gated_residual(&x, &f, self.ffn2.bias(), Some(&gate2))?;
         let probes = match draft {
             Some(draft) => {

@@ -104,6 +104,17 @@ impl Linear {
         self.over_last_dim(x, |x2| self.times_weight(x2))
     }
 
+    /// `x·Wᵀ` without the bias from activations already quantized to e4m3 per token (`xq`
+    /// `[rows, in]`, e.g. by a fused kernel), output `[rows, out]` in `dtype` (the activations'
+    /// dtype). Only for an FP8 weight ([`Linear::fp8_weight`]).
+    pub fn forward_fp8_no_bias(&self, xq: &Fp8Rows, dtype: candle_core::DType) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        match &self.weight {
+            LinearWeight::Fp8(w) => fp8::linear_prequantized(xq, w, None, dtype),
+            _ => candle_core::bail!("linear: pre-quantized FP8 activations need an FP8 weight"),
+        }
+    }
+
     /// `x2 [rows, in] · Wᵀ`, dense or quantized, in `x2`'s dtype.
     fn times_weight(&self, x2: &Tensor) -> Result<Tensor> {
         match &self.weight {
@@ -336,6 +347,13 @@ mod tests {
         // The bias path and the no-bias path agree (the bias added after the scales).
         let nb = l.forward_no_bias(&x)?.broadcast_add(&b)?;
         assert!(max_abs_diff(&y, &nb)? < 1e-5);
+        // Activations quantized beforehand: the same product.
+        let xq = fp8::quantize_rows(&x.reshape((6, 64))?)?;
+        let pre = l.forward_fp8_no_bias(&xq, DType::F32)?;
+        let no_bias = l.forward_no_bias(&x)?.reshape((6, 16))?;
+        assert_eq!(pre.to_vec2::<f32>()?, no_bias.to_vec2::<f32>()?);
+        let dense = Linear::from_dense(w.clone(), None)?;
+        assert!(dense.forward_fp8_no_bias(&xq, DType::F32).is_err());
         let want = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
         let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
         let err = max_abs_diff(&y, &want)?;
