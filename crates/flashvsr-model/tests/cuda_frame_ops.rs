@@ -178,6 +178,52 @@ fn colour_case(
     Ok((hq, lq))
 }
 
+/// The LQ video `[1, 3, T, H, W]` built on the host with the scalar mapping
+/// [`frames::u8_to_unit`] byte by byte (upstream's `(u8 / 255) * 2 - 1` in f32, spec §7), then
+/// cast to `dtype`: the reference the fused kernel's own u8 reading must match, independent of
+/// how `frames::unit_video` builds it.
+fn scalar_unit_video(lq: &[RgbFrame], dtype: DType) -> anyhow::Result<Tensor> {
+    let (h, w) = (lq[0].height, lq[0].width);
+    let mut v = Vec::with_capacity(3 * lq.len() * h * w);
+    for c in 0..3 {
+        for f in lq {
+            v.extend(f.data.chunks_exact(3).map(|px| frames::u8_to_unit(px[c])));
+        }
+    }
+    Ok(Tensor::from_vec(v, (1, 3, lq.len(), h, w), &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// `frames::unit_video` must give [`frames::u8_to_unit`] for every byte, on the host and on the
+/// device: the colour-fix comparison below uses it as the CPU reference's LQ video (and the
+/// pipeline feeds it to the LQ projection), while the fused kernel reads the bytes itself.
+/// Candle's `index_select` writes 0 for an id equal to its type's maximum (255 for u8 ids), so
+/// a table lookup indexed by the raw u8 bytes maps 255 to 0.0 instead of 1.0.
+#[test]
+fn unit_video_maps_every_byte_like_u8_to_unit() -> anyhow::Result<()> {
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let frame = frames::from_rgb24(256, 1, bytes.iter().flat_map(|&b| [b, b, b]).collect())?;
+    let mut failures = Vec::new();
+    for dev in [Device::Cpu, Device::new_cuda(0)?] {
+        let held = frames::to_device(&frame, &dev)?;
+        let got = frames::unit_video(&[held], DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (i, &b) in bytes.iter().chain(&bytes).chain(&bytes).enumerate() {
+            if got[i] != frames::u8_to_unit(b) {
+                failures.push(format!(
+                    "{dev:?} channel {}: byte {b} -> {} (want {})",
+                    i / 256,
+                    got[i],
+                    frames::u8_to_unit(b)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "unit_video:\n{}", failures.join("\n"));
+    Ok(())
+}
+
 struct Diff {
     differing: usize,
     max: u8,
@@ -295,6 +341,24 @@ fn colour_fix_kernels_match_the_cpu() -> anyhow::Result<()> {
         );
         println!("{line}");
         if d.max > 1 || d.differing * 1000 > d.total {
+            failures.push(line);
+        }
+        // The same CPU colour fix against an LQ video mapped byte by byte (no table lookup):
+        // tells a kernel fault from a fault of `frames::unit_video` (see the test above).
+        let spec_ref = scalar_unit_video(&lq, dtype)?;
+        let fixed = ColorFix::AdaIn.apply(&hq, &spec_ref)?.clamp(-1f32, 1f32)?;
+        let want_spec = frames::to_rgb_frames(&fixed)?;
+        let ds = diff(&got, &want_spec);
+        let n255: usize = lq
+            .iter()
+            .map(|f| f.data.iter().filter(|&&b| b == 255).count())
+            .sum();
+        let line = format!(
+            "AdaIn {dtype:?} T{t} {w}x{h}: fused kernels {} of {} bytes differ from the CPU colour fix on a byte-by-byte LQ video (max {}); LQ bytes equal to 255: {n255}",
+            ds.differing, ds.total, ds.max
+        );
+        println!("{line}");
+        if ds.max > 1 || ds.differing * 1000 > ds.total {
             failures.push(line);
         }
         // Timings, inputs already on the device: kernels alone (synchronised) and with the
