@@ -135,9 +135,13 @@ pub fn unit_video(frames: &[Tensor], dtype: DType) -> Result<Tensor> {
     let table: Vec<f32> = (0..=255u8).map(u8_to_unit).collect();
     let table = Tensor::from_vec(table, 256, first.device())?;
     let t = frames.len();
-    let bytes = Tensor::stack(frames, 0)?.flatten_all()?;
+    // u32 ids: Candle's index_select writes 0 for an id equal to its type's maximum (a
+    // padding convention), which for u8 ids would turn every byte 255 into mid-grey.
+    let ids = Tensor::stack(frames, 0)?
+        .flatten_all()?
+        .to_dtype(DType::U32)?;
     table
-        .index_select(&bytes, 0)?
+        .index_select(&ids, 0)?
         .reshape((t, h, w, c))?
         .permute((3, 0, 1, 2))?
         .to_dtype(dtype)?
@@ -209,19 +213,24 @@ mod tests {
 
     #[test]
     fn unit_video_matches_the_scalar_mapping() -> Result<()> {
-        let frames: Vec<RgbFrame> = (0..3u8)
+        // 3 frames x 32 pixels x 3 channels: every byte value 0..=255 appears (255 included:
+        // it once came out as 0.0 through a u8 index_select).
+        let frames: Vec<RgbFrame> = (0..3u32)
             .map(|t| {
-                let data = (0..5 * 4 * 3)
-                    .map(|i| (i as u8).wrapping_mul(37).wrapping_add(t * 91))
+                let data = (0..8 * 4 * 3)
+                    .map(|i| ((i + t * 96) * 37 % 256) as u8)
                     .collect();
-                from_rgb24(5, 4, data)
+                from_rgb24(8, 4, data)
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&RgbFrame> = frames.iter().collect();
         let got = frames_to_tensor(&refs, &Device::Cpu, DType::F32)?;
-        assert_eq!(got.dims(), &[1, 3, 3, 4, 5]);
+        assert_eq!(got.dims(), &[1, 3, 3, 4, 8]);
         let got = got.flatten_all()?.to_vec1::<f32>()?;
-        let plane = 5 * 4;
+        let plane = 8 * 4;
+        let seen: std::collections::HashSet<u8> =
+            frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+        assert_eq!(seen.len(), 256);
         for (ti, frame) in frames.iter().enumerate() {
             for (p, px) in frame.data.chunks_exact(3).enumerate() {
                 for c in 0..3 {
