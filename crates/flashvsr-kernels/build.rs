@@ -60,9 +60,21 @@ fn build_ptx() -> Result<(), String> {
         let src = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");
         let ptx = out_dir.join(format!("{name}.ptx"));
+        // `*_sm90a.cu` use Hopper-only instructions (wgmma): PTX for sm_90a, which loads on
+        // compute capability 9.0 only, built when the target is 9.0; otherwise an empty module
+        // that the runtime never loads.
+        let arch = if name.ends_with("_sm90a") {
+            if cap.trim_end_matches('a') != "90" {
+                std::fs::write(&ptx, "").map_err(|e| format!("writing {}: {e}", ptx.display()))?;
+                continue;
+            }
+            "sm_90a".to_string()
+        } else {
+            format!("sm_{cap}")
+        };
         let output = Command::new(&nvcc)
             .args(["--ptx", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
-            .arg(format!("-arch=sm_{cap}"))
+            .arg(format!("-arch={arch}"))
             .arg(&src)
             .arg("-o")
             .arg(&ptx)

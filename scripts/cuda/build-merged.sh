@@ -29,6 +29,8 @@ for l in sys.stdin:
   [ -n "$exe" ] || { echo "no executable for $pt" >&2; exit 1; }
   pack "$exe" "$t"
 done
-nice -n 19 cargo build --locked --release -p flashvsr-kernels --features cuda --example bench_implicit_conv
-pack "$CARGO_TARGET_DIR/release/examples/bench_implicit_conv" bench_implicit_conv
+for ex in bench_implicit_conv bench_block_sparse; do
+  nice -n 19 cargo build --locked --release -p flashvsr-kernels --features cuda --example $ex
+  pack "$CARGO_TARGET_DIR/release/examples/$ex" $ex
+done
 ls -la device/merged

@@ -9,11 +9,13 @@
 #   parity   tests/device_parity.rs in f32, f16, bf16
 #   fixture  the tiny and full fixtures through `flashvsr upscale`, new paths and the old ones
 #   bench    `flashvsr bench` 768x1408 (tiny and full) and 1080p: new paths vs the old ones, same binary
+#            (BENCH_OLD=0 skips the old paths, BENCH_FULL=0 the full mode)
 #   memory   the memory plan and 4K runs under a VRAM budget
 #   quant    the quantized DiT (q8_0, q4_k) beside bf16
 #   joins    segments with warm-up (issue 16) at real dims: PSNR at the joins against one run
 # The old paths stay selectable in the same binary: FLASHVSR_TC_CONV=tap (NCHW tap-GEMM decoder),
-# FLASHVSR_LEGACY_FRAME_OPS=1 (Candle-op colour fix, host bicubic), FLASHVSR_DIT_FUSED=0 (op-by-op DiT).
+# FLASHVSR_LEGACY_FRAME_OPS=1 (Candle-op colour fix, host bicubic), FLASHVSR_DIT_FUSED=0 (op-by-op DiT),
+# FLASHVSR_BSA_KERNEL=mma2 (the mma.sync attention kernel instead of the Hopper wgmma one).
 set -uo pipefail
 OUT=${OUT:-/tmp/flashvsr-gpu}; mkdir -p "$OUT"
 PHASES=${PHASES:-kernels parity fixture bench}
@@ -48,6 +50,7 @@ if has kernels; then
     stamp "bench_dit_step rc=$?"; tail -40 $OUT/bench_dit_step.log
   fi
   [ -x $B/cuda_fp8 ] && { (cd /work/main/crates/flashvsr-kernels && timeout 120 $B/cuda_fp8 --ignored --nocapture bench_fp8_vs_bf16_gemm) > $OUT/bench_fp8.log 2>&1; stamp "bench_fp8 rc=$?"; grep '^{' $OUT/bench_fp8.log; }
+  [ -x $B/bench_block_sparse ] && { timeout 200 $B/bench_block_sparse > $OUT/bench_block_sparse.log 2>&1; stamp "bench_block_sparse rc=$?"; grep -E "^\||accuracy|max abs" $OUT/bench_block_sparse.log; }
   [ -x $B/bench_implicit_conv ] && { timeout 120 $B/bench_implicit_conv > $OUT/bench_implicit_conv.log 2>&1; stamp "bench_implicit_conv rc=$?"; tail -40 $OUT/bench_implicit_conv.log; }
 fi
 
@@ -91,11 +94,13 @@ EOF
 if has bench; then
   bench warm X=1 -- --size 256x256 --frames 5 --dtype bf16 > /dev/null
   bench tiny_new X=1 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
-  bench tiny_old $OLD -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
-  bench tiny_old_dit FLASHVSR_DIT_FUSED=0 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
-  bench tiny_old_conv FLASHVSR_TC_CONV=tap -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
+  # The Hopper (wgmma) attention kernel against the mma.sync one, same binary.
+  bench tiny_mma2 FLASHVSR_BSA_KERNEL=mma2 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
+  [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old $OLD -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
+  [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old_dit FLASHVSR_DIT_FUSED=0 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
+  [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old_conv FLASHVSR_TC_CONV=tap -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
   bench tiny_1080_new X=1 -- --size 1920x1080 --frames ${FRAMES:-41} --dtype bf16
-  bench full_new X=1 -- --size 1408x768 --frames 25 --mode full --dtype bf16
+  [ "${BENCH_FULL:-1}" = 1 ] && bench full_new X=1 -- --size 1408x768 --frames 25 --mode full --dtype bf16
 fi
 if has memory; then
   bench plan_4k X=1 -- --size 3840x2160 --frames 25 --dtype bf16 --max-vram 24 --plan

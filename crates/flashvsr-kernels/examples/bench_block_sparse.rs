@@ -96,16 +96,19 @@ mod bench {
             HEADS * nq
         );
 
-        let variants = [
+        let mut variants = vec![
             (
-                "tensor cores, cp.async pipeline (default)",
+                "tensor cores, mma.sync + cp.async pipeline (mma2)",
                 KernelVariant::TensorCore,
             ),
             ("tensor cores, simple", KernelVariant::TensorCoreSimple),
             ("scalar f32 FMA", KernelVariant::Scalar),
         ];
+        if flashvsr_kernels::gpu_caps::compute_capability(&dev)? == Some(90) {
+            variants.insert(0, ("Hopper wgmma (sm_90a)", KernelVariant::Hopper));
+        }
         let mut outs = Vec::new();
-        for (_, variant) in variants {
+        for &(_, variant) in &variants {
             // Poison: a NaN buffer of the output's size, freed just before the call.
             let nan = Tensor::full(f32::NAN, q.shape(), &dev)?.to_dtype(DType::BF16)?;
             dev.synchronize()?;
@@ -177,7 +180,7 @@ mod bench {
         let flops = selected * (BLOCK_TOKENS * BLOCK_TOKENS * HEAD_DIM * 4) as f64;
         let iters = 20;
         let mut times = Vec::new();
-        for (_, variant) in variants {
+        for &(_, variant) in &variants {
             let op = BlockSparseAttention::new(scale).with_variant(variant);
             let iters = if variant == KernelVariant::Scalar {
                 5

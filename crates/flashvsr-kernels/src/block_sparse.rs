@@ -33,6 +33,18 @@ pub enum KernelVariant {
     TensorCore,
     /// The first, unpipelined tensor-core kernel (kept as a cross-check), bf16/f16 only.
     TensorCoreSimple,
+    /// Hopper warpgroup MMA (`wgmma`, sm_90a PTX), bf16/f16 with head_dim 128 only: needs a
+    /// compute capability 9.0 GPU and a build with `CUDA_COMPUTE_CAP=90`.
+    Hopper,
+}
+
+impl KernelVariant {
+    /// What [`KernelVariant::Auto`] picks among the tensor-core kernels: `FLASHVSR_BSA_KERNEL`
+    /// (`wgmma` or `mma2`) when set, for side-by-side measurements in one binary; else the
+    /// Hopper kernel wherever it runs.
+    fn auto_prefers_hopper() -> bool {
+        std::env::var("FLASHVSR_BSA_KERNEL").map_or(true, |v| v != "mma2")
+    }
 }
 
 /// Layout of the attention output.
@@ -327,6 +339,7 @@ mod cuda {
     use candle_core::{bail, CudaStorage, Layout, Result, Storage};
 
     const MODULE: &str = "flashvsr_block_sparse_attn";
+    const MODULE_SM90A: &str = "flashvsr_block_sparse_attn_sm90a";
     const THREADS: u32 = 256;
 
     pub(super) struct Operands<'a> {
@@ -351,12 +364,14 @@ mod cuda {
             offset(args.k.1, "k")?,
             offset(args.v.1, "v")?,
         );
-        // The tensor-core kernel loads q as 4-byte pairs and k/v as 16-byte vectors.
+        // The tensor-core kernels load q as 4-byte pairs (the Hopper one as 16-byte vectors)
+        // and k/v as 16-byte vectors.
         let aligned = q_off % 2 == 0 && k_off % 8 == 0 && v_off % 8 == 0;
+        let hopper_aligned = aligned && q_off % 8 == 0;
         let half_type = dtype_name != "f32";
         let tensor_core = matches!(
             op.variant,
-            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple
+            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple | KernelVariant::Hopper
         );
         if tensor_core && !half_type {
             bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
@@ -379,17 +394,36 @@ mod cuda {
         if tensor_core && !tensor_cores {
             bail!("block_sparse_attention: the tensor-core kernels need an sm_80+ GPU and kernels built for sm_80+")
         }
+        // The sm_90a module exists only in builds for compute capability 9.0, and its PTX
+        // loads only on such a GPU.
+        let hopper = gpu == Some(90)
+            && !crate::ptx::BLOCK_SPARSE_ATTN_SM90A.is_empty()
+            && half_type
+            && dims.head_dim == 128;
+        if op.variant == KernelVariant::Hopper && !hopper {
+            bail!("block_sparse_attention: the Hopper kernel needs a compute capability 9.0 GPU, a build with CUDA_COMPUTE_CAP=90, bf16/f16 and head_dim 128")
+        }
+        if op.variant == KernelVariant::Hopper && !hopper_aligned {
+            bail!("block_sparse_attention: the Hopper kernel needs q/k/v offsets that are multiples of 8 elements")
+        }
         let kernel = match op.variant {
+            KernelVariant::Auto
+                if hopper && hopper_aligned && KernelVariant::auto_prefers_hopper() =>
+            {
+                "wgmma"
+            }
             KernelVariant::Auto if half_type && aligned && tensor_cores => "mma2",
             KernelVariant::Auto | KernelVariant::Scalar => "scalar",
             KernelVariant::TensorCore => "mma2",
             KernelVariant::TensorCoreSimple => "mma",
+            KernelVariant::Hopper => "wgmma",
         };
-        // mma2 stages K and V in a dynamic double buffer: 2 x 2 x 64 keys x (D + 8) halves.
-        let dyn_smem = if kernel == "mma2" {
-            (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32
-        } else {
-            0
+        let dyn_smem = match kernel {
+            // A double buffer of K and V chunks: 2 x 2 x 64 keys x (D + 8) halves.
+            "mma2" => (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32,
+            // Q plus double-buffered K and V tiles: 5 x 128 x 128 halves.
+            "wgmma" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
+            _ => 0,
         };
         let q = args.q.0.as_cuda_slice::<T>()?.slice(q_off..);
         let k = args.k.0.as_cuda_slice::<T>()?.slice(k_off..);
@@ -402,8 +436,19 @@ mod cuda {
         };
         let mask = mask.slice(offset(mask_layout, "block_mask")?..);
 
-        let name = format!("bsa_{kernel}_{dtype_name}_d{}", dims.head_dim);
-        let func = dev.get_or_load_custom_func(&name, MODULE, crate::ptx::BLOCK_SPARSE_ATTN)?;
+        let func = if kernel == "wgmma" {
+            // FLASHVSR_BSA_WGMMA_DESC (0-3, tests only) picks a descriptor-convention probe.
+            let desc = std::env::var("FLASHVSR_BSA_WGMMA_DESC")
+                .ok()
+                .and_then(|v| v.parse::<u8>().ok())
+                .filter(|d| *d < 4)
+                .unwrap_or(0);
+            let name = format!("bsa_wgmma_{dtype_name}_d128_desc{desc}");
+            dev.get_or_load_custom_func(&name, MODULE_SM90A, crate::ptx::BLOCK_SPARSE_ATTN_SM90A)?
+        } else {
+            let name = format!("bsa_{kernel}_{dtype_name}_d{}", dims.head_dim);
+            dev.get_or_load_custom_func(&name, MODULE, crate::ptx::BLOCK_SPARSE_ATTN)?
+        };
         if dyn_smem > 48 * 1024 {
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -51,6 +51,9 @@ pub(crate) fn contiguous_start(
 pub(crate) mod ptx {
     pub const BLOCK_SPARSE_ATTN: &str =
         include_str!(concat!(env!("OUT_DIR"), "/block_sparse_attn.ptx"));
+    /// Empty unless the build targets compute capability 9.0 (see build.rs).
+    pub const BLOCK_SPARSE_ATTN_SM90A: &str =
+        include_str!(concat!(env!("OUT_DIR"), "/block_sparse_attn_sm90a.ptx"));
     pub const TOPK_THRESHOLD: &str = include_str!(concat!(env!("OUT_DIR"), "/topk_threshold.ptx"));
     pub const IMPLICIT_CONV: &str = include_str!(concat!(env!("OUT_DIR"), "/implicit_conv.ptx"));
     pub const FRAME_OPS: &str = include_str!(concat!(env!("OUT_DIR"), "/frame_ops.ptx"));

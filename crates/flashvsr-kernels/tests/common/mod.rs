@@ -48,6 +48,11 @@ pub fn random_case(
     })
 }
 
+/// Whether the device is a compute capability 9.0 GPU (where the Hopper kernel runs).
+pub fn is_hopper(device: &Device) -> Result<bool> {
+    Ok(flashvsr_kernels::gpu_caps::compute_capability(device)? == Some(90))
+}
+
 /// Expands the block mask to tokens: [heads, q_tokens, k_tokens] u8.
 pub fn token_mask(mask: &Tensor) -> Result<Tensor> {
     let (h, nq, nk) = mask.dims3()?;
