@@ -38,6 +38,7 @@ pub enum KernelVariant {
     Hopper,
 }
 
+#[cfg(feature = "cuda")]
 impl KernelVariant {
     /// What [`KernelVariant::Auto`] picks among the tensor-core kernels: `FLASHVSR_BSA_KERNEL`
     /// (`wgmma` or `mma2`) when set, for side-by-side measurements in one binary; else the
