@@ -44,6 +44,8 @@ struct BenchReport {
     peak_vram_bytes: Option<u64>,
     /// The allocator pool's high-water mark per stage (CUDA): live tensors, no runtime.
     stage_peak_vram_bytes: std::collections::BTreeMap<&'static str, u64>,
+    /// The most the pool reserved from the device (free blocks included; CUDA).
+    pool_reserved_high_bytes: Option<u64>,
     tiles: usize,
     kv_park_s: f64,
     memory_plan: flashvsr_model::memory_plan::MemoryPlan,
@@ -235,6 +237,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         peak_ram_bytes: summary::peak_rss_bytes(),
         peak_vram_bytes: peak_vram,
         stage_peak_vram_bytes: s.stage_peak_bytes.clone(),
+        pool_reserved_high_bytes: flashvsr_model::device_memory::pool_reserved_high(&device),
         tiles: session.tiles(),
         kv_park_s: s.kv_park_s,
         memory_plan: plan,

@@ -110,6 +110,8 @@ pub struct Summary {
     pub memory_plan: flashvsr_model::memory_plan::MemoryPlan,
     /// Device memory at each stage's peak (CUDA), to compare with the plan.
     pub stage_peak_vram_bytes: std::collections::BTreeMap<&'static str, u64>,
+    /// The most the allocator pool reserved from the device, free blocks included (CUDA).
+    pub pool_reserved_high_bytes: Option<u64>,
 }
 
 impl Summary {

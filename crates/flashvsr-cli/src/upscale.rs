@@ -253,6 +253,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         weights: weights.files(),
         memory_plan: plan.clone(),
         stage_peak_vram_bytes: session.stage_peaks(),
+        pool_reserved_high_bytes: flashvsr_model::device_memory::pool_reserved_high(&device),
     };
     summary.emit(args.json, quiet, matches!(output, OutputSpec::Stdout));
     Ok(())

@@ -21,23 +21,44 @@ pub fn free_and_total(device: &Device) -> Option<(u64, u64)> {
 
 /// The pool's high-water mark of memory in use since the last [`reset_pool_peak`].
 pub fn pool_peak(device: &Device) -> Option<u64> {
-    pool_attribute(device, false)
+    read_pool_attribute(device, PoolAttribute::UsedHigh)
+}
+
+/// The pool's high-water mark of memory *reserved* from the device since the process started
+/// (never reset): what the pool held at most, free blocks included. The gap to the process's
+/// peak in nvidia-smi is the runtime outside the pool (context, libraries, modules).
+pub fn pool_reserved_high(device: &Device) -> Option<u64> {
+    read_pool_attribute(device, PoolAttribute::ReservedHigh)
 }
 
 /// Restarts the high-water mark from the memory in use now.
 pub fn reset_pool_peak(device: &Device) {
-    let _ = pool_attribute(device, true);
+    let _ = pool_attribute(device, PoolAttribute::UsedHigh, true);
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[derive(Clone, Copy)]
+enum PoolAttribute {
+    UsedHigh,
+    ReservedHigh,
+}
+
+fn read_pool_attribute(device: &Device, which: PoolAttribute) -> Option<u64> {
+    pool_attribute(device, which, false)
 }
 
 #[cfg(feature = "cuda")]
-fn pool_attribute(device: &Device, reset: bool) -> Option<u64> {
+fn pool_attribute(device: &Device, which: PoolAttribute, reset: bool) -> Option<u64> {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     let Device::Cuda(d) = device else {
         return None;
     };
     let ctx = d.cuda_stream().context().clone();
     ctx.bind_to_thread().ok()?;
-    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    let attr = match which {
+        PoolAttribute::UsedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        PoolAttribute::ReservedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+    };
     // SAFETY: the device comes from a live context; the attribute is a cuuint64_t.
     unsafe {
         let pool = result::device::get_default_mem_pool(ctx.cu_device()).ok()?;
@@ -52,7 +73,7 @@ fn pool_attribute(device: &Device, reset: bool) -> Option<u64> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn pool_attribute(device: &Device, _reset: bool) -> Option<u64> {
+fn pool_attribute(device: &Device, _which: PoolAttribute, _reset: bool) -> Option<u64> {
     let _ = device;
     None
 }
