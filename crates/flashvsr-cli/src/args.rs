@@ -708,6 +708,10 @@ pub struct MemoryArgs {
     /// plan picks tiling, KV parking and decoder chunking to fit, or refuses before any work.
     #[arg(long, value_name = "GIB", value_parser = parse_gib)]
     pub max_vram: Option<f64>,
+    /// Latents the tiny decoder decodes per call (each is 4 output frames) [default: the
+    /// plan's choice, the most that fit]. Fewer: less decoder memory, a little slower.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub decoder_latents: Option<u64>,
     /// Print the memory plan and exit (the weights are read only for their headers).
     #[arg(long)]
     pub plan: bool,

@@ -128,6 +128,8 @@ pub struct Job {
     pub tile_overlap: usize,
     pub budget: Option<u64>,
     pub cuda: bool,
+    /// `--decoder-latents`: the most latents per decoder call (`None`: the planner decides).
+    pub decoder_latents: Option<usize>,
 }
 
 pub fn plan(dims: ModelDims, job: &Job) -> Result<MemoryPlan> {
@@ -143,6 +145,7 @@ pub fn plan(dims: ModelDims, job: &Job) -> Result<MemoryPlan> {
         tile_overlap: job.tile_overlap,
         budget: job.budget,
         cuda: job.cuda,
+        decoder_latents: job.decoder_latents,
         calibration: Calibration::for_device(job.cuda),
     };
     memory_plan::plan(&req).map_err(|e| {

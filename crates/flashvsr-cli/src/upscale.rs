@@ -112,6 +112,7 @@ pub fn run(args: &UpscaleArgs, quiet: bool) -> Result<()> {
         tile: args.tile.map(|t| (t, args.tile_overlap)),
         tile_overlap: args.tile_overlap,
         budget: memory::budget(args.memory.max_vram, &device),
+        decoder_latents: args.memory.decoder_latents.map(|n| n as usize),
         cuda: device.is_cuda(),
     };
     let plan = memory::plan(dims, &job)?;

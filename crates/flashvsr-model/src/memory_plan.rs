@@ -216,6 +216,9 @@ pub struct PlanRequest {
     /// Device memory the job may use (`None`: no limit).
     pub budget: Option<u64>,
     pub cuda: bool,
+    /// The most latents per tiny-decoder call the user allows (`None`: as many as the CUDA
+    /// limits allow; the planner still lowers it to fit the budget).
+    pub decoder_latents: Option<usize>,
     pub calibration: Calibration,
 }
 
@@ -752,7 +755,7 @@ pub fn plan(req: &PlanRequest) -> Result<MemoryPlan> {
     for tile in candidates {
         let (h, w, tiles, _) = geometry(req, tile)?;
         let max_lat = match max_latents_per_call(req, h, w) {
-            Ok(n) => n,
+            Ok(n) => req.decoder_latents.map_or(n, |cap| n.min(cap.max(1))),
             Err(e) => {
                 limit_error.get_or_insert(e);
                 continue;
@@ -854,6 +857,7 @@ mod tests {
             tile_overlap: 32,
             budget: None,
             cuda: true,
+            decoder_latents: None,
             calibration: Calibration::for_device(true),
         }
     }
@@ -1009,6 +1013,19 @@ mod tests {
         assert!((diff as f64 - want).abs() < 4.0, "{diff} vs {want}");
         assert_eq!(parked.park_bytes_per_step, 6 * parked.kv_device_bytes);
         assert!(parked.peak_bytes < resident.peak_bytes);
+        Ok(())
+    }
+
+    #[test]
+    fn decoder_latents_caps_the_planned_chunking() -> Result<()> {
+        let free = plan(&request(1408, 768))?;
+        assert_eq!(free.choices.decoder_latents_per_call, 2);
+        let capped = plan(&PlanRequest {
+            decoder_latents: Some(1),
+            ..request(1408, 768)
+        })?;
+        assert_eq!(capped.choices.decoder_latents_per_call, 1);
+        assert!(capped.peak_bytes < free.peak_bytes);
         Ok(())
     }
 }
