@@ -96,6 +96,8 @@ if has bench; then
   bench tiny_new X=1 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
   # The Hopper (wgmma) attention kernel against the mma.sync one, same binary.
   bench tiny_mma2 FLASHVSR_BSA_KERNEL=mma2 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
+  # Decoder memory: one latent (4 frames) per decoder call instead of the plan's two.
+  bench tiny_dec1 X=1 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16 --decoder-latents 1
   [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old $OLD -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
   [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old_dit FLASHVSR_DIT_FUSED=0 -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
   [ "${BENCH_OLD:-1}" = 1 ] && bench tiny_old_conv FLASHVSR_TC_CONV=tap -- --size 1408x768 --frames ${FRAMES:-41} --dtype bf16
