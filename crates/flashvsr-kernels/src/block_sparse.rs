@@ -34,17 +34,24 @@ pub enum KernelVariant {
     /// The first, unpipelined tensor-core kernel (kept as a cross-check), bf16/f16 only.
     TensorCoreSimple,
     /// Hopper warpgroup MMA (`wgmma`, sm_90a PTX), bf16/f16 with head_dim 128 only: needs a
-    /// compute capability 9.0 GPU and a build with `CUDA_COMPUTE_CAP=90`.
+    /// compute capability 9.0 GPU and a build with `CUDA_COMPUTE_CAP=90`. Key blocks in two
+    /// 64-key halves, softmax of one overlapping the tensor cores' work on the other.
     Hopper,
+    /// [`KernelVariant::Hopper`] without the overlap (a whole key block per GEMM; cross-check).
+    HopperSimple,
 }
 
 #[cfg(feature = "cuda")]
 impl KernelVariant {
-    /// What [`KernelVariant::Auto`] picks among the tensor-core kernels: `FLASHVSR_BSA_KERNEL`
-    /// (`wgmma` or `mma2`) when set, for side-by-side measurements in one binary; else the
-    /// Hopper kernel wherever it runs.
-    fn auto_prefers_hopper() -> bool {
-        std::env::var("FLASHVSR_BSA_KERNEL").map_or(true, |v| v != "mma2")
+    /// What [`KernelVariant::Auto`] picks among the tensor-core kernels where the Hopper ones
+    /// run: `FLASHVSR_BSA_KERNEL` = `mma2` or `wgmma-simple` when set, for side-by-side
+    /// measurements in one binary; else [`KernelVariant::Hopper`].
+    fn auto_on_hopper() -> Self {
+        match std::env::var("FLASHVSR_BSA_KERNEL").as_deref() {
+            Ok("mma2") => Self::TensorCore,
+            Ok("wgmma-simple") => Self::HopperSimple,
+            _ => Self::Hopper,
+        }
     }
 }
 
@@ -372,7 +379,10 @@ mod cuda {
         let half_type = dtype_name != "f32";
         let tensor_core = matches!(
             op.variant,
-            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple | KernelVariant::Hopper
+            KernelVariant::TensorCore
+                | KernelVariant::TensorCoreSimple
+                | KernelVariant::Hopper
+                | KernelVariant::HopperSimple
         );
         if tensor_core && !half_type {
             bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
@@ -401,29 +411,33 @@ mod cuda {
             && !crate::ptx::BLOCK_SPARSE_ATTN_SM90A.is_empty()
             && half_type
             && dims.head_dim == 128;
-        if op.variant == KernelVariant::Hopper && !hopper {
+        let wants_hopper = matches!(
+            op.variant,
+            KernelVariant::Hopper | KernelVariant::HopperSimple
+        );
+        if wants_hopper && !hopper {
             bail!("block_sparse_attention: the Hopper kernel needs a compute capability 9.0 GPU, a build with CUDA_COMPUTE_CAP=90, bf16/f16 and head_dim 128")
         }
-        if op.variant == KernelVariant::Hopper && !hopper_aligned {
+        if wants_hopper && !hopper_aligned {
             bail!("block_sparse_attention: the Hopper kernel needs q/k/v offsets that are multiples of 8 elements")
         }
-        let kernel = match op.variant {
-            KernelVariant::Auto
-                if hopper && hopper_aligned && KernelVariant::auto_prefers_hopper() =>
-            {
-                "wgmma"
-            }
+        let variant = match op.variant {
+            KernelVariant::Auto if hopper && hopper_aligned => KernelVariant::auto_on_hopper(),
+            v => v,
+        };
+        let kernel = match variant {
             KernelVariant::Auto if half_type && aligned && tensor_cores => "mma2",
             KernelVariant::Auto | KernelVariant::Scalar => "scalar",
             KernelVariant::TensorCore => "mma2",
             KernelVariant::TensorCoreSimple => "mma",
-            KernelVariant::Hopper => "wgmma",
+            KernelVariant::Hopper => "wgmma_split",
+            KernelVariant::HopperSimple => "wgmma",
         };
         let dyn_smem = match kernel {
             // A double buffer of K and V chunks: 2 x 2 x 64 keys x (D + 8) halves.
             "mma2" => (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32,
             // Q plus double-buffered K and V tiles: 5 x 128 x 128 halves.
-            "wgmma" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
+            "wgmma" | "wgmma_split" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
             _ => 0,
         };
         let q = args.q.0.as_cuda_slice::<T>()?.slice(q_off..);
@@ -437,14 +451,14 @@ mod cuda {
         };
         let mask = mask.slice(offset(mask_layout, "block_mask")?..);
 
-        let func = if kernel == "wgmma" {
+        let func = if kernel.starts_with("wgmma") {
             // FLASHVSR_BSA_WGMMA_DESC (0-3, tests only) picks a descriptor-convention probe.
             let desc = std::env::var("FLASHVSR_BSA_WGMMA_DESC")
                 .ok()
                 .and_then(|v| v.parse::<u8>().ok())
                 .filter(|d| *d < 4)
                 .unwrap_or(0);
-            let name = format!("bsa_wgmma_{dtype_name}_d128_desc{desc}");
+            let name = format!("bsa_{kernel}_{dtype_name}_d128_desc{desc}");
             dev.get_or_load_custom_func(&name, MODULE_SM90A, crate::ptx::BLOCK_SPARSE_ATTN_SM90A)?
         } else {
             let name = format!("bsa_{kernel}_{dtype_name}_d{}", dims.head_dim);
