@@ -251,6 +251,7 @@ mod tests {
             tile_overlap: 32,
             budget: None,
             cuda: true,
+            decoder_latents: None,
         };
         let plan = plan(dims, &job)?;
         assert_eq!(plan.tiles, 1);
@@ -327,6 +328,7 @@ mod tests {
                 tile_overlap: 32,
                 budget: gib.map(|g| (g * GIB) as u64).or(Some(79 << 30)),
                 cuda: true,
+                decoder_latents: None,
             };
             match plan(dims, &job) {
                 Ok(p) => println!("== {name}\n{}\n", describe(&p)),
