@@ -38,6 +38,8 @@ pub const BINARY_ENV: &[&str] = &[
     // Fault injection at a named stage (model pipeline/session.rs), for the failure tests.
     "FLASHVSR_FAIL_AT",
     "FLASHVSR_FP8_RESCALE",
+    "FLASHVSR_BSA_KERNEL",
+    "FLASHVSR_BSA_WGMMA_DESC",
 ];
 
 pub fn fixtures() -> PathBuf {
