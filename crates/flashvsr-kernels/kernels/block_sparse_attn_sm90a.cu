@@ -24,10 +24,9 @@
 // stores are conflict-free and a warp's global reads cover 8 rows x 64 bytes.
 // Descriptors: rows of Q and K are the M/N dimension, d the K dimension (K-major); for V the
 // keys are the K dimension and d the N dimension (MN-major, transposed B).
-//
-// DESC (template, normally 0) swaps the leading/stride byte offsets of the K-major (bit 0) or
-// MN-major (bit 1) descriptors: a probe for the descriptor convention, selected at run time
-// with FLASHVSR_BSA_WGMMA_DESC (tests only).
+// Descriptor byte offsets (checked on the H100): K-major Q/K, LBO = 128 B between core
+// matrices along K (d) and SBO = 2048 B along M/N (rows); MN-major V, LBO = 2048 B along K
+// (keys) and SBO = 128 B along N (d).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -159,7 +158,7 @@ template <typename T> __device__ __forceinline__ void load_tile(uint32_t tile, c
   }
 }
 
-template <typename T, int DESC>
+template <typename T>
 __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__restrict__ k,
                                           const T *__restrict__ v,
                                           const uint8_t *__restrict__ mask, T *__restrict__ out,
@@ -201,9 +200,9 @@ __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__re
   // 128 B, along its rows (8 rows apart) 16 * 128 B.
   constexpr uint32_t COL = 128, ROW = 16 * 128;
   // K-major (Q, K): K dimension = columns (d), M/N = rows.
-  constexpr uint32_t KM_LBO = (DESC & 1) ? ROW : COL, KM_SBO = (DESC & 1) ? COL : ROW;
+  constexpr uint32_t KM_LBO = COL, KM_SBO = ROW;
   // MN-major (V): K dimension = rows (keys), N = columns (d).
-  constexpr uint32_t MN_LBO = (DESC & 2) ? COL : ROW, MN_SBO = (DESC & 2) ? ROW : COL;
+  constexpr uint32_t MN_LBO = ROW, MN_SBO = COL;
 
   float o[64];
 #pragma unroll
@@ -362,7 +361,7 @@ __device__ __forceinline__ void scale_rows(float o[64], float corr0, float corr1
 // cores and its softmax overlap: S of the second half is computed while the first half's
 // softmax runs, and the first half's P V while the second half's softmax runs. The online
 // softmax then runs per 64 keys, exactly as bsa_mma2's does.
-template <typename T, int DESC>
+template <typename T>
 __device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T *__restrict__ k,
                                                 const T *__restrict__ v,
                                                 const uint8_t *__restrict__ mask,
@@ -401,8 +400,7 @@ __device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T
   cp_async_commit();
 
   constexpr uint32_t COL = 128, ROW = 16 * 128;
-  constexpr uint32_t KM_LBO = (DESC & 1) ? ROW : COL, KM_SBO = (DESC & 1) ? COL : ROW;
-  constexpr uint32_t MN_LBO = (DESC & 2) ? COL : ROW, MN_SBO = (DESC & 2) ? ROW : COL;
+  constexpr uint32_t KM_LBO = COL, KM_SBO = ROW, MN_LBO = ROW, MN_SBO = COL;
 
   float o[64];
 #pragma unroll
@@ -496,21 +494,15 @@ __device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T
       const uint8_t *__restrict__ mask, T *__restrict__ out, int q_tokens, int k_tokens,       \
       float scale_log2, long long out_head_stride, long long out_row_stride
 #define WG_PASS q, k, v, mask, out, q_tokens, k_tokens, scale_log2, out_head_stride, out_row_stride
-#define BSA_WGMMA(NAME, T, DESC)                                                               \
+#define BSA_WGMMA(NAME, T)                                                                     \
   extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                  \
-      bsa_wgmma_##NAME##_d128_desc##DESC(WG_ARGS(T)) {                                         \
-    bsa_wgmma<T, DESC>(WG_PASS);                                                               \
+      bsa_wgmma_##NAME##_d128(WG_ARGS(T)) {                                                    \
+    bsa_wgmma<T>(WG_PASS);                                                                     \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                  \
-      bsa_wgmma_split_##NAME##_d128_desc##DESC(WG_ARGS(T)) {                                   \
-    bsa_wgmma_split<T, DESC>(WG_PASS);                                                         \
+      bsa_wgmma_split_##NAME##_d128(WG_ARGS(T)) {                                              \
+    bsa_wgmma_split<T>(WG_PASS);                                                               \
   }
 
-BSA_WGMMA(bf16, __nv_bfloat16, 0)
-BSA_WGMMA(bf16, __nv_bfloat16, 1)
-BSA_WGMMA(bf16, __nv_bfloat16, 2)
-BSA_WGMMA(bf16, __nv_bfloat16, 3)
-BSA_WGMMA(f16, __half, 0)
-BSA_WGMMA(f16, __half, 1)
-BSA_WGMMA(f16, __half, 2)
-BSA_WGMMA(f16, __half, 3)
+BSA_WGMMA(bf16, __nv_bfloat16)
+BSA_WGMMA(f16, __half)

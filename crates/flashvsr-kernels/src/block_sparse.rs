@@ -452,13 +452,7 @@ mod cuda {
         let mask = mask.slice(offset(mask_layout, "block_mask")?..);
 
         let func = if kernel.starts_with("wgmma") {
-            // FLASHVSR_BSA_WGMMA_DESC (0-3, tests only) picks a descriptor-convention probe.
-            let desc = std::env::var("FLASHVSR_BSA_WGMMA_DESC")
-                .ok()
-                .and_then(|v| v.parse::<u8>().ok())
-                .filter(|d| *d < 4)
-                .unwrap_or(0);
-            let name = format!("bsa_{kernel}_{dtype_name}_d128_desc{desc}");
+            let name = format!("bsa_{kernel}_{dtype_name}_d128");
             dev.get_or_load_custom_func(&name, MODULE_SM90A, crate::ptx::BLOCK_SPARSE_ATTN_SM90A)?
         } else {
             let name = format!("bsa_{kernel}_{dtype_name}_d{}", dims.head_dim);

@@ -39,7 +39,6 @@ pub const BINARY_ENV: &[&str] = &[
     "FLASHVSR_FAIL_AT",
     "FLASHVSR_FP8_RESCALE",
     "FLASHVSR_BSA_KERNEL",
-    "FLASHVSR_BSA_WGMMA_DESC",
 ];
 
 pub fn fixtures() -> PathBuf {
