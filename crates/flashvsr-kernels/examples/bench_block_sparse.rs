@@ -105,14 +105,7 @@ mod bench {
             ("scalar f32 FMA", KernelVariant::Scalar),
         ];
         if flashvsr_kernels::gpu_caps::compute_capability(&dev)? == Some(90) {
-            variants.insert(0, ("Hopper wgmma, simple", KernelVariant::HopperSimple));
-            variants.insert(
-                0,
-                (
-                    "Hopper wgmma, split halves (default)",
-                    KernelVariant::Hopper,
-                ),
-            );
+            variants.insert(0, ("Hopper wgmma (default)", KernelVariant::Hopper));
         }
         let mut outs = Vec::new();
         for &(_, variant) in &variants {

@@ -16,35 +16,10 @@
 //   bsa_mma2_*    bsa_mma with a cp.async double-buffered K/V pipeline and ldmatrix.trans for V;
 //                 dynamic shared memory (the host raises the limit above 48 KB for D = 128).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "bsa_common.cuh"
 
 #define BSA_BLOCK 128
 #define BSA_THREADS 256
-
-template <typename T> struct Conv;
-template <> struct Conv<float> {
-  static __device__ __forceinline__ float to_f(float x) { return x; }
-  static __device__ __forceinline__ float from_f(float x) { return x; }
-};
-template <> struct Conv<__half> {
-  static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
-  // Two floats -> packed pair, lower column in the low 16 bits (mma fragment order).
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-};
-template <> struct Conv<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16_rn(x); }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Scalar variant.
@@ -286,17 +261,6 @@ __device__ __forceinline__ void bsa_mma(const T *__restrict__ q, const T *__rest
 //     with ldmatrix (one instruction per two k-steps instead of four 32-bit loads).
 // Dynamic smem: 2 stages x (K + V) x MMA_CHUNK x (D + 8) halves.
 // ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // Next selected chunk at or after `chunk` (chunk = key block * chunks_per_block + part), or -1.
 __device__ __forceinline__ int next_chunk(const uint8_t *mrow, int nk, int chunk) {
   constexpr int CPB = BSA_BLOCK / MMA_CHUNK;

@@ -7,15 +7,16 @@
 //
 // One CTA of 2 warpgroups (256 threads) per (query block, head); warpgroup w owns query rows
 // 64w..64w+63 and each thread the rows and columns of its accumulator fragment, exactly the
-// rows (warp*16 + lane/4, +8) a bsa_mma2 thread owns. Per selected key block (128 keys):
-//   S = Q K^T      wgmma m64n128k16, A = Q and B = K from shared memory (8 k-steps over d)
-//   online softmax on S in registers (f32, base 2, as bsa_mma2)
+// rows (warp*16 + lane/4, +8) a bsa_mma2 thread owns. Per selected key block (128 keys), in two
+// halves of 64 keys:
+//   S = Q K^T      wgmma m64n64k16, A = Q and B = K from shared memory (8 k-steps over d)
+//   online softmax on S in registers (f32, base 2, per 64 keys as bsa_mma2)
 //   O += P V       wgmma m64n128k16, A = P from registers (bf16/f16), B = V from shared memory
+// The second half's S is queued with the first's, and the first half's P V runs while the
+// second half's softmax does, so a warpgroup's tensor cores and its softmax overlap. (A version
+// without the halves measured the same on the H100; see benches/RESULTS.md, session 6.)
 // K and V tiles are double-buffered with cp.async (all threads load, the next block's tile is
 // in flight while the current one is multiplied).
-// Two kernels: bsa_wgmma_* as above (each warpgroup waits for its GEMM before its softmax), and
-// bsa_wgmma_split_* (the default), which splits each key block into two 64-key halves so that
-// a warpgroup's softmax of one half overlaps its tensor-core work on the other.
 //
 // Shared-memory tiles (128 rows x 128 halves, 32 KB) are stored in wgmma's canonical
 // no-swizzle "core matrix" order: 8 rows x 16 bytes contiguous (128 B), core matrix (r/8, c/8)
@@ -28,9 +29,7 @@
 // matrices along K (d) and SBO = 2048 B along M/N (rows); MN-major V, LBO = 2048 B along K
 // (keys) and SBO = 128 B along N (d).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "bsa_common.cuh"
 
 #define WG_BLOCK 128       // tokens per attention block
 #define WG_D 128           // head dim
@@ -38,30 +37,8 @@
 #define WG_TILE_HALVES (WG_BLOCK * WG_D)
 #define WG_TILE_BYTES (WG_TILE_HALVES * 2)
 
-template <typename T> struct Pack;
-template <> struct Pack<__nv_bfloat16> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-};
-template <> struct Pack<__half> {
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-  }
-};
-
 template <typename T> struct Wgmma;
 template <> struct Wgmma<__nv_bfloat16> {
-  // D[64x128] (+)= A[64x16] B[16x128], A and B from shared memory, both K-major.
-  static __device__ __forceinline__ void ss(float d[64], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db), "r"(accumulate));
-  }
   // D[64x128] += A[64x16] B[16x128], A from registers, B from shared memory MN-major.
   static __device__ __forceinline__ void rs(float d[64], const uint32_t a[4], uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -72,14 +49,6 @@ template <> struct Wgmma<__nv_bfloat16> {
   }
 };
 template <> struct Wgmma<__half> {
-  // D[64x128] (+)= A[64x16] B[16x128], A and B from shared memory, both K-major.
-  static __device__ __forceinline__ void ss(float d[64], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db), "r"(accumulate));
-  }
   // D[64x128] += A[64x16] B[16x128], A from registers, B from shared memory MN-major.
   static __device__ __forceinline__ void rs(float d[64], const uint32_t a[4], uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -119,16 +88,6 @@ __device__ __forceinline__ void fence_regs32(float d[32]) {
   asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) :: "memory");
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(uint32_t smem, const void *gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -136,7 +95,6 @@ __device__ __forceinline__ void wgmma_commit() {
 template <int N> __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void wgmma_wait0() { wgmma_wait<0>(); }
 // cp.async (generic proxy) wrote the tiles the tensor cores (async proxy) read next.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -155,155 +113,6 @@ template <typename T> __device__ __forceinline__ void load_tile(uint32_t tile, c
     const int idx = tid + i * WG_THREADS;
     const int r = (idx >> 7) * 8 + (idx & 7), c8 = (idx >> 3) & 15;
     cp_async16(tile + idx * 16, g + (size_t)r * WG_D + c8 * 8);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__restrict__ k,
-                                          const T *__restrict__ v,
-                                          const uint8_t *__restrict__ mask, T *__restrict__ out,
-                                          int q_tokens, int k_tokens, float scale_log2,
-                                          long long out_head_stride, long long out_row_stride) {
-  extern __shared__ __align__(128) unsigned char wg_smem[];
-  // [Q][K0][K1][V0][V1], 32 KB each.
-  const uint32_t q_tile = smem_addr(wg_smem);
-  const uint32_t k_tiles = q_tile + WG_TILE_BYTES, v_tiles = q_tile + 3 * WG_TILE_BYTES;
-
-  const int nq = q_tokens / WG_BLOCK, nk = k_tokens / WG_BLOCK;
-  const int qb = blockIdx.x, h = blockIdx.y;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int wg = warp >> 2;
-  const uint8_t *mrow = mask + ((size_t)h * nq + qb) * nk;
-  const T *kh = k + (size_t)h * k_tokens * WG_D;
-  const T *vh = v + (size_t)h * k_tokens * WG_D;
-
-  const long long orow = (long long)qb * WG_BLOCK + warp * 16 + g;
-  T *o0 = out + h * out_head_stride + orow * out_row_stride + 2 * t;
-  T *o1 = o0 + 8 * out_row_stride;
-
-  int cur = 0;
-  while (cur < nk && !mrow[cur]) ++cur;
-  if (cur == nk) { // no key block selected: exact zeros
-#pragma unroll
-    for (int n = 0; n < WG_D / 8; ++n) {
-      *reinterpret_cast<uint32_t *>(o0 + n * 8) = 0u;
-      *reinterpret_cast<uint32_t *>(o1 + n * 8) = 0u;
-    }
-    return;
-  }
-  load_tile(q_tile, q + ((size_t)h * q_tokens + (size_t)qb * WG_BLOCK) * WG_D, tid);
-  load_tile(k_tiles, kh + (size_t)cur * WG_BLOCK * WG_D, tid);
-  load_tile(v_tiles, vh + (size_t)cur * WG_BLOCK * WG_D, tid);
-  cp_async_commit();
-
-  // Byte offsets between neighbouring core matrices: along the tile's columns (halves 8 apart)
-  // 128 B, along its rows (8 rows apart) 16 * 128 B.
-  constexpr uint32_t COL = 128, ROW = 16 * 128;
-  // K-major (Q, K): K dimension = columns (d), M/N = rows.
-  constexpr uint32_t KM_LBO = COL, KM_SBO = ROW;
-  // MN-major (V): K dimension = rows (keys), N = columns (d).
-  constexpr uint32_t MN_LBO = ROW, MN_SBO = COL;
-
-  float o[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f; // rows g and g+8
-
-  // This warpgroup's 64 query rows = 8 core-matrix rows.
-  const uint32_t q_wg = q_tile + wg * 8 * ROW;
-  int stage = 0;
-  while (cur >= 0) {
-    int nxt = cur + 1;
-    while (nxt < nk && !mrow[nxt]) ++nxt;
-    if (nxt == nk) nxt = -1;
-    if (nxt >= 0) {
-      load_tile(k_tiles + (stage ^ 1) * WG_TILE_BYTES, kh + (size_t)nxt * WG_BLOCK * WG_D, tid);
-      load_tile(v_tiles + (stage ^ 1) * WG_TILE_BYTES, vh + (size_t)nxt * WG_BLOCK * WG_D, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();
-    const uint32_t kt = k_tiles + stage * WG_TILE_BYTES, vt = v_tiles + stage * WG_TILE_BYTES;
-
-    // S = Q K^T: 8 k-steps of 16 d (2 core-matrix columns, 256 B).
-    float s[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < WG_D / 16; ++ks)
-      Wgmma<T>::ss(s, make_desc(q_wg + ks * 2 * COL, KM_LBO, KM_SBO),
-                   make_desc(kt + ks * 2 * COL, KM_LBO, KM_SBO), ks > 0);
-    wgmma_commit();
-    wgmma_wait0();
-    fence_regs(s);
-
-    // Online softmax, as bsa_mma2: element s[4j + e] is row g (e < 2) or g + 8, key 8j + 2t + e%2.
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      s[4 * j + 0] *= scale_log2; s[4 * j + 1] *= scale_log2;
-      s[4 * j + 2] *= scale_log2; s[4 * j + 3] *= scale_log2;
-      mx0 = fmaxf(mx0, fmaxf(s[4 * j + 0], s[4 * j + 1]));
-      mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float corr0 = exp2f(m0 - mn0), corr1 = exp2f(m1 - mn1);
-    m0 = mn0;
-    m1 = mn1;
-    l0 *= corr0;
-    l1 *= corr1;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      o[4 * j + 0] *= corr0; o[4 * j + 1] *= corr0;
-      o[4 * j + 2] *= corr1; o[4 * j + 3] *= corr1;
-    }
-    // bsa_mma2 runs its online softmax per 64-key chunk; the row max over 128 keys at once
-    // gives the same result up to the rounding of the rescale (both are exact softmaxes).
-    uint32_t pa[8][4];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      s[4 * j + 0] = exp2f(s[4 * j + 0] - mn0); s[4 * j + 1] = exp2f(s[4 * j + 1] - mn0);
-      s[4 * j + 2] = exp2f(s[4 * j + 2] - mn1); s[4 * j + 3] = exp2f(s[4 * j + 3] - mn1);
-      l0 += s[4 * j + 0] + s[4 * j + 1];
-      l1 += s[4 * j + 2] + s[4 * j + 3];
-    }
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      pa[kk][0] = Pack<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = Pack<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = Pack<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = Pack<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-
-    // O += P V: 8 k-steps of 16 keys (2 core-matrix rows, 2 * ROW bytes).
-    wgmma_fence();
-    fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) Wgmma<T>::rs(o, pa[kk], make_desc(vt + kk * 2 * ROW, MN_LBO, MN_SBO));
-    wgmma_commit();
-    wgmma_wait0();
-    fence_regs(o);
-    __syncthreads(); // every warp is done with this stage before it is refilled
-    stage ^= 1;
-    cur = nxt;
-  }
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-#pragma unroll
-  for (int n = 0; n < WG_D / 8; ++n) {
-    *reinterpret_cast<uint32_t *>(o0 + n * 8) = Pack<T>::pack(o[4 * n + 0] * inv0, o[4 * n + 1] * inv0);
-    *reinterpret_cast<uint32_t *>(o1 + n * 8) = Pack<T>::pack(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
   }
 }
 
@@ -342,10 +151,10 @@ __device__ __forceinline__ void softmax_half(float s[32], float scale_log2, floa
   }
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    p[kk][0] = Pack<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
-    p[kk][1] = Pack<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-    p[kk][2] = Pack<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-    p[kk][3] = Pack<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+    p[kk][0] = Conv<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
+    p[kk][1] = Conv<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+    p[kk][2] = Conv<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+    p[kk][3] = Conv<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
   }
 }
 
@@ -357,19 +166,19 @@ __device__ __forceinline__ void scale_rows(float o[64], float corr0, float corr1
   }
 }
 
-// bsa_wgmma with each key block processed as two 64-key halves, so that a warpgroup's tensor
-// cores and its softmax overlap: S of the second half is computed while the first half's
-// softmax runs, and the first half's P V while the second half's softmax runs. The online
-// softmax then runs per 64 keys, exactly as bsa_mma2's does.
+// Each key block is processed as two 64-key halves, so that a warpgroup's tensor cores and its
+// softmax overlap: S of the second half is computed while the first half's softmax runs, and
+// the first half's P V while the second half's softmax runs. The online softmax runs per 64
+// keys, exactly as bsa_mma2's does (the outputs are bit-identical to bsa_mma2's).
 template <typename T>
-__device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T *__restrict__ k,
+__device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__restrict__ k,
                                                 const T *__restrict__ v,
                                                 const uint8_t *__restrict__ mask,
                                                 T *__restrict__ out, int q_tokens, int k_tokens,
                                                 float scale_log2, long long out_head_stride,
                                                 long long out_row_stride) {
   extern __shared__ __align__(128) unsigned char wg_smem[];
-  const uint32_t q_tile = smem_addr(wg_smem);
+  const uint32_t q_tile = smem_u32(wg_smem);
   const uint32_t k_tiles = q_tile + WG_TILE_BYTES, v_tiles = q_tile + 3 * WG_TILE_BYTES;
 
   const int nq = q_tokens / WG_BLOCK, nk = k_tokens / WG_BLOCK;
@@ -484,8 +293,8 @@ __device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
 #pragma unroll
   for (int n = 0; n < WG_D / 8; ++n) {
-    *reinterpret_cast<uint32_t *>(o0 + n * 8) = Pack<T>::pack(o[4 * n + 0] * inv0, o[4 * n + 1] * inv0);
-    *reinterpret_cast<uint32_t *>(o1 + n * 8) = Pack<T>::pack(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+    *reinterpret_cast<uint32_t *>(o0 + n * 8) = Conv<T>::pack(o[4 * n + 0] * inv0, o[4 * n + 1] * inv0);
+    *reinterpret_cast<uint32_t *>(o1 + n * 8) = Conv<T>::pack(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
   }
 }
 
@@ -498,10 +307,6 @@ __device__ __forceinline__ void bsa_wgmma_split(const T *__restrict__ q, const T
   extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                  \
       bsa_wgmma_##NAME##_d128(WG_ARGS(T)) {                                                    \
     bsa_wgmma<T>(WG_PASS);                                                                     \
-  }                                                                                            \
-  extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                  \
-      bsa_wgmma_split_##NAME##_d128(WG_ARGS(T)) {                                              \
-    bsa_wgmma_split<T>(WG_PASS);                                                               \
   }
 
 BSA_WGMMA(bf16, __nv_bfloat16)

@@ -35,22 +35,22 @@ pub enum KernelVariant {
     TensorCoreSimple,
     /// Hopper warpgroup MMA (`wgmma`, sm_90a PTX), bf16/f16 with head_dim 128 only: needs a
     /// compute capability 9.0 GPU and a build with `CUDA_COMPUTE_CAP=90`. Key blocks in two
-    /// 64-key halves, softmax of one overlapping the tensor cores' work on the other.
+    /// 64-key halves, softmax of one overlapping the tensor cores' work on the other; outputs
+    /// bit-identical to [`KernelVariant::TensorCore`]'s.
     Hopper,
-    /// [`KernelVariant::Hopper`] without the overlap (a whole key block per GEMM; cross-check).
-    HopperSimple,
 }
 
 #[cfg(feature = "cuda")]
 impl KernelVariant {
-    /// What [`KernelVariant::Auto`] picks among the tensor-core kernels where the Hopper ones
-    /// run: `FLASHVSR_BSA_KERNEL` = `mma2` or `wgmma-simple` when set, for side-by-side
-    /// measurements in one binary; else [`KernelVariant::Hopper`].
+    /// What [`KernelVariant::Auto`] picks where the Hopper kernel runs: the mma.sync kernel
+    /// when `FLASHVSR_BSA_KERNEL=mma2` (side-by-side measurements in one binary), else
+    /// [`KernelVariant::Hopper`]. Read once per process: this is on every attention call.
     fn auto_on_hopper() -> Self {
-        match std::env::var("FLASHVSR_BSA_KERNEL").as_deref() {
-            Ok("mma2") => Self::TensorCore,
-            Ok("wgmma-simple") => Self::HopperSimple,
-            _ => Self::Hopper,
+        static MMA2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *MMA2.get_or_init(|| std::env::var("FLASHVSR_BSA_KERNEL").is_ok_and(|v| v == "mma2")) {
+            Self::TensorCore
+        } else {
+            Self::Hopper
         }
     }
 }
@@ -379,10 +379,7 @@ mod cuda {
         let half_type = dtype_name != "f32";
         let tensor_core = matches!(
             op.variant,
-            KernelVariant::TensorCore
-                | KernelVariant::TensorCoreSimple
-                | KernelVariant::Hopper
-                | KernelVariant::HopperSimple
+            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple | KernelVariant::Hopper
         );
         if tensor_core && !half_type {
             bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
@@ -411,10 +408,7 @@ mod cuda {
             && !crate::ptx::BLOCK_SPARSE_ATTN_SM90A.is_empty()
             && half_type
             && dims.head_dim == 128;
-        let wants_hopper = matches!(
-            op.variant,
-            KernelVariant::Hopper | KernelVariant::HopperSimple
-        );
+        let wants_hopper = op.variant == KernelVariant::Hopper;
         if wants_hopper && !hopper {
             bail!("block_sparse_attention: the Hopper kernel needs a compute capability 9.0 GPU, a build with CUDA_COMPUTE_CAP=90, bf16/f16 and head_dim 128")
         }
@@ -430,14 +424,13 @@ mod cuda {
             KernelVariant::Auto | KernelVariant::Scalar => "scalar",
             KernelVariant::TensorCore => "mma2",
             KernelVariant::TensorCoreSimple => "mma",
-            KernelVariant::Hopper => "wgmma_split",
-            KernelVariant::HopperSimple => "wgmma",
+            KernelVariant::Hopper => "wgmma",
         };
         let dyn_smem = match kernel {
             // A double buffer of K and V chunks: 2 x 2 x 64 keys x (D + 8) halves.
             "mma2" => (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32,
             // Q plus double-buffered K and V tiles: 5 x 128 x 128 halves.
-            "wgmma" | "wgmma_split" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
+            "wgmma" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
             _ => 0,
         };
         let q = args.q.0.as_cuda_slice::<T>()?.slice(q_off..);
@@ -451,7 +444,7 @@ mod cuda {
         };
         let mask = mask.slice(offset(mask_layout, "block_mask")?..);
 
-        let func = if kernel.starts_with("wgmma") {
+        let func = if kernel == "wgmma" {
             let name = format!("bsa_{kernel}_{dtype_name}_d128");
             dev.get_or_load_custom_func(&name, MODULE_SM90A, crate::ptx::BLOCK_SPARSE_ATTN_SM90A)?
         } else {
