@@ -53,20 +53,28 @@ template <> struct Cv<__nv_bfloat16> {
   }
 };
 
-// Sum over the CTA (blockDim.x a multiple of 32); every thread gets the total. `red` holds 32
-// floats of shared memory; the leading barrier lets a CTA call this several times in a row.
-__device__ __forceinline__ float block_sum(float v, float *red) {
+// Reduction over the CTA (blockDim.x a multiple of 32) with `Op` (Sum, or Max of values >= 0,
+// both with identity 0); every thread gets the result. `red` holds 32 floats of shared memory;
+// the leading barrier lets a CTA call this several times in a row.
+struct Sum {
+  static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+};
+struct Max {
+  static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+};
+template <typename Op> __device__ __forceinline__ float block_reduce(float v, float *red) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __syncthreads();
   if (lane == 0) red[warp] = v;
   __syncthreads();
   float t = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.f;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+  for (int o = 16; o > 0; o >>= 1) t = Op::apply(t, __shfl_xor_sync(0xffffffffu, t, o));
   return t;
 }
+__device__ __forceinline__ float block_sum(float v, float *red) { return block_reduce<Sum>(v, red); }
 
 // One CTA per row; the row is kept in shared memory (d floats) for the two-pass mean/variance.
 template <typename T>
@@ -132,20 +140,6 @@ __device__ __forceinline__ void bias_gelu(const T *__restrict__ x, const T *__re
   }
 }
 
-// Maximum over the CTA, as block_sum.
-__device__ __forceinline__ float block_max(float v, float *red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.f;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
-  return t;
-}
-
 #define E4M3_MAX 448.0f
 
 // bias_gelu and fp8.cu's quantize_rows in one pass, one CTA per row (d a multiple of 4): the
@@ -169,8 +163,8 @@ __device__ __forceinline__ void bias_gelu_fp8(const T *__restrict__ x, const T *
     const float2 r = Cv<T>::load2(g + 2 * p);
     amax = fmaxf(amax, fmaxf(fabsf(r.x), fabsf(r.y)));
   }
-  // block_max's barriers also publish the row to the whole CTA.
-  amax = block_max(amax, red);
+  // block_reduce's barriers also publish the row to the whole CTA.
+  amax = block_reduce<Max>(amax, red);
   const float s = amax > 0.f ? amax / E4M3_MAX : 1.f;
   if (threadIdx.x == 0) scale[blockIdx.x] = s;
   uint32_t *qr = reinterpret_cast<uint32_t *>(q + base);
