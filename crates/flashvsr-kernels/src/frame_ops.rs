@@ -328,6 +328,55 @@ pub fn unit_to_rgb8(video: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// The bytes of a u8 tensor `[N, ...]`, one `Vec` per index of dim 0, copied once from
+/// wherever the tensor lives. (Candle's `to_vec1` on a CUDA tensor first copies the whole
+/// storage to the host; `to_device(Cpu)` + `to_vec1` + splitting copy every byte three times,
+/// which cost more than the colour fix kernels themselves at 768×1408.)
+pub fn download_u8_items(t: &Tensor) -> Result<Vec<Vec<u8>>> {
+    let _span = tracing::span!(tracing::Level::TRACE, "download-u8-items").entered();
+    if t.dtype() != DType::U8 || t.rank() == 0 {
+        bail!(
+            "download_u8_items: expected a u8 tensor of rank >= 1, got {:?} {:?}",
+            t.dims(),
+            t.dtype()
+        )
+    }
+    let t = t.contiguous()?;
+    let n = t.dim(0)?;
+    let item = t.elem_count() / n.max(1);
+    let (storage, layout) = t.storage_and_layout();
+    let start = crate::contiguous_start(layout, "download_u8_items", "input")?;
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let bytes = &cpu.as_slice::<u8>()?[start..start + n * item];
+            Ok(bytes
+                .chunks_exact(item.max(1))
+                .take(n)
+                .map(<[u8]>::to_vec)
+                .collect())
+        }
+        #[cfg(feature = "cuda")]
+        candle_core::Storage::Cuda(cuda) => {
+            use candle_core::backend::BackendStorage;
+            use candle_core::cuda_backend::WrapErr;
+            let slice = cuda.as_cuda_slice::<u8>()?;
+            let stream = cuda.device().cuda_stream();
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut host = vec![0u8; item];
+                let from = start + i * item;
+                stream
+                    .memcpy_dtoh(&slice.slice(from..from + item), &mut host)
+                    .w()?;
+                out.push(host);
+            }
+            stream.synchronize().w()?;
+            Ok(out)
+        }
+        _ => bail!("download_u8_items: unsupported device {:?}", t.device()),
+    }
+}
+
 /// The kernels' dtype code: 0 f32, 1 f16, 2 bf16.
 fn dtype_code(dtype: DType) -> Result<i32> {
     match dtype {
@@ -506,5 +555,33 @@ mod cuda {
             CudaStorage::wrap_cuda_slice(out, dev),
             Shape::from((t, h, w, 3)),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn download_u8_items_splits_dim_0_of_views() -> Result<()> {
+        let data: Vec<u8> = (0..5 * 2 * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let t = Tensor::from_vec(data.clone(), (5, 2, 3), &Device::Cpu)?;
+        // A view with a storage offset, and a transposed (non-contiguous) one.
+        let items = download_u8_items(&t.narrow(0, 1, 3)?)?;
+        assert_eq!(
+            items,
+            vec![
+                data[6..12].to_vec(),
+                data[12..18].to_vec(),
+                data[18..24].to_vec()
+            ]
+        );
+        let tr = t.transpose(1, 2)?;
+        let items = download_u8_items(&tr)?;
+        assert_eq!(items.len(), 5);
+        assert_eq!(items[4], tr.get(4)?.flatten_all()?.to_vec1::<u8>()?);
+        assert!(download_u8_items(&t.to_dtype(DType::F32)?).is_err());
+        Ok(())
     }
 }

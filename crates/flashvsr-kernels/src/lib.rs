@@ -33,8 +33,7 @@ pub use block_sparse::{
 pub use draft_mask::{draft, draft_block_mask, kth_largest, Draft};
 pub use frame_ops::{adain_to_rgb8, resample_rgb8, unit_to_rgb8, ResampleTables};
 
-/// Start offset of a contiguous operand of the CUDA op `op`; kernels take plain pointers.
-#[cfg(feature = "cuda")]
+/// Start offset of a contiguous operand of the op `op`; kernels take plain pointers.
 pub(crate) fn contiguous_start(
     layout: &candle_core::Layout,
     op: &str,

@@ -161,7 +161,7 @@ pub fn frames_to_tensor(frames: &[&RgbFrame], device: &Device, dtype: DType) -> 
 
 /// Turns a `[1, 3, T, H, W]` video in [-1, 1] into T 8-bit RGB frames.
 pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
-    let (b, c, t, h, w) = video.dims5()?;
+    let (b, c, t, _, _) = video.dims5()?;
     if b != 1 || c != 3 {
         candle_core::bail!(
             "to_rgb_frames: expected [1, 3, T, H, W], got {:?}",
@@ -175,18 +175,12 @@ pub fn to_rgb_frames(video: &Tensor) -> Result<Vec<RgbFrame>> {
         .to_dtype(DType::U8)?
         .squeeze(0)?
         .permute((1, 2, 3, 0))?
-        .contiguous()?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    let frame_len = RgbFrame::byte_len(w, h);
-    hwc.chunks_exact(frame_len)
-        .take(t)
-        .map(|f| from_rgb24(w, h, f.to_vec()))
-        .collect()
+        .contiguous()?;
+    debug_assert_eq!(hwc.dim(0)?, t);
+    rgb8_to_frames(&hwc)
 }
 
-/// `[T, H, W, 3]` u8 frames (on any device) → T host frames, in one copy.
+/// `[T, H, W, 3]` u8 frames (on any device) → T host frames, each byte copied once.
 pub fn rgb8_to_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
     let (t, h, w, c) = frames.dims4()?;
     if c != 3 || frames.dtype() != DType::U8 {
@@ -196,14 +190,12 @@ pub fn rgb8_to_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
             frames.dtype()
         )
     }
-    let bytes = frames
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    bytes
-        .chunks_exact(RgbFrame::byte_len(w, h))
-        .take(t)
-        .map(|f| from_rgb24(w, h, f.to_vec()))
+    debug_assert_eq!(RgbFrame::byte_len(w, h), h * w * 3);
+    let items = flashvsr_kernels::frame_ops::download_u8_items(frames)?;
+    debug_assert_eq!(items.len(), t);
+    items
+        .into_iter()
+        .map(|data| from_rgb24(w, h, data))
         .collect()
 }
 
