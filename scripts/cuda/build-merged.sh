@@ -29,8 +29,11 @@ for l in sys.stdin:
   [ -n "$exe" ] || { echo "no executable for $pt" >&2; exit 1; }
   pack "$exe" "$t"
 done
-for ex in bench_implicit_conv bench_block_sparse; do
-  nice -n 19 cargo build --locked --release -p flashvsr-kernels --features cuda --example $ex
-  pack "$CARGO_TARGET_DIR/release/examples/$ex" $ex
+# EXAMPLES="pkg:example ..." builds only those.
+read -r -a examples <<< "${EXAMPLES:-flashvsr-kernels:bench_implicit_conv flashvsr-kernels:bench_block_sparse flashvsr-model:bench_lq_proj}"
+for pe in "${examples[@]}"; do
+  pkg=${pe%%:*}; ex=${pe##*:}
+  nice -n 19 cargo build --locked --release -p "$pkg" --features cuda --example "$ex"
+  pack "$CARGO_TARGET_DIR/release/examples/$ex" "$ex"
 done
 ls -la device/merged
