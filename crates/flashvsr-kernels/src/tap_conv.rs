@@ -83,11 +83,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
         .map(|dx| grid.narrow(0, dx, copy_len))
         .collect::<Result<Vec<_>>>()?;
     let shifted = Tensor::stack(&shifted, 0)?; // [kW, copy_len]
-    let taps = weight
-        .to_dtype(x.dtype())?
-        .permute((2, 3, 0, 1))?
-        .contiguous()?
-        .reshape((kh * kw, cout, cin))?;
+    let taps = pack_taps(&weight.to_dtype(x.dtype())?)?;
     // Output positions computed: the real ones end before the last kH rows of the grid
     // (the bottom padding, the extra row), so the shifted reads stay below i·L + L − Wp.
     let rows = l - kh * wp;
@@ -106,6 +102,112 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
         .narrow(2, 0, ho)?
         .narrow(3, 0, wo)?
         .transpose(0, 1)
+}
+
+/// `[C_out, C_in, kH, kW]` → `[kH·kW, C_out, C_in]`: the per-tap weight matrices both tap
+/// convolutions multiply with (pack once, at load, where a layer runs many times).
+pub fn pack_taps(weight: &Tensor) -> Result<Tensor> {
+    let (cout, cin, kh, kw) = weight.dims4()?;
+    weight
+        .permute((2, 3, 0, 1))?
+        .contiguous()?
+        .reshape((kh * kw, cout, cin))
+}
+
+/// Channels-last valid convolution, stride 1: `x` `[N, Hp, Wp, K]` (already padded by the
+/// caller, any padding mode) ⊛ `taps` `[kH·kW, C_out, K]` (from [`pack_taps`], `x`'s dtype)
+/// → **f32** `[N, Hp − kH + 1, Wp − kW + 1, C_out]`.
+///
+/// On CUDA every tap is one cuBLAS GEMM over a shifted view of `x` itself, batched over the N
+/// frames and accumulated in f32: output row `p = y·Wp + x` of a frame reads input rows
+/// `p + dy·Wp + dx`, so computing the output on the padded width (the `kW − 1` extra columns
+/// of each row are cropped) makes every tap a plain matrix with leading dimension K. No copy of
+/// the input is made. Elsewhere the same sum runs as Candle matmuls in f32 (the reference).
+pub fn conv2d_nhwc_valid(x: &Tensor, taps: &Tensor, kh: usize, kw: usize) -> Result<Tensor> {
+    let (n, hp, wp, k) = x.dims4()?;
+    let (ntaps, cout, k_w) = taps.dims3()?;
+    if ntaps != kh * kw || k_w != k {
+        candle_core::bail!(
+            "tap conv2d (channels-last): taps {:?} do not match a {kh}x{kw} kernel over {k} input channels",
+            taps.dims()
+        )
+    }
+    if hp < kh || wp < kw || kh == 0 || kw == 0 {
+        candle_core::bail!(
+            "tap conv2d (channels-last): {hp}x{wp} input is smaller than the {kh}x{kw} kernel"
+        )
+    }
+    let (ho, wo) = (hp - kh + 1, wp - kw + 1);
+    if !x.device().is_cuda() {
+        let xf = x.to_dtype(DType::F32)?;
+        let tf = taps.to_dtype(DType::F32)?;
+        let mut acc: Option<Tensor> = None;
+        for dy in 0..kh {
+            for dx in 0..kw {
+                let a = xf
+                    .narrow(1, dy, ho)?
+                    .narrow(2, dx, wo)?
+                    .contiguous()?
+                    .reshape((n * ho * wo, k))?;
+                let y = a.matmul(&tf.get(dy * kw + dx)?.t()?)?;
+                acc = Some(match acc {
+                    Some(s) => (s + y)?,
+                    None => y,
+                });
+            }
+        }
+        return acc.expect("kh, kw >= 1").reshape((n, ho, wo, cout));
+    }
+    let op = NhwcTapGemms {
+        n,
+        hp,
+        wp,
+        k,
+        kh,
+        kw,
+        cout,
+    };
+    let y = x.contiguous()?.apply_op2_no_bwd(&taps.contiguous()?, &op)?; // [N, Ho·Wp, C_out]
+    y.reshape((n, ho, wp, cout))?.narrow(2, 0, wo)
+}
+
+/// The channels-last tap GEMMs of [`conv2d_nhwc_valid`].
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct NhwcTapGemms {
+    n: usize,
+    hp: usize,
+    wp: usize,
+    k: usize,
+    kh: usize,
+    kw: usize,
+    cout: usize,
+}
+
+impl candle_core::CustomOp2 for NhwcTapGemms {
+    fn name(&self) -> &'static str {
+        "flashvsr-tap-conv2d-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("channels-last tap GEMMs run on CUDA only (Candle matmuls elsewhere)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xs_l: &candle_core::Layout,
+        taps: &candle_core::CudaStorage,
+        taps_l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::run_nhwc(self, (xs, xs_l), (taps, taps_l))
+    }
 }
 
 /// The tap GEMMs: `xs` `[kW, copy_len]` (the shifted copies), `taps` `[kH·kW, C_out, C_in]`.
@@ -152,9 +254,12 @@ impl candle_core::CustomOp2 for TapGemms {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::TapGemms;
+    use super::{NhwcTapGemms, TapGemms};
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
+    use candle_core::cuda_backend::cudarc::cublas::{
+        result::{gemm_ex, gemm_strided_batched_ex},
+        sys,
+    };
     use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
@@ -188,6 +293,112 @@ mod cuda {
             dt => bail!("tap conv2d: dtype {dt:?} is not supported"),
         };
         Ok((out, Shape::from((op.cout, op.l))))
+    }
+
+    pub(super) fn run_nhwc(
+        op: &NhwcTapGemms,
+        xs: (&CudaStorage, &Layout),
+        taps: (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        if xs.0.dtype() != taps.0.dtype() {
+            bail!(
+                "tap conv2d (channels-last): input {:?} and taps {:?} dtypes differ",
+                xs.0.dtype(),
+                taps.0.dtype()
+            )
+        }
+        let ho = op.hp - op.kh + 1;
+        let rows = ho * op.wp;
+        let frame_in = op.hp * op.wp * op.k;
+        let dims = [rows, op.k, op.cout, frame_in, rows * op.cout];
+        if dims.iter().any(|&d| d > i32::MAX as usize) {
+            bail!("tap conv2d (channels-last): {dims:?} exceeds cuBLAS's 32-bit sizes; split the frames")
+        }
+        let out = match xs.0.dtype() {
+            DType::F32 => nhwc_gemms::<f32>(op, xs, taps, sys::cudaDataType_t::CUDA_R_32F)?,
+            DType::F16 => nhwc_gemms::<f16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16F)?,
+            DType::BF16 => nhwc_gemms::<bf16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16BF)?,
+            dt => bail!("tap conv2d (channels-last): dtype {dt:?} is not supported"),
+        };
+        Ok((out, Shape::from((op.n, rows, op.cout))))
+    }
+
+    fn nhwc_gemms<T: CudaDType + DeviceRepr>(
+        op: &NhwcTapGemms,
+        xs: (&CudaStorage, &Layout),
+        taps: (&CudaStorage, &Layout),
+        data_type: sys::cudaDataType_t,
+    ) -> Result<CudaStorage> {
+        let dev = xs.0.device().clone();
+        let x = xs.0.as_cuda_slice::<T>()?.slice(start(xs.1, "input")?..);
+        let w = taps.0.as_cuda_slice::<T>()?.slice(start(taps.1, "taps")?..);
+        let frame_in = op.hp * op.wp * op.k;
+        let ho = op.hp - op.kh + 1;
+        let rows_out = ho * op.wp;
+        if x.len() < op.n * frame_in || w.len() < op.kh * op.kw * op.cout * op.k {
+            bail!("tap conv2d (channels-last): operand buffers are smaller than their shapes")
+        }
+        // Rows computed per frame: the last kW − 1 (cropped columns of the last output row)
+        // would read past the frame; they stay zero.
+        let rows = rows_out - (op.kw - 1);
+        let mut out = dev.alloc_zeros::<f32>(op.n * rows_out * op.cout)?;
+        let blas = dev.cublas_handle();
+        let stream = dev.cuda_stream();
+        let elem = std::mem::size_of::<T>() as u64;
+        let f32_inputs = matches!(data_type, sys::cudaDataType_t::CUDA_R_32F);
+        let compute = if f32_inputs && candle_core::cuda::gemm_reduced_precision_f32() {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        {
+            let (x_ptr, _gx) = x.device_ptr(&stream);
+            let (w_ptr, _gw) = w.device_ptr(&stream);
+            let (y_ptr, _gy) = out.device_ptr_mut(&stream);
+            let one = 1f32;
+            for dy in 0..op.kh {
+                for dx in 0..op.kw {
+                    let tap = dy * op.kw + dx;
+                    let beta = if tap == 0 { 0f32 } else { 1f32 };
+                    // Column-major view, per frame: Y^T [C_out, rows] (ld C_out) +=
+                    // W_tap [C_out, K] (stored row-major: column-major [K, C_out], transposed)
+                    // · X_shift^T [K, rows] (ld K).
+                    let a = w_ptr + elem * (tap * op.cout * op.k) as u64;
+                    let b = x_ptr + elem * ((dy * op.wp + dx) * op.k) as u64;
+                    // SAFETY: live device buffers of the checked sizes; per frame the largest
+                    // input row read is rows − 1 + (kH−1)·Wp + kW − 1 = Hp·Wp − 1, inside it.
+                    unsafe {
+                        gemm_strided_batched_ex(
+                            *blas.handle(),
+                            sys::cublasOperation_t::CUBLAS_OP_T,
+                            sys::cublasOperation_t::CUBLAS_OP_N,
+                            op.cout as i32,
+                            rows as i32,
+                            op.k as i32,
+                            &one as *const f32 as *const c_void,
+                            a as *const c_void,
+                            data_type,
+                            op.k as i32,
+                            0,
+                            b as *const c_void,
+                            data_type,
+                            op.k as i32,
+                            frame_in as i64,
+                            &beta as *const f32 as *const c_void,
+                            y_ptr as *mut c_void,
+                            sys::cudaDataType_t::CUDA_R_32F,
+                            op.cout as i32,
+                            (rows_out * op.cout) as i64,
+                            op.n as i32,
+                            compute,
+                            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                        )
+                    }
+                    .w()?;
+                }
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 
     fn gemms<T: CudaDType + DeviceRepr>(
@@ -279,6 +490,22 @@ mod tests {
         let want = x.conv2d(&w, 1, 1, 1, 1)?;
         assert_eq!(got.dims(), &[2, 4, 5, 7]);
         assert_eq!((got - want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn channels_last_valid_conv_is_the_padded_nchw_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
+        let want = x.conv2d(&w, 1, 1, 1, 1)?.permute((0, 2, 3, 1))?;
+        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+        let nhwc = padded.permute((0, 2, 3, 1))?.contiguous()?;
+        let got = conv2d_nhwc_valid(&nhwc, &pack_taps(&w)?, 3, 3)?;
+        assert_eq!(got.dims(), &[2, 5, 7, 4]);
+        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max abs diff {diff}");
+        assert!(conv2d_nhwc_valid(&nhwc, &pack_taps(&w)?, 3, 2).is_err());
         Ok(())
     }
 

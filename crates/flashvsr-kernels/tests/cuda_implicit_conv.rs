@@ -76,3 +76,27 @@ fn f32_on_cuda_uses_the_candle_path() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The channels-last tap GEMMs (the LQ projection's convs) against the CPU's f32 matmuls on
+/// the same bf16/f32 inputs: several frames (the batched GEMM's strides), a width that is not
+/// a multiple of 8, the last rows of each frame (the reads that end at the frame's end).
+#[test]
+fn channels_last_tap_gemms_match_the_cpu() -> anyhow::Result<()> {
+    use flashvsr_kernels::tap_conv::{conv2d_nhwc_valid, pack_taps};
+    let dev = Device::new_cuda(0)?;
+    let cpu = Device::Cpu;
+    for (dtype, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 1e-4)] {
+        let x = Tensor::randn(0f32, 1.0, (3, 9, 13, 64), &cpu)?.to_dtype(dtype)?;
+        let w = (Tensor::randn(0f32, 1.0, (48, 64, 3, 3), &cpu)? * 0.05)?.to_dtype(dtype)?;
+        let taps = pack_taps(&w)?;
+        let want = conv2d_nhwc_valid(&x, &taps, 3, 3)?;
+        let got = conv2d_nhwc_valid(&x.to_device(&dev)?, &taps.to_device(&dev)?, 3, 3)?
+            .to_device(&cpu)?;
+        assert_eq!(got.dims(), &[3, 7, 11, 48]);
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        println!("channels-last tap GEMMs {dtype:?}: max rel diff {diff:.3e}");
+        assert!(diff <= tol, "{dtype:?}: {diff}");
+    }
+    Ok(())
+}

@@ -5,13 +5,20 @@ use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 use common::*;
 use flashvsr_model::config::LqProjConfig;
-use flashvsr_model::lq_proj::{LqProj, LqProjProbes, LqProjState, LqProjVariant};
+use flashvsr_model::lq_proj::{LqConvLayout, LqProj, LqProjProbes, LqProjState, LqProjVariant};
 
-/// Runs the stream calls of `steps` DiT steps (spec §3) and checks every act1/act2/feature.
-fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Result<()> {
+/// Runs the stream calls of `steps` DiT steps (spec §3) and checks every act1/act2/feature,
+/// with the convolutions in `layout` (the channels-last one is what CUDA runs).
+fn check(
+    set: &str,
+    variant: LqProjVariant,
+    steps: usize,
+    feat_tol: f32,
+    layout: LqConvLayout,
+) -> Result<()> {
     let vb = weights(set, "LQ_proj_in.fp32.ckpt")?;
     let cfg = LqProjConfig::from_weights(&vb)?;
-    let proj = LqProj::new(vb, &cfg, variant)?;
+    let proj = LqProj::with_layout(vb, &cfg, variant, layout)?;
     let frames = 17 + 8 * steps; // F = 8 * (steps + 2) + 1
     let lq = lq_video(set, frames)?;
     let act1 = npy(set, "lq_proj_act1.npy")?;
@@ -69,10 +76,44 @@ fn check(set: &str, variant: LqProjVariant, steps: usize, feat_tol: f32) -> Resu
 
 #[test]
 fn lq_proj_v1_1_causal_matches_tiny_v1_1() -> Result<()> {
-    check("tiny-v1.1", LqProjVariant::Causal, 1, 3e-5)
+    check(
+        "tiny-v1.1",
+        LqProjVariant::Causal,
+        1,
+        3e-5,
+        LqConvLayout::Ncthw,
+    )
 }
 
 #[test]
 fn lq_proj_v1_buffer_matches_tiny_v1_steps() -> Result<()> {
-    check("tiny-v1-steps", LqProjVariant::Buffer, 4, 4e-5)
+    check(
+        "tiny-v1-steps",
+        LqProjVariant::Buffer,
+        4,
+        4e-5,
+        LqConvLayout::Ncthw,
+    )
+}
+
+#[test]
+fn lq_proj_channels_last_v1_1_causal_matches_tiny_v1_1() -> Result<()> {
+    check(
+        "tiny-v1.1",
+        LqProjVariant::Causal,
+        1,
+        3e-5,
+        LqConvLayout::ChannelsLast,
+    )
+}
+
+#[test]
+fn lq_proj_channels_last_v1_buffer_matches_tiny_v1_steps() -> Result<()> {
+    check(
+        "tiny-v1-steps",
+        LqProjVariant::Buffer,
+        4,
+        4e-5,
+        LqConvLayout::ChannelsLast,
+    )
 }

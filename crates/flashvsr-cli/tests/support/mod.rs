@@ -32,6 +32,7 @@ pub const BINARY_ENV: &[&str] = &[
     // A/B switches between the new CUDA paths and the ones they replace (model decoders/tc,
     // pipeline frame ops, dit), and the implicit-GEMM tile choice (kernels implicit_conv.rs).
     "FLASHVSR_TC_CONV",
+    "FLASHVSR_LQ_CONV",
     "FLASHVSR_LEGACY_FRAME_OPS",
     "FLASHVSR_DIT_FUSED",
     "FLASHVSR_CONV_TILE",

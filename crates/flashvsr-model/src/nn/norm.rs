@@ -134,4 +134,17 @@ impl ChannelRmsNorm {
             (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma.reshape(shape)?)?;
         y.to_dtype(x.dtype())
     }
+
+    /// The same norm over the last dim of channels-last `[..., C]` (same operations in the
+    /// same order).
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        let xf = x.to_dtype(DType::F32)?;
+        let norm = xf
+            .sqr()?
+            .sum_keepdim(candle_core::D::Minus1)?
+            .sqrt()?
+            .maximum(CHANNEL_NORM_EPS)?;
+        let y = (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?;
+        y.to_dtype(x.dtype())
+    }
 }

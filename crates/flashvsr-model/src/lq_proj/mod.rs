@@ -13,8 +13,12 @@
 //!   overwritten with the *current* call's last 2 input frames before the conv, so conv1 sees
 //!   the clip's frames in the order 2,3,0,1,2,3.
 
+mod channels_last;
+
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+use channels_last::ChannelsLastConv;
 
 use crate::config::LqProjConfig;
 use crate::nn::conv3d::{CausalConv3d, Padding};
@@ -55,12 +59,38 @@ pub struct LqProjProbes {
     pub act2: Option<Tensor>,
 }
 
+/// Which layout the two convolutions run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LqConvLayout {
+    /// `[1, C, T, H, W]` through [`CausalConv3d`]: the reference (CPU default).
+    Ncthw,
+    /// Channels-last frames `[T, h, w, C]` (CUDA default; `FLASHVSR_LQ_CONV=ncthw` selects
+    /// the reference there, for side-by-side timings).
+    ChannelsLast,
+}
+
+impl LqConvLayout {
+    /// The layout for weights on `device`.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cuda() && std::env::var("FLASHVSR_LQ_CONV").map_or(true, |v| v != "ncthw") {
+            Self::ChannelsLast
+        } else {
+            Self::Ncthw
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Convs {
+    Ncthw(CausalConv3d, CausalConv3d),
+    ChannelsLast(ChannelsLastConv, ChannelsLastConv),
+}
+
 /// The LQ projection with its weights.
 #[derive(Debug, Clone)]
 pub struct LqProj {
-    conv1: CausalConv3d,
+    convs: Convs,
     norm1: ChannelRmsNorm,
-    conv2: CausalConv3d,
     norm2: ChannelRmsNorm,
     linear: Linear,
     variant: LqProjVariant,
@@ -69,18 +99,38 @@ pub struct LqProj {
 
 impl LqProj {
     /// `vb` points at the LQ projection's tensors (`conv1.weight`, …, `linear_layers.0.bias`).
+    /// The conv layout follows the weights' device ([`LqConvLayout::for_device`]).
     pub fn new(vb: VarBuilder, config: &LqProjConfig, variant: LqProjVariant) -> Result<Self> {
+        let layout = LqConvLayout::for_device(vb.device());
+        Self::with_layout(vb, config, variant, layout)
+    }
+
+    pub fn with_layout(
+        vb: VarBuilder,
+        config: &LqProjConfig,
+        variant: LqProjVariant,
+        layout: LqConvLayout,
+    ) -> Result<Self> {
         let c = config;
-        let pad = Padding::replicate(2, 1);
-        let conv1 = CausalConv3d::new(vb.pp("conv1"), c.in_channels, c.hidden1, (4, 3, 3), 2, pad)?;
+        let convs = match layout {
+            LqConvLayout::Ncthw => {
+                let pad = Padding::replicate(2, 1);
+                Convs::Ncthw(
+                    CausalConv3d::new(vb.pp("conv1"), c.in_channels, c.hidden1, (4, 3, 3), 2, pad)?,
+                    CausalConv3d::new(vb.pp("conv2"), c.hidden1, c.hidden2, (4, 3, 3), 2, pad)?,
+                )
+            }
+            LqConvLayout::ChannelsLast => Convs::ChannelsLast(
+                ChannelsLastConv::new(vb.pp("conv1"), c.in_channels, c.hidden1, 4, 2)?,
+                ChannelsLastConv::new(vb.pp("conv2"), c.hidden1, c.hidden2, 4, 2)?,
+            ),
+        };
         let norm1 = channel_norm(&vb.pp("norm1"), c.hidden1)?;
-        let conv2 = CausalConv3d::new(vb.pp("conv2"), c.hidden1, c.hidden2, (4, 3, 3), 2, pad)?;
         let norm2 = channel_norm(&vb.pp("norm2"), c.hidden2)?;
         let linear = linear(c.hidden2, c.dim, vb.pp("linear_layers").pp(0))?;
         Ok(Self {
-            conv1,
+            convs,
             norm1,
-            conv2,
             norm2,
             linear,
             variant,
@@ -117,9 +167,15 @@ impl LqProj {
         } else {
             clip.clone()
         };
+        if let Convs::ChannelsLast(conv1, conv2) = &self.convs {
+            return self.stream_channels_last(conv1, conv2, &clip, state, probes);
+        }
+        let Convs::Ncthw(conv1, conv2) = &self.convs else {
+            unreachable!("handled above")
+        };
         let x = pixel_unshuffle_16(&clip)?;
 
-        let (x1, c1) = self.conv_with_cache(&self.conv1, &x, state.conv1_cache.take())?;
+        let (x1, c1) = self.conv_with_cache(conv1, &x, state.conv1_cache.take())?;
         state.conv1_cache = Some(c1);
         let a1 = candle_nn::ops::silu(&self.norm1.forward(&x1)?)?;
         if let Some(probes) = probes.as_deref_mut() {
@@ -130,7 +186,7 @@ impl LqProj {
             state.conv2_cache = Some(last_frames(&a1, CACHE_T)?);
             return Ok(None);
         }
-        let (x2, c2) = self.conv_with_cache(&self.conv2, &a1, state.conv2_cache.take())?;
+        let (x2, c2) = self.conv_with_cache(conv2, &a1, state.conv2_cache.take())?;
         state.conv2_cache = Some(c2);
         let a2 = candle_nn::ops::silu(&self.norm2.forward(&x2)?)?;
         if let Some(probes) = probes {
@@ -141,6 +197,47 @@ impl LqProj {
         let tokens = a2.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         debug_assert_eq!(tokens.dims(), &[b2, f2 * h2 * w2, c2]);
         Ok(Some(self.linear.forward(&tokens)?))
+    }
+
+    /// [`Self::stream_with_probes`] on channels-last frames; the caches hold channels-last
+    /// frames too (a state serves one layout).
+    fn stream_channels_last(
+        &self,
+        conv1: &ChannelsLastConv,
+        conv2: &ChannelsLastConv,
+        clip: &Tensor,
+        state: &mut LqProjState,
+        mut probes: Option<&mut LqProjProbes>,
+    ) -> Result<Option<Tensor>> {
+        let first = state.calls == 0;
+        let x = channels_last::pixel_unshuffle_16_channels_last(clip)?;
+        // The variant's cache rule, as in `conv_with_cache`.
+        let run = |conv: &ChannelsLastConv, x: &Tensor, cache: Option<Tensor>| {
+            let own_last = channels_last::last_frames(x, CACHE_T)?;
+            let y = match self.variant {
+                LqProjVariant::Causal => conv.forward(x, cache.as_ref())?,
+                LqProjVariant::Buffer => conv.forward(x, Some(&own_last))?,
+            };
+            Ok::<_, candle_core::Error>((y, own_last))
+        };
+        let (x1, c1) = run(conv1, &x, state.conv1_cache.take())?;
+        state.conv1_cache = Some(c1);
+        let a1 = candle_nn::ops::silu(&self.norm1.forward_channels_last(&x1)?)?;
+        if let Some(probes) = probes.as_deref_mut() {
+            probes.act1 = Some(channels_last::to_ncthw(&a1)?);
+        }
+        state.calls += 1;
+        if first {
+            state.conv2_cache = Some(channels_last::last_frames(&a1, CACHE_T)?);
+            return Ok(None);
+        }
+        let (x2, c2) = run(conv2, &a1, state.conv2_cache.take())?;
+        state.conv2_cache = Some(c2);
+        let a2 = candle_nn::ops::silu(&self.norm2.forward_channels_last(&x2)?)?;
+        if let Some(probes) = probes {
+            probes.act2 = Some(channels_last::to_ncthw(&a2)?);
+        }
+        Ok(Some(self.linear.forward(&channels_last::tokens(&a2)?)?))
     }
 
     /// Runs one conv with the variant's cache rule; returns (output, cache for next call).
