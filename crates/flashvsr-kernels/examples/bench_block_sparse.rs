@@ -105,7 +105,14 @@ mod bench {
             ("scalar f32 FMA", KernelVariant::Scalar),
         ];
         if flashvsr_kernels::gpu_caps::compute_capability(&dev)? == Some(90) {
-            variants.insert(0, ("Hopper wgmma (default)", KernelVariant::Hopper));
+            variants.insert(0, ("Hopper wgmma, cp.async loads", KernelVariant::Hopper));
+            variants.insert(
+                0,
+                (
+                    "Hopper wgmma, TMA producer (default)",
+                    KernelVariant::HopperTma,
+                ),
+            );
         }
         let mut outs = Vec::new();
         for &(_, variant) in &variants {

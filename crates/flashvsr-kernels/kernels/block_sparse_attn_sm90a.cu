@@ -298,6 +298,219 @@ __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__re
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// bsa_tma: the same per-thread math as bsa_wgmma (bit-identical outputs), with the K/V tiles
+// brought in by the Tensor Memory Accelerator instead of cp.async from the compute warps:
+//   * warpgroup 2 is the producer (one thread of it issues): Q once, then for each selected key
+//     block its K and V tiles into a 3-stage ring, each stage guarded by "full" mbarriers (the
+//     TMA transaction count) and an "empty" mbarrier (all 256 consumer threads arrive when their
+//     last wgmma on the stage has completed);
+//   * warpgroups 0-1 only wait on "full", multiply and release: no CTA-wide barrier in the
+//     loop, so each warpgroup runs at its own pace and loads never wait for compute.
+// Registers: 12 warps are 3 per SM sub-partition (16K registers each), so the launch allows 168
+// per thread; the producer gives its warpgroup's back (setmaxnreg 40) and the consumers take
+// 232, what the math needs without spilling (a 9-warp block could not launch: 3 warps of 176
+// on one sub-partition do not fit).
+// A tile arrives as 16 TMA boxes of 128 rows x 16 bytes (one 8-column slice of d each): the
+// slice c lands at c * 2048 B, row r of it at r * 16 B, i.e. core matrix (r/8, c) at
+// c * 2048 + (r/8) * 128, the no-swizzle canonical layout with the strides of bsa_wgmma's tiles
+// exchanged: K-major Q/K LBO (along d) = 2048, SBO (along rows) = 128; MN-major V LBO (along
+// keys) = 128, SBO (along d) = 2048.
+// The selected key blocks of the query block are listed once in shared memory (warp 0, ballots).
+#define TMA_STAGES 3
+#define TMA_THREADS (WG_THREADS + 128)
+#define TMA_MAX_BLOCKS 1024
+// Q, then the K stages, then the V stages, then the mbarriers, then the block list.
+#define TMA_BAR_OFFSET ((1 + 2 * TMA_STAGES) * WG_TILE_BYTES)
+#define TMA_LIST_OFFSET (TMA_BAR_OFFSET + 128)
+#define TMA_SMEM_BYTES (TMA_LIST_OFFSET + 2 * TMA_MAX_BLOCKS)
+
+// The driver's CUtensorMap: 128 opaque bytes, passed by value as a __grid_constant__ parameter.
+struct __align__(64) TensorMap { unsigned long long opaque[16]; };
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Blocks until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile("{\n.reg .pred done;\nWAIT:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+               "@!done bra WAIT;\n}\n" ::"r"(bar), "r"(parity)
+               : "memory");
+}
+// One 128-row x 128-column tile starting at `row` of the 2-D map [rows, 128]: 16 boxes.
+__device__ __forceinline__ void tma_tile(uint32_t dst, const TensorMap *map, int row, uint32_t bar) {
+  const unsigned long long desc = reinterpret_cast<unsigned long long>(map);
+#pragma unroll
+  for (int c = 0; c < WG_D / 8; ++c)
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst + c * 2048), "l"(desc), "r"(c * 8),
+                 "r"(row), "r"(bar)
+                 : "memory");
+}
+
+template <typename T>
+__device__ __forceinline__ void bsa_tma(const TensorMap *qmap, const TensorMap *kmap,
+                                        const TensorMap *vmap, const uint8_t *__restrict__ mask,
+                                        T *__restrict__ out, int q_tokens, int k_tokens,
+                                        float scale_log2, long long out_head_stride,
+                                        long long out_row_stride) {
+  extern __shared__ __align__(128) unsigned char wg_smem[];
+  const uint32_t q_tile = smem_u32(wg_smem);
+  const uint32_t k_tiles = q_tile + WG_TILE_BYTES;
+  const uint32_t v_tiles = k_tiles + TMA_STAGES * WG_TILE_BYTES;
+  // mbarriers: q_full, k_full[3], v_full[3], empty[3].
+  const uint32_t bars = q_tile + TMA_BAR_OFFSET;
+  const uint32_t q_full = bars, k_full = bars + 8, v_full = bars + 8 * (1 + TMA_STAGES);
+  const uint32_t empty = bars + 8 * (1 + 2 * TMA_STAGES);
+  unsigned short *list = reinterpret_cast<unsigned short *>(wg_smem + TMA_LIST_OFFSET);
+  __shared__ int n_selected;
+
+  const int nq = q_tokens / WG_BLOCK, nk = k_tokens / WG_BLOCK;
+  const int qb = blockIdx.x, h = blockIdx.y;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const uint8_t *mrow = mask + ((size_t)h * nq + qb) * nk;
+
+  if (warp == 0) {
+    int n = 0;
+    for (int base = 0; base < nk; base += 32) {
+      const bool sel = base + lane < nk && mrow[base + lane] != 0;
+      const unsigned ballot = __ballot_sync(0xffffffffu, sel);
+      if (sel) list[n + __popc(ballot & ((1u << lane) - 1))] = (unsigned short)(base + lane);
+      n += __popc(ballot);
+    }
+    if (lane == 0) {
+      n_selected = n;
+      mbar_init(q_full, 1);
+      for (int s = 0; s < TMA_STAGES; ++s) {
+        mbar_init(k_full + 8 * s, 1);
+        mbar_init(v_full + 8 * s, 1);
+        mbar_init(empty + 8 * s, WG_THREADS);
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+  }
+  __syncthreads();
+  const int n_sel = n_selected;
+
+  if (warp >= WG_THREADS / 32) {
+    // Producer.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (warp == WG_THREADS / 32 && lane == 0 && n_sel > 0) {
+      mbar_expect_tx(q_full, WG_TILE_BYTES);
+      tma_tile(q_tile, qmap, h * q_tokens + qb * WG_BLOCK, q_full);
+      for (int i = 0; i < n_sel; ++i) {
+        const int s = i % TMA_STAGES, use = i / TMA_STAGES;
+        // Stage s was last filled for block i - 3: wait until every consumer released it.
+        if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
+        const int row = h * k_tokens + (int)list[i] * WG_BLOCK;
+        mbar_expect_tx(k_full + 8 * s, WG_TILE_BYTES);
+        tma_tile(k_tiles + s * WG_TILE_BYTES, kmap, row, k_full + 8 * s);
+        mbar_expect_tx(v_full + 8 * s, WG_TILE_BYTES);
+        tma_tile(v_tiles + s * WG_TILE_BYTES, vmap, row, v_full + 8 * s);
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int wg = warp >> 2;
+  const long long orow = (long long)qb * WG_BLOCK + warp * 16 + g;
+  T *o0 = out + h * out_head_stride + orow * out_row_stride + 2 * t;
+  T *o1 = o0 + 8 * out_row_stride;
+  if (n_sel == 0) {
+#pragma unroll
+    for (int n = 0; n < WG_D / 8; ++n) {
+      *reinterpret_cast<uint32_t *>(o0 + n * 8) = 0u;
+      *reinterpret_cast<uint32_t *>(o1 + n * 8) = 0u;
+    }
+    return;
+  }
+
+  // Core-matrix strides of the TMA layout (see above).
+  constexpr uint32_t D_SLICE = 2048, ROW8 = 128;
+  constexpr uint32_t KM_LBO = D_SLICE, KM_SBO = ROW8, MN_LBO = ROW8, MN_SBO = D_SLICE;
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  const uint32_t q_wg = q_tile + wg * 8 * ROW8;
+  mbar_wait(q_full, 0);
+  for (int i = 0; i < n_sel; ++i) {
+    const int s = i % TMA_STAGES;
+    const uint32_t parity = (i / TMA_STAGES) & 1;
+    const uint32_t kt = k_tiles + s * WG_TILE_BYTES, vt = v_tiles + s * WG_TILE_BYTES;
+    mbar_wait(k_full + 8 * s, parity);
+
+    // S of both halves queued at once: keys 0-63 are core rows 0-7, keys 64-127 rows 8-15.
+    float sa[32], sb[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) sa[j] = sb[j] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < WG_D / 16; ++ks)
+      Wgmma64<T>::ss(sa, make_desc(q_wg + ks * 2 * D_SLICE, KM_LBO, KM_SBO),
+                     make_desc(kt + ks * 2 * D_SLICE, KM_LBO, KM_SBO), ks > 0);
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < WG_D / 16; ++ks)
+      Wgmma64<T>::ss(sb, make_desc(q_wg + ks * 2 * D_SLICE, KM_LBO, KM_SBO),
+                     make_desc(kt + 8 * ROW8 + ks * 2 * D_SLICE, KM_LBO, KM_SBO), ks > 0);
+    wgmma_commit();
+
+    wgmma_wait<1>();
+    fence_regs32(sa);
+    fence_regs(o);
+    uint32_t pa[4][4], pb[4][4];
+    float corr0, corr1;
+    softmax_half<T>(sa, scale_log2, m0, m1, l0, l1, corr0, corr1, pa);
+    scale_rows(o, corr0, corr1);
+    mbar_wait(v_full + 8 * s, parity);
+    wgmma_fence();
+    fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      Wgmma<T>::rs(o, pa[kk], make_desc(vt + kk * 2 * ROW8, MN_LBO, MN_SBO));
+    wgmma_commit();
+
+    wgmma_wait<1>();
+    fence_regs32(sb);
+    softmax_half<T>(sb, scale_log2, m0, m1, l0, l1, corr0, corr1, pb);
+    wgmma_wait<0>();
+    fence_regs(o);
+    scale_rows(o, corr0, corr1);
+    wgmma_fence();
+    fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      Wgmma<T>::rs(o, pb[kk], make_desc(vt + (8 + kk * 2) * ROW8, MN_LBO, MN_SBO));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    // This thread's reads of stage s are done.
+    mbar_arrive(empty + 8 * s);
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+#pragma unroll
+  for (int n = 0; n < WG_D / 8; ++n) {
+    *reinterpret_cast<uint32_t *>(o0 + n * 8) = Conv<T>::pack(o[4 * n + 0] * inv0, o[4 * n + 1] * inv0);
+    *reinterpret_cast<uint32_t *>(o1 + n * 8) = Conv<T>::pack(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+  }
+}
+
 #define WG_ARGS(T)                                                                             \
   const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,                   \
       const uint8_t *__restrict__ mask, T *__restrict__ out, int q_tokens, int k_tokens,       \
@@ -311,3 +524,18 @@ __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__re
 
 BSA_WGMMA(bf16, __nv_bfloat16)
 BSA_WGMMA(f16, __half)
+
+#define TMA_ARGS(T)                                                                            \
+  const __grid_constant__ TensorMap qmap, const __grid_constant__ TensorMap kmap,              \
+      const __grid_constant__ TensorMap vmap, const uint8_t *__restrict__ mask,                \
+      T *__restrict__ out, int q_tokens, int k_tokens, float scale_log2,                       \
+      long long out_head_stride, long long out_row_stride
+#define BSA_TMA(NAME, T)                                                                       \
+  extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)                                  \
+      bsa_tma_##NAME##_d128(TMA_ARGS(T)) {                                                     \
+    bsa_tma<T>(&qmap, &kmap, &vmap, mask, out, q_tokens, k_tokens, scale_log2,                 \
+               out_head_stride, out_row_stride);                                               \
+  }
+
+BSA_TMA(bf16, __nv_bfloat16)
+BSA_TMA(f16, __half)

@@ -17,6 +17,9 @@ use candle_core::{
 /// Tokens per attention block: one 2x8x8 LCSA window. The one definition of the block size.
 pub const BLOCK_TOKENS: usize = 128;
 
+/// Key blocks the TMA kernel ([`KernelVariant::HopperTma`]) can list per query block.
+pub const TMA_MAX_KEY_BLOCKS: usize = 1024;
+
 /// Head dims the CUDA kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
@@ -36,22 +39,29 @@ pub enum KernelVariant {
     /// Hopper warpgroup MMA (`wgmma`, sm_90a PTX), bf16/f16 with head_dim 128 only: needs a
     /// compute capability 9.0 GPU and a build with `CUDA_COMPUTE_CAP=90`. Key blocks in two
     /// 64-key halves, softmax of one overlapping the tensor cores' work on the other; outputs
-    /// bit-identical to [`KernelVariant::TensorCore`]'s.
+    /// bit-identical to [`KernelVariant::TensorCore`]'s. K/V tiles loaded by the compute warps
+    /// (cp.async, two stages).
     Hopper,
+    /// [`KernelVariant::Hopper`]'s math with the tiles brought in by the Tensor Memory
+    /// Accelerator: a producer warpgroup fills a 3-stage K/V ring guarded by mbarriers, the two
+    /// compute warpgroups never wait at a CTA barrier. Same requirements, plus at most
+    /// 1024 key blocks; bit-identical outputs.
+    HopperTma,
 }
 
 #[cfg(feature = "cuda")]
 impl KernelVariant {
-    /// What [`KernelVariant::Auto`] picks where the Hopper kernel runs: the mma.sync kernel
-    /// when `FLASHVSR_BSA_KERNEL=mma2` (side-by-side measurements in one binary), else
-    /// [`KernelVariant::Hopper`]. Read once per process: this is on every attention call.
+    /// What [`KernelVariant::Auto`] picks where the Hopper kernels run:
+    /// [`KernelVariant::HopperTma`], or for side-by-side measurements in one binary the
+    /// kernel `FLASHVSR_BSA_KERNEL` names (`mma2`: [`KernelVariant::TensorCore`], `wgmma`:
+    /// [`KernelVariant::Hopper`]). Read once per process: this is on every attention call.
     fn auto_on_hopper() -> Self {
-        static MMA2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *MMA2.get_or_init(|| std::env::var("FLASHVSR_BSA_KERNEL").is_ok_and(|v| v == "mma2")) {
-            Self::TensorCore
-        } else {
-            Self::Hopper
-        }
+        static PICK: std::sync::OnceLock<KernelVariant> = std::sync::OnceLock::new();
+        *PICK.get_or_init(|| match std::env::var("FLASHVSR_BSA_KERNEL").as_deref() {
+            Ok("mma2") => Self::TensorCore,
+            Ok("wgmma") => Self::Hopper,
+            _ => Self::HopperTma,
+        })
     }
 }
 
@@ -346,7 +356,56 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CudaStorage, Layout, Result, Storage};
 
+    use super::TMA_MAX_KEY_BLOCKS;
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+
     const MODULE: &str = "flashvsr_block_sparse_attn";
+    /// The TMA kernel's block: two compute warpgroups and a producer warpgroup.
+    const TMA_THREADS: u32 = 256 + 128;
+
+    /// A `CUtensorMap` (the driver's 128-byte TMA descriptor), passed to the kernel by value.
+    #[repr(C, align(64))]
+    struct TileMap(sys::CUtensorMap);
+    // SAFETY: plain bytes, laid out as the kernel's `TensorMap` parameter.
+    unsafe impl DeviceRepr for TileMap {}
+
+    /// The TMA descriptor of a `[rows, 128]` half-precision matrix at `ptr`, in boxes of
+    /// 128 rows x 8 columns (16 bytes): one box is one column of a tile's core matrices.
+    fn tile_map(ptr: sys::CUdeviceptr, rows: usize, bf16: bool) -> Result<TileMap> {
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        let dtype = if bf16 {
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+        } else {
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+        };
+        let dims: [u64; 2] = [128, rows as u64];
+        let strides: [u64; 1] = [256];
+        let boxes: [u32; 2] = [8, BLOCK_TOKENS as u32];
+        let element_strides: [u32; 2] = [1, 1];
+        // SAFETY: all arrays have the rank's length; the driver only writes `map`.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                map.as_mut_ptr(),
+                dtype,
+                2,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("block_sparse_attention: cuTensorMapEncodeTiled failed ({r:?}) for a [{rows}, 128] operand")
+        }
+        // SAFETY: initialised by the successful call.
+        Ok(TileMap(unsafe { map.assume_init() }))
+    }
     const MODULE_SM90A: &str = "flashvsr_block_sparse_attn_sm90a";
     const THREADS: u32 = 256;
 
@@ -379,7 +438,10 @@ mod cuda {
         let half_type = dtype_name != "f32";
         let tensor_core = matches!(
             op.variant,
-            KernelVariant::TensorCore | KernelVariant::TensorCoreSimple | KernelVariant::Hopper
+            KernelVariant::TensorCore
+                | KernelVariant::TensorCoreSimple
+                | KernelVariant::Hopper
+                | KernelVariant::HopperTma
         );
         if tensor_core && !half_type {
             bail!("block_sparse_attention: the tensor-core kernels need bf16 or f16, got f32")
@@ -408,15 +470,24 @@ mod cuda {
             && !crate::ptx::BLOCK_SPARSE_ATTN_SM90A.is_empty()
             && half_type
             && dims.head_dim == 128;
-        let wants_hopper = op.variant == KernelVariant::Hopper;
+        let wants_hopper = matches!(op.variant, KernelVariant::Hopper | KernelVariant::HopperTma);
         if wants_hopper && !hopper {
             bail!("block_sparse_attention: the Hopper kernel needs a compute capability 9.0 GPU, a build with CUDA_COMPUTE_CAP=90, bf16/f16 and head_dim 128")
         }
         if wants_hopper && !hopper_aligned {
             bail!("block_sparse_attention: the Hopper kernel needs q/k/v offsets that are multiples of 8 elements")
         }
+        let tma_fits = dims.k_tokens / BLOCK_TOKENS <= TMA_MAX_KEY_BLOCKS;
+        if op.variant == KernelVariant::HopperTma && !tma_fits {
+            bail!("block_sparse_attention: the TMA kernel lists at most {TMA_MAX_KEY_BLOCKS} key blocks, got {}", dims.k_tokens / BLOCK_TOKENS)
+        }
         let variant = match op.variant {
-            KernelVariant::Auto if hopper && hopper_aligned => KernelVariant::auto_on_hopper(),
+            KernelVariant::Auto if hopper && hopper_aligned => {
+                match KernelVariant::auto_on_hopper() {
+                    KernelVariant::HopperTma if !tma_fits => KernelVariant::Hopper,
+                    v => v,
+                }
+            }
             v => v,
         };
         let kernel = match variant {
@@ -425,12 +496,18 @@ mod cuda {
             KernelVariant::TensorCore => "mma2",
             KernelVariant::TensorCoreSimple => "mma",
             KernelVariant::Hopper => "wgmma",
+            KernelVariant::HopperTma => "tma",
         };
         let dyn_smem = match kernel {
             // A double buffer of K and V chunks: 2 x 2 x 64 keys x (D + 8) halves.
             "mma2" => (2 * 2 * 64 * (dims.head_dim + 8) * std::mem::size_of::<T>()) as u32,
             // Q plus double-buffered K and V tiles: 5 x 128 x 128 halves.
             "wgmma" => (5 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>()) as u32,
+            // Q, 3 stages of K and V tiles, 128 bytes of mbarriers, the key-block list (u16).
+            "tma" => {
+                (7 * BLOCK_TOKENS * 128 * std::mem::size_of::<T>() + 128 + 2 * TMA_MAX_KEY_BLOCKS)
+                    as u32
+            }
             _ => 0,
         };
         let q = args.q.0.as_cuda_slice::<T>()?.slice(q_off..);
@@ -444,7 +521,7 @@ mod cuda {
         };
         let mask = mask.slice(offset(mask_layout, "block_mask")?..);
 
-        let func = if kernel == "wgmma" {
+        let func = if kernel == "wgmma" || kernel == "tma" {
             let name = format!("bsa_{kernel}_{dtype_name}_d128");
             dev.get_or_load_custom_func(&name, MODULE_SM90A, crate::ptx::BLOCK_SPARSE_ATTN_SM90A)?
         } else {
@@ -472,6 +549,38 @@ mod cuda {
             OutputLayout::HeadsMajor => (dims.q_tokens as i64 * hd, hd),
             OutputLayout::TokenMajor => (hd, heads * hd),
         };
+        if kernel == "tma" {
+            let stream = dev.cuda_stream();
+            let (q_ptr, _q_guard) = q.device_ptr(&stream);
+            let (k_ptr, _k_guard) = k.device_ptr(&stream);
+            let (v_ptr, _v_guard) = v.device_ptr(&stream);
+            let half = dtype_name == "bf16";
+            let maps = [
+                tile_map(q_ptr, dims.heads * dims.q_tokens, half)?,
+                tile_map(k_ptr, dims.heads * dims.k_tokens, half)?,
+                tile_map(v_ptr, dims.heads * dims.k_tokens, half)?,
+            ];
+            let cfg = LaunchConfig {
+                block_dim: (TMA_THREADS, 1, 1),
+                ..cfg
+            };
+            let mut builder = func.builder();
+            builder.arg(&maps[0]);
+            builder.arg(&maps[1]);
+            builder.arg(&maps[2]);
+            builder.arg(&mask);
+            builder.arg(&out);
+            builder.arg(&q_tokens);
+            builder.arg(&k_tokens);
+            builder.arg(&scale_log2);
+            builder.arg(&out_head_stride);
+            builder.arg(&out_row_stride);
+            // SAFETY: argument list matches bsa_tma_* in kernels/block_sparse_attn_sm90a.cu;
+            // the maps cover exactly q/k/v (shapes checked in `Dims::check`), which the guards
+            // keep ordered on this stream until the launch is queued.
+            unsafe { builder.launch(cfg) }.w()?;
+            return Ok(T::wrap_cuda_slice(out, dev));
+        }
         let mut builder = func.builder();
         builder.arg(&q);
         builder.arg(&k);
