@@ -166,10 +166,74 @@ __device__ __forceinline__ void scale_rows(float o[64], float corr0, float corr1
   }
 }
 
-// Each key block is processed as two 64-key halves, so that a warpgroup's tensor cores and its
-// softmax overlap: S of the second half is computed while the first half's softmax runs, and
-// the first half's P V while the second half's softmax runs. The online softmax runs per 64
-// keys, exactly as bsa_mma2's does (the outputs are bit-identical to bsa_mma2's).
+// One selected key block of a warpgroup's 64 query rows: S = Q K^T in two 64-key halves, the
+// online softmax per half, O += P V. `q_wg`, `kt`, `vt` are the tiles' shared-memory
+// addresses; in the tiles' core-matrix layout, D_STEP bytes separate neighbouring 8-column
+// slices along d and ROW8 bytes neighbouring 8-row groups. `wait_v()` runs just before V is
+// first read (the TMA kernel waits there for V's tile; the cp.async one has it already).
+template <typename T, uint32_t D_STEP, uint32_t ROW8, typename WaitV>
+__device__ __forceinline__ void attend_block(float o[64], float &m0, float &m1, float &l0,
+                                             float &l1, uint32_t q_wg, uint32_t kt, uint32_t vt,
+                                             float scale_log2, WaitV wait_v) {
+  // K-major Q/K: LBO along d, SBO along rows; MN-major V: LBO along keys, SBO along d.
+  constexpr uint32_t KM_LBO = D_STEP, KM_SBO = ROW8, MN_LBO = ROW8, MN_SBO = D_STEP;
+  // S of both halves queued at once (two groups): keys 0-63 are core rows 0-7 of the tile,
+  // keys 64-127 rows 8-15.
+  float sa[32], sb[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) sa[i] = sb[i] = 0.f;
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < WG_D / 16; ++ks)
+    Wgmma64<T>::ss(sa, make_desc(q_wg + ks * 2 * D_STEP, KM_LBO, KM_SBO),
+                   make_desc(kt + ks * 2 * D_STEP, KM_LBO, KM_SBO), ks > 0);
+  wgmma_commit();
+#pragma unroll
+  for (int ks = 0; ks < WG_D / 16; ++ks)
+    Wgmma64<T>::ss(sb, make_desc(q_wg + ks * 2 * D_STEP, KM_LBO, KM_SBO),
+                   make_desc(kt + 8 * ROW8 + ks * 2 * D_STEP, KM_LBO, KM_SBO), ks > 0);
+  wgmma_commit();
+
+  // First half: its S is ready once at most one group (S_b) is pending; every earlier P V
+  // has completed too, so O may be rescaled.
+  wgmma_wait<1>();
+  fence_regs32(sa);
+  fence_regs(o);
+  uint32_t pa[4][4], pb[4][4];
+  float corr0, corr1;
+  softmax_half<T>(sa, scale_log2, m0, m1, l0, l1, corr0, corr1, pa);
+  scale_rows(o, corr0, corr1);
+  wait_v();
+  wgmma_fence();
+  fence_regs(o);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    Wgmma<T>::rs(o, pa[kk], make_desc(vt + kk * 2 * ROW8, MN_LBO, MN_SBO));
+  wgmma_commit();
+
+  // Second half: its softmax runs while the first half's P V is on the tensor cores.
+  wgmma_wait<1>();
+  fence_regs32(sb);
+  softmax_half<T>(sb, scale_log2, m0, m1, l0, l1, corr0, corr1, pb);
+  wgmma_wait<0>();
+  fence_regs(o);
+  scale_rows(o, corr0, corr1);
+  wgmma_fence();
+  fence_regs(o);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    Wgmma<T>::rs(o, pb[kk], make_desc(vt + (8 + kk * 2) * ROW8, MN_LBO, MN_SBO));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(o);
+}
+
+// bsa_wgmma: K/V tiles double-buffered by cp.async from all 256 threads, a CTA barrier per key
+// block. Each key block is processed as two 64-key halves (attend_block), so that a
+// warpgroup's tensor cores and its softmax overlap: S of the second half is computed while the
+// first half's softmax runs, and the first half's P V while the second half's softmax runs.
+// The online softmax runs per 64 keys, exactly as bsa_mma2's does (the outputs are
+// bit-identical to bsa_mma2's).
 template <typename T>
 __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__restrict__ k,
                                                 const T *__restrict__ v,
@@ -208,8 +272,8 @@ __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__re
   load_tile(v_tiles, vh + (size_t)cur * WG_BLOCK * WG_D, tid);
   cp_async_commit();
 
+  // Core-matrix strides of the cp.async tiles: 8-column slices 128 B apart, 8-row groups 2 KB.
   constexpr uint32_t COL = 128, ROW = 16 * 128;
-  constexpr uint32_t KM_LBO = COL, KM_SBO = ROW, MN_LBO = ROW, MN_SBO = COL;
 
   float o[64];
 #pragma unroll
@@ -233,55 +297,7 @@ __device__ __forceinline__ void bsa_wgmma(const T *__restrict__ q, const T *__re
     fence_proxy_async();
     __syncthreads();
     const uint32_t kt = k_tiles + stage * WG_TILE_BYTES, vt = v_tiles + stage * WG_TILE_BYTES;
-
-    // S of both halves queued at once (two groups): keys 0-63 are core rows 0-7 of the tile,
-    // keys 64-127 rows 8-15.
-    float sa[32], sb[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) sa[i] = sb[i] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < WG_D / 16; ++ks)
-      Wgmma64<T>::ss(sa, make_desc(q_wg + ks * 2 * COL, KM_LBO, KM_SBO),
-                     make_desc(kt + ks * 2 * COL, KM_LBO, KM_SBO), ks > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int ks = 0; ks < WG_D / 16; ++ks)
-      Wgmma64<T>::ss(sb, make_desc(q_wg + ks * 2 * COL, KM_LBO, KM_SBO),
-                     make_desc(kt + 8 * ROW + ks * 2 * COL, KM_LBO, KM_SBO), ks > 0);
-    wgmma_commit();
-
-    // First half: its S is ready once at most one group (S_b) is pending; every earlier P V
-    // has completed too, so O may be rescaled.
-    wgmma_wait<1>();
-    fence_regs32(sa);
-    fence_regs(o);
-    uint32_t pa[4][4], pb[4][4];
-    float corr0, corr1;
-    softmax_half<T>(sa, scale_log2, m0, m1, l0, l1, corr0, corr1, pa);
-    scale_rows(o, corr0, corr1);
-    wgmma_fence();
-    fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      Wgmma<T>::rs(o, pa[kk], make_desc(vt + kk * 2 * ROW, MN_LBO, MN_SBO));
-    wgmma_commit();
-
-    // Second half: its softmax runs while the first half's P V is on the tensor cores.
-    wgmma_wait<1>();
-    fence_regs32(sb);
-    softmax_half<T>(sb, scale_log2, m0, m1, l0, l1, corr0, corr1, pb);
-    wgmma_wait<0>();
-    fence_regs(o);
-    scale_rows(o, corr0, corr1);
-    wgmma_fence();
-    fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      Wgmma<T>::rs(o, pb[kk], make_desc(vt + (8 + kk * 2) * ROW, MN_LBO, MN_SBO));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
+    attend_block<T, COL, ROW>(o, m0, m1, l0, l1, q_wg, kt, vt, scale_log2, [] {});
     __syncthreads();
     stage ^= 1;
     cur = nxt;
@@ -436,7 +452,6 @@ __device__ __forceinline__ void bsa_tma(const TensorMap *qmap, const TensorMap *
 
   // Core-matrix strides of the TMA layout (see above).
   constexpr uint32_t D_SLICE = 2048, ROW8 = 128;
-  constexpr uint32_t KM_LBO = D_SLICE, KM_SBO = ROW8, MN_LBO = ROW8, MN_SBO = D_SLICE;
 
   float o[64];
 #pragma unroll
@@ -450,52 +465,8 @@ __device__ __forceinline__ void bsa_tma(const TensorMap *qmap, const TensorMap *
     const uint32_t parity = (i / TMA_STAGES) & 1;
     const uint32_t kt = k_tiles + s * WG_TILE_BYTES, vt = v_tiles + s * WG_TILE_BYTES;
     mbar_wait(k_full + 8 * s, parity);
-
-    // S of both halves queued at once: keys 0-63 are core rows 0-7, keys 64-127 rows 8-15.
-    float sa[32], sb[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) sa[j] = sb[j] = 0.f;
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < WG_D / 16; ++ks)
-      Wgmma64<T>::ss(sa, make_desc(q_wg + ks * 2 * D_SLICE, KM_LBO, KM_SBO),
-                     make_desc(kt + ks * 2 * D_SLICE, KM_LBO, KM_SBO), ks > 0);
-    wgmma_commit();
-#pragma unroll
-    for (int ks = 0; ks < WG_D / 16; ++ks)
-      Wgmma64<T>::ss(sb, make_desc(q_wg + ks * 2 * D_SLICE, KM_LBO, KM_SBO),
-                     make_desc(kt + 8 * ROW8 + ks * 2 * D_SLICE, KM_LBO, KM_SBO), ks > 0);
-    wgmma_commit();
-
-    wgmma_wait<1>();
-    fence_regs32(sa);
-    fence_regs(o);
-    uint32_t pa[4][4], pb[4][4];
-    float corr0, corr1;
-    softmax_half<T>(sa, scale_log2, m0, m1, l0, l1, corr0, corr1, pa);
-    scale_rows(o, corr0, corr1);
-    mbar_wait(v_full + 8 * s, parity);
-    wgmma_fence();
-    fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      Wgmma<T>::rs(o, pa[kk], make_desc(vt + kk * 2 * ROW8, MN_LBO, MN_SBO));
-    wgmma_commit();
-
-    wgmma_wait<1>();
-    fence_regs32(sb);
-    softmax_half<T>(sb, scale_log2, m0, m1, l0, l1, corr0, corr1, pb);
-    wgmma_wait<0>();
-    fence_regs(o);
-    scale_rows(o, corr0, corr1);
-    wgmma_fence();
-    fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      Wgmma<T>::rs(o, pb[kk], make_desc(vt + (8 + kk * 2) * ROW8, MN_LBO, MN_SBO));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(o);
+    attend_block<T, D_SLICE, ROW8>(o, m0, m1, l0, l1, q_wg, kt, vt, scale_log2,
+                                   [&] { mbar_wait(v_full + 8 * s, parity); });
     // This thread's reads of stage s are done.
     mbar_arrive(empty + 8 * s);
   }
