@@ -206,7 +206,7 @@ impl candle_core::CustomOp2 for NhwcTapGemms {
         taps: &candle_core::CudaStorage,
         taps_l: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::run_nhwc(self, (xs, xs_l), (taps, taps_l))
+        cuda::run(self, (xs, xs_l), (taps, taps_l))
     }
 }
 
@@ -270,57 +270,100 @@ mod cuda {
         crate::contiguous_start(layout, "tap conv2d", what)
     }
 
-    pub(super) fn run(
-        op: &TapGemms,
-        xs: (&CudaStorage, &Layout),
-        taps: (&CudaStorage, &Layout),
-    ) -> Result<(CudaStorage, Shape)> {
-        if xs.0.dtype() != taps.0.dtype() {
-            bail!(
-                "tap conv2d: input {:?} and weight {:?} dtypes differ",
-                xs.0.dtype(),
-                taps.0.dtype()
-            )
-        }
-        let dims = [op.l, op.rows, op.cin, op.cout];
-        if dims.iter().any(|&d| d > i32::MAX as usize) {
-            bail!("tap conv2d: {dims:?} exceeds cuBLAS's 32-bit sizes; split the batch")
-        }
-        let out = match xs.0.dtype() {
-            DType::F32 => gemms::<f32>(op, xs, taps, sys::cudaDataType_t::CUDA_R_32F)?,
-            DType::F16 => gemms::<f16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16F)?,
-            DType::BF16 => gemms::<bf16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16BF)?,
-            dt => bail!("tap conv2d: dtype {dt:?} is not supported"),
-        };
-        Ok((out, Shape::from((op.cout, op.l))))
+    /// What differs between the two tap-GEMM ops; [`run`] does the rest.
+    pub(super) trait TapOp {
+        /// The op's name in messages.
+        const WHAT: &'static str;
+        /// The sizes cuBLAS takes as 32-bit integers.
+        fn gemm_sizes(&self) -> Vec<usize>;
+        fn out_shape(&self) -> Shape;
+        fn gemms<T: CudaDType + DeviceRepr>(
+            &self,
+            xs: (&CudaStorage, &Layout),
+            taps: (&CudaStorage, &Layout),
+            data_type: sys::cudaDataType_t,
+        ) -> Result<CudaStorage>;
     }
 
-    pub(super) fn run_nhwc(
-        op: &NhwcTapGemms,
+    /// Checks dtypes and sizes, then runs the op's GEMMs in the inputs' dtype.
+    pub(super) fn run<Op: TapOp>(
+        op: &Op,
         xs: (&CudaStorage, &Layout),
         taps: (&CudaStorage, &Layout),
     ) -> Result<(CudaStorage, Shape)> {
+        let what = Op::WHAT;
         if xs.0.dtype() != taps.0.dtype() {
             bail!(
-                "tap conv2d (channels-last): input {:?} and taps {:?} dtypes differ",
+                "{what}: input {:?} and weight {:?} dtypes differ",
                 xs.0.dtype(),
                 taps.0.dtype()
             )
         }
-        let ho = op.hp - op.kh + 1;
-        let rows = ho * op.wp;
-        let frame_in = op.hp * op.wp * op.k;
-        let dims = [rows, op.k, op.cout, frame_in, rows * op.cout];
+        let dims = op.gemm_sizes();
         if dims.iter().any(|&d| d > i32::MAX as usize) {
-            bail!("tap conv2d (channels-last): {dims:?} exceeds cuBLAS's 32-bit sizes; split the frames")
+            bail!("{what}: {dims:?} exceeds cuBLAS's 32-bit sizes; split the batch")
         }
         let out = match xs.0.dtype() {
-            DType::F32 => nhwc_gemms::<f32>(op, xs, taps, sys::cudaDataType_t::CUDA_R_32F)?,
-            DType::F16 => nhwc_gemms::<f16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16F)?,
-            DType::BF16 => nhwc_gemms::<bf16>(op, xs, taps, sys::cudaDataType_t::CUDA_R_16BF)?,
-            dt => bail!("tap conv2d (channels-last): dtype {dt:?} is not supported"),
+            DType::F32 => op.gemms::<f32>(xs, taps, sys::cudaDataType_t::CUDA_R_32F)?,
+            DType::F16 => op.gemms::<f16>(xs, taps, sys::cudaDataType_t::CUDA_R_16F)?,
+            DType::BF16 => op.gemms::<bf16>(xs, taps, sys::cudaDataType_t::CUDA_R_16BF)?,
+            dt => bail!("{what}: dtype {dt:?} is not supported"),
         };
-        Ok((out, Shape::from((op.n, rows, op.cout))))
+        Ok((out, op.out_shape()))
+    }
+
+    /// f32 inputs use TF32 tensor cores only when Candle's reduced-precision f32 switch is on
+    /// (as Candle's own matmuls do); half inputs always accumulate in f32.
+    fn compute_type(data_type: sys::cudaDataType_t) -> sys::cublasComputeType_t {
+        let f32_inputs = matches!(data_type, sys::cudaDataType_t::CUDA_R_32F);
+        if f32_inputs && candle_core::cuda::gemm_reduced_precision_f32() {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        }
+    }
+
+    impl TapOp for TapGemms {
+        const WHAT: &'static str = "tap conv2d";
+        fn gemm_sizes(&self) -> Vec<usize> {
+            vec![self.l, self.rows, self.cin, self.cout]
+        }
+        fn out_shape(&self) -> Shape {
+            Shape::from((self.cout, self.l))
+        }
+        fn gemms<T: CudaDType + DeviceRepr>(
+            &self,
+            xs: (&CudaStorage, &Layout),
+            taps: (&CudaStorage, &Layout),
+            data_type: sys::cudaDataType_t,
+        ) -> Result<CudaStorage> {
+            gemms::<T>(self, xs, taps, data_type)
+        }
+    }
+
+    impl TapOp for NhwcTapGemms {
+        const WHAT: &'static str = "tap conv2d (channels-last)";
+        fn gemm_sizes(&self) -> Vec<usize> {
+            let rows = (self.hp - self.kh + 1) * self.wp;
+            vec![
+                rows,
+                self.k,
+                self.cout,
+                self.hp * self.wp * self.k,
+                rows * self.cout,
+            ]
+        }
+        fn out_shape(&self) -> Shape {
+            Shape::from((self.n, (self.hp - self.kh + 1) * self.wp, self.cout))
+        }
+        fn gemms<T: CudaDType + DeviceRepr>(
+            &self,
+            xs: (&CudaStorage, &Layout),
+            taps: (&CudaStorage, &Layout),
+            data_type: sys::cudaDataType_t,
+        ) -> Result<CudaStorage> {
+            nhwc_gemms::<T>(self, xs, taps, data_type)
+        }
     }
 
     fn nhwc_gemms<T: CudaDType + DeviceRepr>(
@@ -345,12 +388,7 @@ mod cuda {
         let blas = dev.cublas_handle();
         let stream = dev.cuda_stream();
         let elem = std::mem::size_of::<T>() as u64;
-        let f32_inputs = matches!(data_type, sys::cudaDataType_t::CUDA_R_32F);
-        let compute = if f32_inputs && candle_core::cuda::gemm_reduced_precision_f32() {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-        } else {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-        };
+        let compute = compute_type(data_type);
         {
             let (x_ptr, _gx) = x.device_ptr(&stream);
             let (w_ptr, _gw) = w.device_ptr(&stream);
@@ -421,14 +459,7 @@ mod cuda {
         let blas = dev.cublas_handle();
         let stream = dev.cuda_stream();
         let elem = std::mem::size_of::<T>() as u64;
-        // f32 inputs use TF32 tensor cores only when Candle's reduced-precision f32 switch is
-        // on (as Candle's own matmuls do); half inputs always accumulate in f32.
-        let f32_inputs = matches!(data_type, sys::cudaDataType_t::CUDA_R_32F);
-        let compute = if f32_inputs && candle_core::cuda::gemm_reduced_precision_f32() {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-        } else {
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-        };
+        let compute = compute_type(data_type);
         {
             let (x_ptr, _gx) = x.device_ptr(&stream);
             let (w_ptr, _gw) = w.device_ptr(&stream);
