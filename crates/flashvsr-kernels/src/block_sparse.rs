@@ -549,42 +549,34 @@ mod cuda {
             OutputLayout::HeadsMajor => (dims.q_tokens as i64 * hd, hd),
             OutputLayout::TokenMajor => (hd, heads * hd),
         };
+        // The TMA kernel takes q/k/v as tensor maps (built here, each holding its operand's
+        // address: the guards keep the operands ordered on this stream until the launch is
+        // queued) and a block with a producer warpgroup; the others take plain pointers.
+        let stream = dev.cuda_stream();
+        let (maps, _guards);
+        let mut cfg = cfg;
+        let mut builder = func.builder();
         if kernel == "tma" {
-            let stream = dev.cuda_stream();
-            let (q_ptr, _q_guard) = q.device_ptr(&stream);
-            let (k_ptr, _k_guard) = k.device_ptr(&stream);
-            let (v_ptr, _v_guard) = v.device_ptr(&stream);
-            let half = dtype_name == "bf16";
-            let maps = [
-                tile_map(q_ptr, dims.heads * dims.q_tokens, half)?,
-                tile_map(k_ptr, dims.heads * dims.k_tokens, half)?,
-                tile_map(v_ptr, dims.heads * dims.k_tokens, half)?,
+            let (q_ptr, q_guard) = q.device_ptr(&stream);
+            let (k_ptr, k_guard) = k.device_ptr(&stream);
+            let (v_ptr, v_guard) = v.device_ptr(&stream);
+            _guards = Some((q_guard, k_guard, v_guard));
+            let bf16 = dtype_name == "bf16";
+            maps = [
+                tile_map(q_ptr, dims.heads * dims.q_tokens, bf16)?,
+                tile_map(k_ptr, dims.heads * dims.k_tokens, bf16)?,
+                tile_map(v_ptr, dims.heads * dims.k_tokens, bf16)?,
             ];
-            let cfg = LaunchConfig {
-                block_dim: (TMA_THREADS, 1, 1),
-                ..cfg
-            };
-            let mut builder = func.builder();
+            cfg.block_dim = (TMA_THREADS, 1, 1);
             builder.arg(&maps[0]);
             builder.arg(&maps[1]);
             builder.arg(&maps[2]);
-            builder.arg(&mask);
-            builder.arg(&out);
-            builder.arg(&q_tokens);
-            builder.arg(&k_tokens);
-            builder.arg(&scale_log2);
-            builder.arg(&out_head_stride);
-            builder.arg(&out_row_stride);
-            // SAFETY: argument list matches bsa_tma_* in kernels/block_sparse_attn_sm90a.cu;
-            // the maps cover exactly q/k/v (shapes checked in `Dims::check`), which the guards
-            // keep ordered on this stream until the launch is queued.
-            unsafe { builder.launch(cfg) }.w()?;
-            return Ok(T::wrap_cuda_slice(out, dev));
+        } else {
+            _guards = None;
+            builder.arg(&q);
+            builder.arg(&k);
+            builder.arg(&v);
         }
-        let mut builder = func.builder();
-        builder.arg(&q);
-        builder.arg(&k);
-        builder.arg(&v);
         builder.arg(&mask);
         builder.arg(&out);
         builder.arg(&q_tokens);
@@ -592,8 +584,9 @@ mod cuda {
         builder.arg(&scale_log2);
         builder.arg(&out_head_stride);
         builder.arg(&out_row_stride);
-        // SAFETY: argument list matches the kernel signature in kernels/block_sparse_attn.cu;
-        // shapes were checked in `Dims::check`.
+        // SAFETY: the argument list matches the kernels' signatures (kernels/block_sparse_attn.cu,
+        // and bsa_tma_* in kernels/block_sparse_attn_sm90a.cu: the same after q/k/v); shapes were
+        // checked in `Dims::check`, and the maps cover exactly q/k/v.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(T::wrap_cuda_slice(out, dev))
     }
