@@ -129,13 +129,6 @@ pub(super) fn to_ncthw(x: &Tensor) -> Result<Tensor> {
     x.permute((3, 0, 1, 2))?.contiguous()?.unsqueeze(0)
 }
 
-/// The last `n` frames (dim 0) of `[T, ...]`, contiguous.
-pub(super) fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
-    let t = x.dim(0)?;
-    let n = n.min(t);
-    x.narrow(0, t - n, n)?.contiguous()
-}
-
 /// `[T, h, w, C]` → tokens `[1, T·h·w, C]` in (t, y, x) order.
 pub(super) fn tokens(x: &Tensor) -> Result<Tensor> {
     let c = x.dim(D::Minus1)?;

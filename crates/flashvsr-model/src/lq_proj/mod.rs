@@ -80,10 +80,64 @@ impl LqConvLayout {
     }
 }
 
+/// The two convolutions in their layout, and what else depends on the layout: where time is
+/// (the caches' frames), the norm's channel axis, the probes' and the tokens' reshapes.
 #[derive(Debug, Clone)]
 enum Convs {
+    /// `[1, C, T, h, w]`.
     Ncthw(CausalConv3d, CausalConv3d),
+    /// `[T, h, w, C]`; the probes are converted to `[1, C, T, h, w]`.
     ChannelsLast(ChannelsLastConv, ChannelsLastConv),
+}
+
+impl Convs {
+    fn time_dim(&self) -> usize {
+        match self {
+            Convs::Ncthw(..) => 2,
+            Convs::ChannelsLast(..) => 0,
+        }
+    }
+
+    /// The pixel-unshuffled clip in this layout.
+    fn unshuffle(&self, clip: &Tensor) -> Result<Tensor> {
+        match self {
+            Convs::Ncthw(..) => pixel_unshuffle_16(clip),
+            Convs::ChannelsLast(..) => channels_last::pixel_unshuffle_16_channels_last(clip),
+        }
+    }
+
+    /// Conv 1 or 2 of `x` with `cache` in front.
+    fn forward(&self, second: bool, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        match (self, second) {
+            (Convs::Ncthw(c, _), false) | (Convs::Ncthw(_, c), true) => c.forward(x, cache),
+            (Convs::ChannelsLast(c, _), false) | (Convs::ChannelsLast(_, c), true) => {
+                c.forward(x, cache)
+            }
+        }
+    }
+
+    fn norm(&self, norm: &ChannelRmsNorm, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Convs::Ncthw(..) => norm.forward(x),
+            Convs::ChannelsLast(..) => norm.forward_channels_last(x),
+        }
+    }
+
+    /// An activation as the probes report it, `[1, C, T, h, w]`.
+    fn probe(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Convs::Ncthw(..) => Ok(x.clone()),
+            Convs::ChannelsLast(..) => channels_last::to_ncthw(x),
+        }
+    }
+
+    /// The last activation as tokens `[1, f·h·w, C]` in (f, h, w) order.
+    fn tokens(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Convs::Ncthw(..) => x.flatten_from(2)?.transpose(1, 2)?.contiguous(),
+            Convs::ChannelsLast(..) => channels_last::tokens(x),
+        }
+    }
 }
 
 /// The LQ projection with its weights.
@@ -167,90 +221,40 @@ impl LqProj {
         } else {
             clip.clone()
         };
-        if let Convs::ChannelsLast(conv1, conv2) = &self.convs {
-            return self.stream_channels_last(conv1, conv2, &clip, state, probes);
-        }
-        let Convs::Ncthw(conv1, conv2) = &self.convs else {
-            unreachable!("handled above")
-        };
-        let x = pixel_unshuffle_16(&clip)?;
+        let convs = &self.convs;
+        let x = convs.unshuffle(&clip)?;
 
-        let (x1, c1) = self.conv_with_cache(conv1, &x, state.conv1_cache.take())?;
+        let (x1, c1) = self.conv_with_cache(false, &x, state.conv1_cache.take())?;
         state.conv1_cache = Some(c1);
-        let a1 = candle_nn::ops::silu(&self.norm1.forward(&x1)?)?;
+        let a1 = candle_nn::ops::silu(&convs.norm(&self.norm1, &x1)?)?;
         if let Some(probes) = probes.as_deref_mut() {
-            probes.act1 = Some(a1.clone());
+            probes.act1 = Some(convs.probe(&a1)?);
         }
         state.calls += 1;
         if first {
-            state.conv2_cache = Some(last_frames(&a1, CACHE_T)?);
+            state.conv2_cache = Some(last_frames(&a1, convs.time_dim(), CACHE_T)?);
             return Ok(None);
         }
-        let (x2, c2) = self.conv_with_cache(conv2, &a1, state.conv2_cache.take())?;
+        let (x2, c2) = self.conv_with_cache(true, &a1, state.conv2_cache.take())?;
         state.conv2_cache = Some(c2);
-        let a2 = candle_nn::ops::silu(&self.norm2.forward(&x2)?)?;
+        let a2 = candle_nn::ops::silu(&convs.norm(&self.norm2, &x2)?)?;
         if let Some(probes) = probes {
-            probes.act2 = Some(a2.clone());
+            probes.act2 = Some(convs.probe(&a2)?);
         }
-        // [1, C, f, h, w] -> [1, f·h·w, C]
-        let (b2, c2, f2, h2, w2) = a2.dims5()?;
-        let tokens = a2.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        debug_assert_eq!(tokens.dims(), &[b2, f2 * h2 * w2, c2]);
-        Ok(Some(self.linear.forward(&tokens)?))
+        Ok(Some(self.linear.forward(&convs.tokens(&a2)?)?))
     }
 
-    /// [`Self::stream_with_probes`] on channels-last frames; the caches hold channels-last
-    /// frames too (a state serves one layout).
-    fn stream_channels_last(
-        &self,
-        conv1: &ChannelsLastConv,
-        conv2: &ChannelsLastConv,
-        clip: &Tensor,
-        state: &mut LqProjState,
-        mut probes: Option<&mut LqProjProbes>,
-    ) -> Result<Option<Tensor>> {
-        let first = state.calls == 0;
-        let x = channels_last::pixel_unshuffle_16_channels_last(clip)?;
-        // The variant's cache rule, as in `conv_with_cache`.
-        let run = |conv: &ChannelsLastConv, x: &Tensor, cache: Option<Tensor>| {
-            let own_last = channels_last::last_frames(x, CACHE_T)?;
-            let y = match self.variant {
-                LqProjVariant::Causal => conv.forward(x, cache.as_ref())?,
-                LqProjVariant::Buffer => conv.forward(x, Some(&own_last))?,
-            };
-            Ok::<_, candle_core::Error>((y, own_last))
-        };
-        let (x1, c1) = run(conv1, &x, state.conv1_cache.take())?;
-        state.conv1_cache = Some(c1);
-        let a1 = candle_nn::ops::silu(&self.norm1.forward_channels_last(&x1)?)?;
-        if let Some(probes) = probes.as_deref_mut() {
-            probes.act1 = Some(channels_last::to_ncthw(&a1)?);
-        }
-        state.calls += 1;
-        if first {
-            state.conv2_cache = Some(channels_last::last_frames(&a1, CACHE_T)?);
-            return Ok(None);
-        }
-        let (x2, c2) = run(conv2, &a1, state.conv2_cache.take())?;
-        state.conv2_cache = Some(c2);
-        let a2 = candle_nn::ops::silu(&self.norm2.forward_channels_last(&x2)?)?;
-        if let Some(probes) = probes {
-            probes.act2 = Some(channels_last::to_ncthw(&a2)?);
-        }
-        Ok(Some(self.linear.forward(&channels_last::tokens(&a2)?)?))
-    }
-
-    /// Runs one conv with the variant's cache rule; returns (output, cache for next call).
+    /// Runs conv 1 or 2 with the variant's cache rule; returns (output, cache for next call).
     fn conv_with_cache(
         &self,
-        conv: &CausalConv3d,
+        second: bool,
         x: &Tensor,
         cache: Option<Tensor>,
     ) -> Result<(Tensor, Tensor)> {
-        let own_last = last_frames(x, CACHE_T)?;
+        let own_last = last_frames(x, self.convs.time_dim(), CACHE_T)?;
         let y = match self.variant {
-            LqProjVariant::Causal => conv.forward(x, cache.as_ref())?,
-            LqProjVariant::Buffer => conv.forward(x, Some(&own_last))?,
+            LqProjVariant::Causal => self.convs.forward(second, x, cache.as_ref())?,
+            LqProjVariant::Buffer => self.convs.forward(second, x, Some(&own_last))?,
         };
         Ok((y, own_last))
     }
@@ -269,10 +273,11 @@ fn channel_norm(vb: &VarBuilder, channels: usize) -> Result<ChannelRmsNorm> {
     Ok(norm)
 }
 
-fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
-    let t = x.dim(2)?;
+/// The last `n` frames of `x` along its time axis `dim`, contiguous (the conv caches).
+fn last_frames(x: &Tensor, dim: usize, n: usize) -> Result<Tensor> {
+    let t = x.dim(dim)?;
     let n = n.min(t);
-    x.narrow(2, t - n, n)?.contiguous()
+    x.narrow(dim, t - n, n)?.contiguous()
 }
 
 /// "PixelShuffle3d(1,16,16)": `[B, 3, T, H, W]` → `[B, 3·256, T, H/16, W/16]` with channel
