@@ -366,77 +366,134 @@ mod cuda {
         }
     }
 
+    /// What one tap's GEMM gets: the operands' device addresses, the tap, and the cuBLAS
+    /// scalars (`beta` 0 for the first tap, which initialises the output, 1 after).
+    struct Tap {
+        x: u64,
+        w: u64,
+        y: u64,
+        elem: u64,
+        dy: usize,
+        dx: usize,
+        tap: usize,
+        one: *const c_void,
+        beta: *const c_void,
+        compute: sys::cublasComputeType_t,
+    }
+
+    /// The frame of both ops: the operands at their offsets (at least `min_x`/`min_w`
+    /// elements), a zeroed f32 output of `out_len`, then `gemm` once per tap in (dy, dx) order.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_taps<T: CudaDType + DeviceRepr>(
+        what: &str,
+        xs: (&CudaStorage, &Layout),
+        taps: (&CudaStorage, &Layout),
+        (min_x, min_w): (usize, usize),
+        out_len: usize,
+        (kh, kw): (usize, usize),
+        data_type: sys::cudaDataType_t,
+        mut gemm: impl FnMut(sys::cublasHandle_t, &Tap) -> Result<()>,
+    ) -> Result<CudaStorage> {
+        let dev = xs.0.device().clone();
+        let x = xs.0.as_cuda_slice::<T>()?.slice(start(xs.1, "input")?..);
+        let w = taps
+            .0
+            .as_cuda_slice::<T>()?
+            .slice(start(taps.1, "weight")?..);
+        if x.len() < min_x || w.len() < min_w {
+            bail!("{what}: operand buffers are smaller than their shapes")
+        }
+        // Zeroed: output rows no GEMM writes are cropped by the caller.
+        let mut out = dev.alloc_zeros::<f32>(out_len)?;
+        let blas = dev.cublas_handle();
+        let stream = dev.cuda_stream();
+        {
+            let (x_ptr, _gx) = x.device_ptr(&stream);
+            let (w_ptr, _gw) = w.device_ptr(&stream);
+            let (y_ptr, _gy) = out.device_ptr_mut(&stream);
+            let (one, zero) = (1f32, 0f32);
+            for dy in 0..kh {
+                for dx in 0..kw {
+                    let index = dy * kw + dx;
+                    let beta: &f32 = if index == 0 { &zero } else { &one };
+                    let tap = Tap {
+                        x: x_ptr,
+                        w: w_ptr,
+                        y: y_ptr,
+                        elem: std::mem::size_of::<T>() as u64,
+                        dy,
+                        dx,
+                        tap: index,
+                        one: &one as *const f32 as *const c_void,
+                        beta: beta as *const f32 as *const c_void,
+                        compute: compute_type(data_type),
+                    };
+                    gemm(*blas.handle(), &tap)?;
+                }
+            }
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
     fn nhwc_gemms<T: CudaDType + DeviceRepr>(
         op: &NhwcTapGemms,
         xs: (&CudaStorage, &Layout),
         taps: (&CudaStorage, &Layout),
         data_type: sys::cudaDataType_t,
     ) -> Result<CudaStorage> {
-        let dev = xs.0.device().clone();
-        let x = xs.0.as_cuda_slice::<T>()?.slice(start(xs.1, "input")?..);
-        let w = taps.0.as_cuda_slice::<T>()?.slice(start(taps.1, "taps")?..);
         let frame_in = op.hp * op.wp * op.k;
-        let ho = op.hp - op.kh + 1;
-        let rows_out = ho * op.wp;
-        if x.len() < op.n * frame_in || w.len() < op.kh * op.kw * op.cout * op.k {
-            bail!("tap conv2d (channels-last): operand buffers are smaller than their shapes")
-        }
+        let rows_out = (op.hp - op.kh + 1) * op.wp;
         // Rows computed per frame: the last kW − 1 (cropped columns of the last output row)
         // would read past the frame; they stay zero.
         let rows = rows_out - (op.kw - 1);
-        let mut out = dev.alloc_zeros::<f32>(op.n * rows_out * op.cout)?;
-        let blas = dev.cublas_handle();
-        let stream = dev.cuda_stream();
-        let elem = std::mem::size_of::<T>() as u64;
-        let compute = compute_type(data_type);
-        {
-            let (x_ptr, _gx) = x.device_ptr(&stream);
-            let (w_ptr, _gw) = w.device_ptr(&stream);
-            let (y_ptr, _gy) = out.device_ptr_mut(&stream);
-            let one = 1f32;
-            for dy in 0..op.kh {
-                for dx in 0..op.kw {
-                    let tap = dy * op.kw + dx;
-                    let beta = if tap == 0 { 0f32 } else { 1f32 };
-                    // Column-major view, per frame: Y^T [C_out, rows] (ld C_out) +=
-                    // W_tap [C_out, K] (stored row-major: column-major [K, C_out], transposed)
-                    // · X_shift^T [K, rows] (ld K).
-                    let a = w_ptr + elem * (tap * op.cout * op.k) as u64;
-                    let b = x_ptr + elem * ((dy * op.wp + dx) * op.k) as u64;
-                    // SAFETY: live device buffers of the checked sizes; per frame the largest
-                    // input row read is rows − 1 + (kH−1)·Wp + kW − 1 = Hp·Wp − 1, inside it.
-                    unsafe {
-                        gemm_strided_batched_ex(
-                            *blas.handle(),
-                            sys::cublasOperation_t::CUBLAS_OP_T,
-                            sys::cublasOperation_t::CUBLAS_OP_N,
-                            op.cout as i32,
-                            rows as i32,
-                            op.k as i32,
-                            &one as *const f32 as *const c_void,
-                            a as *const c_void,
-                            data_type,
-                            op.k as i32,
-                            0,
-                            b as *const c_void,
-                            data_type,
-                            op.k as i32,
-                            frame_in as i64,
-                            &beta as *const f32 as *const c_void,
-                            y_ptr as *mut c_void,
-                            sys::cudaDataType_t::CUDA_R_32F,
-                            op.cout as i32,
-                            (rows_out * op.cout) as i64,
-                            op.n as i32,
-                            compute,
-                            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-                        )
-                    }
-                    .w()?;
+        let sizes = (op.n * frame_in, op.kh * op.kw * op.cout * op.k);
+        let what = "tap conv2d (channels-last)";
+        accumulate_taps::<T>(
+            what,
+            xs,
+            taps,
+            sizes,
+            op.n * rows_out * op.cout,
+            (op.kh, op.kw),
+            data_type,
+            |handle, t| {
+                // Column-major view, per frame: Y^T [C_out, rows] (ld C_out) +=
+                // W_tap [C_out, K] (stored row-major: column-major [K, C_out], transposed)
+                // · X_shift^T [K, rows] (ld K).
+                let a = t.w + t.elem * (t.tap * op.cout * op.k) as u64;
+                let b = t.x + t.elem * ((t.dy * op.wp + t.dx) * op.k) as u64;
+                // SAFETY: live device buffers of the checked sizes; per frame the largest
+                // input row read is rows − 1 + (kH−1)·Wp + kW − 1 = Hp·Wp − 1, inside it.
+                unsafe {
+                    gemm_strided_batched_ex(
+                        handle,
+                        sys::cublasOperation_t::CUBLAS_OP_T,
+                        sys::cublasOperation_t::CUBLAS_OP_N,
+                        op.cout as i32,
+                        rows as i32,
+                        op.k as i32,
+                        t.one,
+                        a as *const c_void,
+                        data_type,
+                        op.k as i32,
+                        0,
+                        b as *const c_void,
+                        data_type,
+                        op.k as i32,
+                        frame_in as i64,
+                        t.beta,
+                        t.y as *mut c_void,
+                        sys::cudaDataType_t::CUDA_R_32F,
+                        op.cout as i32,
+                        (rows_out * op.cout) as i64,
+                        op.n as i32,
+                        t.compute,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
                 }
-            }
-        }
-        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+                .w()
+            },
+        )
     }
 
     fn gemms<T: CudaDType + DeviceRepr>(
@@ -445,65 +502,49 @@ mod cuda {
         taps: (&CudaStorage, &Layout),
         data_type: sys::cudaDataType_t,
     ) -> Result<CudaStorage> {
-        let dev = xs.0.device().clone();
-        let x = xs.0.as_cuda_slice::<T>()?.slice(start(xs.1, "input")?..);
-        let w = taps
-            .0
-            .as_cuda_slice::<T>()?
-            .slice(start(taps.1, "weight")?..);
-        if x.len() < op.kw * op.copy_len || w.len() < op.kh * op.kw * op.cout * op.cin {
-            bail!("tap conv2d: operand buffers are smaller than their shapes")
-        }
-        // Zeroed: the rows past `op.rows` are never written (they are cropped anyway).
-        let mut out = dev.alloc_zeros::<f32>(op.cout * op.l)?;
-        let blas = dev.cublas_handle();
-        let stream = dev.cuda_stream();
-        let elem = std::mem::size_of::<T>() as u64;
-        let compute = compute_type(data_type);
-        {
-            let (x_ptr, _gx) = x.device_ptr(&stream);
-            let (w_ptr, _gw) = w.device_ptr(&stream);
-            let (y_ptr, _gy) = out.device_ptr_mut(&stream);
-            let one = 1f32;
-            for dy in 0..op.kh {
-                for dx in 0..op.kw {
-                    let tap = dy * op.kw + dx;
-                    let beta = if tap == 0 { 0f32 } else { 1f32 };
-                    // Column-major view: Y^T [rows, C_out] (ld L) += X_shift^T [rows, C_in]
-                    // (ld L) · W_tap^T [C_in, C_out] (ld C_in).
-                    let a = x_ptr + elem * (dx * op.copy_len + dy * op.wp) as u64;
-                    let b = w_ptr + elem * (tap * op.cout * op.cin) as u64;
-                    // SAFETY: the pointers come from live device buffers of the checked sizes;
-                    // the largest element read is (C_in−1)·L + rows−1 + (kH−1)·Wp of a copy,
-                    // below copy_len (see `conv2d`); Y has C_out·L elements.
-                    unsafe {
-                        gemm_ex(
-                            *blas.handle(),
-                            sys::cublasOperation_t::CUBLAS_OP_N,
-                            sys::cublasOperation_t::CUBLAS_OP_N,
-                            op.rows as i32,
-                            op.cout as i32,
-                            op.cin as i32,
-                            &one as *const f32 as *const c_void,
-                            a as *const c_void,
-                            data_type,
-                            op.l as i32,
-                            b as *const c_void,
-                            data_type,
-                            op.cin as i32,
-                            &beta as *const f32 as *const c_void,
-                            y_ptr as *mut c_void,
-                            sys::cudaDataType_t::CUDA_R_32F,
-                            op.l as i32,
-                            compute,
-                            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-                        )
-                    }
-                    .w()?;
+        let sizes = (op.kw * op.copy_len, op.kh * op.kw * op.cout * op.cin);
+        accumulate_taps::<T>(
+            "tap conv2d",
+            xs,
+            taps,
+            sizes,
+            op.cout * op.l,
+            (op.kh, op.kw),
+            data_type,
+            |handle, t| {
+                // Column-major view: Y^T [rows, C_out] (ld L) += X_shift^T [rows, C_in]
+                // (ld L) · W_tap^T [C_in, C_out] (ld C_in).
+                let a = t.x + t.elem * (t.dx * op.copy_len + t.dy * op.wp) as u64;
+                let b = t.w + t.elem * (t.tap * op.cout * op.cin) as u64;
+                // SAFETY: the pointers come from live device buffers of the checked sizes;
+                // the largest element read is (C_in−1)·L + rows−1 + (kH−1)·Wp of a copy,
+                // below copy_len (see `conv2d`); Y has C_out·L elements.
+                unsafe {
+                    gemm_ex(
+                        handle,
+                        sys::cublasOperation_t::CUBLAS_OP_N,
+                        sys::cublasOperation_t::CUBLAS_OP_N,
+                        op.rows as i32,
+                        op.cout as i32,
+                        op.cin as i32,
+                        t.one,
+                        a as *const c_void,
+                        data_type,
+                        op.l as i32,
+                        b as *const c_void,
+                        data_type,
+                        op.cin as i32,
+                        t.beta,
+                        t.y as *mut c_void,
+                        sys::cudaDataType_t::CUDA_R_32F,
+                        op.l as i32,
+                        t.compute,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
                 }
-            }
-        }
-        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+                .w()
+            },
+        )
     }
 }
 
