@@ -122,29 +122,26 @@ impl ChannelRmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_over(x, 1)
+    }
+
+    /// The same norm over the last dim of channels-last `[..., C]`.
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_over(x, x.rank().saturating_sub(1))
+    }
+
+    /// The norm with the channels on `axis`.
+    fn forward_over(&self, x: &Tensor, axis: usize) -> Result<Tensor> {
         let xf = x.to_dtype(DType::F32)?;
         let norm = xf
             .sqr()?
-            .sum_keepdim(1)?
+            .sum_keepdim(axis)?
             .sqrt()?
             .maximum(CHANNEL_NORM_EPS)?;
         let mut shape = vec![1; x.rank()];
-        shape[1] = self.channels();
+        shape[axis] = self.channels();
         let y =
             (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma.reshape(shape)?)?;
-        y.to_dtype(x.dtype())
-    }
-
-    /// The same norm over the last dim of channels-last `[..., C]` (same operations in the
-    /// same order).
-    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?;
-        let norm = xf
-            .sqr()?
-            .sum_keepdim(candle_core::D::Minus1)?
-            .sqrt()?
-            .maximum(CHANNEL_NORM_EPS)?;
-        let y = (xf.broadcast_div(&norm)? * self.scale)?.broadcast_mul(&self.gamma)?;
         y.to_dtype(x.dtype())
     }
 }
