@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flashvsr_loader::convert::Quant;
 use flashvsr_model::color_fix::ColorFix;
-use flashvsr_model::pipeline::{Mode, ModelVersion};
+use flashvsr_model::pipeline::{KvStorage, Mode, ModelVersion};
 
 use crate::devices::DeviceChoice;
 use crate::tools;
@@ -247,6 +247,25 @@ impl From<ColorFixArg> for ColorFix {
             ColorFixArg::Adain => ColorFix::AdaIn,
             ColorFixArg::Wavelet => ColorFix::Wavelet,
             ColorFixArg::None => ColorFix::None,
+        }
+    }
+}
+
+/// How the KV cache keeps keys and values (`--kv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum KvCacheArg {
+    /// The compute dtype: exact.
+    #[default]
+    Dense,
+    /// e4m3 bytes with one scale per head and token: about half the KV memory of bf16.
+    Fp8,
+}
+
+impl From<KvCacheArg> for KvStorage {
+    fn from(k: KvCacheArg) -> KvStorage {
+        match k {
+            KvCacheArg::Dense => KvStorage::Dense,
+            KvCacheArg::Fp8 => KvStorage::Fp8,
         }
     }
 }
@@ -712,6 +731,10 @@ pub struct MemoryArgs {
     /// plan's choice, the most that fit]. Fewer: less decoder memory, a little slower.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub decoder_latents: Option<u64>,
+    /// KV cache storage: dense (the compute dtype, exact) or fp8 (e4m3 with a scale per head
+    /// and token: about half the cache's memory, slightly less accurate).
+    #[arg(long, value_enum, default_value = "dense", value_name = "STORAGE")]
+    pub kv_cache: KvCacheArg,
     /// Print the memory plan and exit (the weights are read only for their headers).
     #[arg(long)]
     pub plan: bool,

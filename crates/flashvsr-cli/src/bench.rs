@@ -29,6 +29,8 @@ struct BenchReport {
     /// The DiT's linear weights kept quantized in this type (`--quantize-dit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     quantize_dit: Option<&'static str>,
+    /// `--kv-cache`: dense or fp8.
+    kv_cache: &'static str,
     /// Bytes of the DiT blocks' linear weights on the device, as loaded.
     dit_linear_weight_bytes: u64,
     input_size: [usize; 2],
@@ -133,6 +135,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         scale: args.scale,
         upstream_crop: false,
         kv_ratio: UpscaleOptions::default().kv_ratio,
+        kv_storage: args.memory.kv_cache.into(),
         tile: args.tile.map(|t| (t, args.tile_overlap)),
         tile_overlap: args.tile_overlap,
         budget: memory::budget(args.memory.max_vram, &device),
@@ -186,6 +189,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         mode: args.mode.into(),
         tile: plan.choices.tile.map(Into::into),
         park_kv: plan.choices.park_kv,
+        kv_storage: args.memory.kv_cache.into(),
         decoder_latents_per_call: Some(plan.choices.decoder_latents_per_call),
         decoder_stripe_rows: plan.choices.decoder_stripe_rows,
         ..UpscaleOptions::default()
@@ -218,6 +222,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         device: devices::describe(&device),
         dtype: summary::dtype_name(dtype),
         quantize_dit: args.quantize_dit.map(|q| q.name()),
+        kv_cache: flashvsr_model::pipeline::KvStorage::from(args.memory.kv_cache).name(),
         dit_linear_weight_bytes: dit_linear_bytes as u64,
         input_size: [iw, ih],
         output_size: [out_size.0, out_size.1],

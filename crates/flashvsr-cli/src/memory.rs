@@ -10,7 +10,7 @@ use flashvsr_model::device_memory;
 use flashvsr_model::memory_plan::{
     self, Calibration, MemoryPlan, ModelDims, PartParams, PlanRequest, TileChoice, GIB,
 };
-use flashvsr_model::pipeline::Mode;
+use flashvsr_model::pipeline::{KvStorage, Mode};
 
 use crate::weights::components::Resolved;
 use crate::weights::Role;
@@ -124,6 +124,7 @@ pub struct Job {
     pub scale: f64,
     pub upstream_crop: bool,
     pub kv_ratio: f64,
+    pub kv_storage: KvStorage,
     pub tile: Option<(usize, usize)>,
     pub tile_overlap: usize,
     pub budget: Option<u64>,
@@ -141,6 +142,7 @@ pub fn plan(dims: ModelDims, job: &Job) -> Result<MemoryPlan> {
         scale: job.scale,
         upstream_crop: job.upstream_crop,
         kv_len: job.kv_ratio.max(0.0) as usize,
+        kv_storage: job.kv_storage,
         tile: job.tile.map(|(size, overlap)| TileChoice { size, overlap }),
         tile_overlap: job.tile_overlap,
         budget: job.budget,
@@ -247,6 +249,7 @@ mod tests {
             scale: 4.0,
             upstream_crop: false,
             kv_ratio: 3.0,
+            kv_storage: KvStorage::Dense,
             tile: None,
             tile_overlap: 32,
             budget: None,
@@ -324,6 +327,7 @@ mod tests {
                 scale: 4.0,
                 upstream_crop: false,
                 kv_ratio: 3.0,
+                kv_storage: KvStorage::Dense,
                 tile: None,
                 tile_overlap: 32,
                 budget: gib.map(|g| (g * GIB) as u64).or(Some(79 << 30)),

@@ -1,6 +1,7 @@
 //! The end-of-run summary (`--json` on stdout, a short line otherwise) and memory measurements.
 
 use candle_core::DType;
+use flashvsr_model::pipeline::KvStorage;
 use serde::Serialize;
 
 use crate::weights::components::{Resolved, VersionSource};
@@ -25,6 +26,8 @@ pub struct Settings {
     pub model_version_source: VersionSource,
     pub sparse_ratio: f64,
     pub kv_ratio: f64,
+    /// `--kv-cache`: dense or fp8.
+    pub kv_cache: &'static str,
     pub local_range: usize,
     pub color_fix: String,
     pub seed: u64,
@@ -50,6 +53,7 @@ impl Settings {
             model_version_source: w.version_source,
             sparse_ratio: a.sparse_ratio,
             kv_ratio: a.kv_ratio,
+            kv_cache: KvStorage::from(a.memory.kv_cache).name(),
             local_range: a.local_range.into(),
             color_fix: a.color_fix.as_str().into(),
             seed: a.seed,

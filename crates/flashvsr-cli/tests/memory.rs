@@ -25,6 +25,41 @@ fn plan_is_a_dry_run_with_the_numbers() {
 }
 
 #[test]
+fn fp8_kv_cache_is_planned_smaller_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.y4m");
+    // 29 frames: a first step and a later one that attends over the stored segments.
+    std::fs::write(&input, y4m_bytes(32, 32, 29)).unwrap();
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["--plan", "--json"][..], extra].concat();
+        let o = upscale(tmp.path(), &input, &tmp.path().join("x.y4m"), &args);
+        serde_json::from_str(&ok(&o)).unwrap()
+    };
+    let (dense, fp8) = (plan(&[]), plan(&["--kv-cache", "fp8"]));
+    assert_eq!(dense["kv_storage"], "dense");
+    assert_eq!(fp8["kv_storage"], "fp8");
+    // f32 on the CPU, 32-wide heads: 128 bytes per row dense, 32 + 4 in fp8.
+    let kv = |p: &serde_json::Value| p["kv_device_bytes"].as_u64().unwrap();
+    assert_eq!(kv(&fp8) * 128, kv(&dense) * 36, "{fp8}");
+
+    let run = |name: &str, extra: &[&str]| -> (Vec<u8>, serde_json::Value) {
+        let out = tmp.path().join(name);
+        let args = [&["--json", "-q"][..], extra].concat();
+        let o = upscale(tmp.path(), &input, &out, &args);
+        let summary = serde_json::from_str(ok(&o).lines().last().unwrap()).unwrap();
+        (std::fs::read(&out).unwrap(), summary)
+    };
+    let (dense_frames, _) = run("dense.y4m", &[]);
+    let (fp8_frames, summary) = run("fp8.y4m", &["--kv-cache", "fp8"]);
+    assert_eq!(summary["settings"]["kv_cache"], "fp8", "{summary}");
+    assert_eq!(dense_frames.len(), fp8_frames.len());
+    assert!(
+        dense_frames != fp8_frames,
+        "--kv-cache fp8 left the frames unchanged"
+    );
+}
+
+#[test]
 fn a_budget_nothing_fits_is_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.y4m");

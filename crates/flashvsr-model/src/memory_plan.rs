@@ -23,6 +23,7 @@ use crate::config::{DitConfig, LqProjConfig, Shapes};
 use crate::cuda_limits;
 use crate::decoders::tc::{TcConfig, COND_CHANNELS};
 use crate::decoders::wan_vae::WanVaeConfig;
+use crate::dit::KvStorage;
 use crate::pipeline::{Mode, TileOptions};
 use crate::preprocess::{FrameGeometry, SizeRule};
 use crate::tiling::tile_grid;
@@ -209,6 +210,8 @@ pub struct PlanRequest {
     pub scale: f64,
     pub upstream_crop: bool,
     pub kv_len: usize,
+    /// How the KV rings store keys and values.
+    pub kv_storage: KvStorage,
     /// A tiling the user asked for (`None`: the planner decides).
     pub tile: Option<TileChoice>,
     /// Overlap for tiles the planner picks (input pixels).
@@ -262,6 +265,8 @@ pub struct MemoryPlan {
     pub kv_device_bytes: u64,
     /// KV rings parked in host memory (0 unless `park_kv`).
     pub kv_host_bytes: u64,
+    /// How the rings store keys and values (`dense`: the compute dtype).
+    pub kv_storage: KvStorage,
     /// Bytes copied each way per DiT step when parking (all tiles).
     pub park_bytes_per_step: u64,
     pub session: SessionMemory,
@@ -278,10 +283,14 @@ impl MemoryPlan {
         let g = |b: u64| format!("{:.1}", b as f64 / GIB);
         let stage = self.session.largest_stage();
         let mut s = format!(
-            "predicted peak {} GiB = weights {} + KV {} + {} {} + state {} + runtime {}",
+            "predicted peak {} GiB = weights {} + KV {}{} + {} {} + state {} + runtime {}",
             g(self.peak_bytes),
             g(self.weights_bytes),
             g(self.kv_device_bytes),
+            match self.kv_storage {
+                KvStorage::Dense => "",
+                KvStorage::Fp8 => " (fp8)",
+            },
             stage.stage,
             g(stage.bytes),
             g(self.session.state_bytes * self.tiles as u64),
@@ -366,15 +375,23 @@ pub fn ring_slots(kv_len: usize) -> usize {
     kv_len.max(after_step0)
 }
 
-/// Bytes of one session's KV rings (every block, keys and values) at model size `h`×`w`.
-pub fn kv_bytes(dit: &DitConfig, dtype: DType, h: usize, w: usize, kv_len: usize) -> u64 {
+/// Bytes of one session's KV rings (every block, keys and values) at model size `h`×`w`,
+/// stored as `storage`.
+pub fn kv_bytes(
+    dit: &DitConfig,
+    dtype: DType,
+    storage: KvStorage,
+    h: usize,
+    w: usize,
+    kv_len: usize,
+) -> u64 {
     let seg = LATENTS_PER_SEGMENT as u64 * tokens_per_latent(dit, h, w);
     dit.num_layers as u64
         * ring_slots(kv_len) as u64
         * 2
-        * dit.dim as u64
+        * dit.num_heads as u64
         * seg
-        * dtype_bytes(dtype)
+        * storage.row_bytes(dtype, dit.head_dim()) as u64
 }
 
 /// Live activations of one DiT step over `latents` latent frames with `cached` segments in the
@@ -382,6 +399,7 @@ pub fn kv_bytes(dit: &DitConfig, dtype: DType, h: usize, w: usize, kv_len: usize
 fn dit_step_bytes(
     dims: &ModelDims,
     dtype: DType,
+    storage: KvStorage,
     h: usize,
     w: usize,
     latents: usize,
@@ -398,11 +416,18 @@ fn dit_step_bytes(
     // Self-attention: modulated input, q/k/v before and after the window partition, RoPE's
     // f32 temporaries, the output and its reverse-partition copy; keys/values attended over.
     let new_segments = latents / LATENTS_PER_SEGMENT;
+    let cached_values = cached as u64 * LATENTS_PER_SEGMENT as u64 * t1 * dim;
     let attended = if cached == 0 {
         0 // the new keys themselves
     } else {
         (cached + new_segments) as u64 * LATENTS_PER_SEGMENT as u64 * t1 * dim * dt * 2
     };
+    // An fp8 ring decodes its stored values through u32 indices and two f32 temporaries.
+    let attended = attended
+        + match storage {
+            KvStorage::Dense => 0,
+            KvStorage::Fp8 => cached_values * (1 + 4 + 4 + 4),
+        };
     let self_attn = 9 * nd * dt + 2 * 4 * nd + attended;
     // Cross-attention: scores [heads, N, L] in the dtype, in f32, scaled f32 and softmax f32
     // (two of the f32 alive at once), back to the dtype.
@@ -583,13 +608,14 @@ fn color_fix_bytes(frames: usize, h: usize, w: usize, dtype: DType) -> u64 {
 pub fn session_memory(
     dims: &ModelDims,
     dtype: DType,
+    kv_storage: KvStorage,
     h: usize,
     w: usize,
     kv_len: usize,
     decoder_latents_per_call: usize,
     stripe_rows: Option<usize>,
 ) -> SessionMemory {
-    let kv = kv_bytes(&dims.dit, dtype, h, w, kv_len);
+    let kv = kv_bytes(&dims.dit, dtype, kv_storage, h, w, kv_len);
     let cached = ring_slots(kv_len);
     let (decoder, cache) = match &dims.decoder {
         DecoderDims::Tiny(cfg) => {
@@ -613,11 +639,11 @@ pub fn session_memory(
         },
         StageBytes {
             stage: "DiT step 0",
-            bytes: dit_step_bytes(dims, dtype, h, w, STEP0_LATENTS, 0),
+            bytes: dit_step_bytes(dims, dtype, kv_storage, h, w, STEP0_LATENTS, 0),
         },
         StageBytes {
             stage: "DiT step",
-            bytes: dit_step_bytes(dims, dtype, h, w, STEADY_LATENTS, cached),
+            bytes: dit_step_bytes(dims, dtype, kv_storage, h, w, STEADY_LATENTS, cached),
         },
         StageBytes {
             stage: "decoder",
@@ -677,6 +703,7 @@ pub fn estimate(req: &PlanRequest, choices: MemoryChoices) -> Result<MemoryPlan>
     let session = session_memory(
         &req.dims,
         req.dtype,
+        req.kv_storage,
         h,
         w,
         req.kv_len,
@@ -706,6 +733,7 @@ pub fn estimate(req: &PlanRequest, choices: MemoryChoices) -> Result<MemoryPlan>
         runtime_bytes: cal.runtime_bytes,
         kv_device_bytes: kv_device,
         kv_host_bytes: kv_host,
+        kv_storage: req.kv_storage,
         park_bytes_per_step,
         session,
         peak_bytes: peak,
@@ -853,6 +881,7 @@ mod tests {
             scale: 4.0,
             upstream_crop: false,
             kv_len: 3,
+            kv_storage: KvStorage::Dense,
             tile: None,
             tile_overlap: 32,
             budget: None,
@@ -868,8 +897,13 @@ mod tests {
         // K and V, 1536 wide, bf16, 30 blocks: 30 · 3 · 2 · 1536 · 8448 · 2 bytes.
         let cfg = DitConfig::wan_1_3b();
         assert_eq!(
-            kv_bytes(&cfg, DType::BF16, 768, 1408, 3),
+            kv_bytes(&cfg, DType::BF16, KvStorage::Dense, 768, 1408, 3),
             30 * 3 * 2 * 1536 * 8448 * 2
+        );
+        // fp8: one byte per value plus an f32 scale per (head, token) row of 128.
+        assert_eq!(
+            kv_bytes(&cfg, DType::BF16, KvStorage::Fp8, 768, 1408, 3),
+            30 * 3 * 2 * 12 * 8448 * (128 + 4)
         );
         // (the ring the previous code kept had a 4th slot)
         assert_eq!(ring_slots(3), 3);
@@ -925,7 +959,7 @@ mod tests {
         let cross = 2 * nd * 2 + 12 * n * 512 * (8 + 2);
         let residual = 12 * nd;
         assert_eq!(
-            dit_step_bytes(&dims, DType::BF16, 768, 1408, 6, 0),
+            dit_step_bytes(&dims, DType::BF16, KvStorage::Dense, 768, 1408, 6, 0),
             residual + cross
         );
     }
@@ -1013,6 +1047,20 @@ mod tests {
         assert!((diff as f64 - want).abs() < 4.0, "{diff} vs {want}");
         assert_eq!(parked.park_bytes_per_step, 6 * parked.kv_device_bytes);
         assert!(parked.peak_bytes < resident.peak_bytes);
+        Ok(())
+    }
+
+    #[test]
+    fn fp8_kv_shrinks_the_ring_in_the_plan() -> Result<()> {
+        let dense = plan(&request(1408, 768))?;
+        let fp8 = plan(&PlanRequest {
+            kv_storage: KvStorage::Fp8,
+            ..request(1408, 768)
+        })?;
+        // bf16 rows of 128 values: 256 bytes; fp8: 128 + a 4-byte scale.
+        assert_eq!(fp8.kv_device_bytes * 256, dense.kv_device_bytes * 132);
+        assert!(fp8.peak_bytes < dense.peak_bytes);
+        assert!(fp8.summary().contains("(fp8)"), "{}", fp8.summary());
         Ok(())
     }
 

@@ -276,3 +276,43 @@ fn decoders_match_the_fixtures() {
         &t,
     );
 }
+
+/// The fp8 KV cache on the target device keeps the same e4m3 bytes and scales as on the CPU
+/// (the quantize kernel and the decode agree), through a fill, an eviction and a regrow.
+#[test]
+fn fp8_kv_cache_matches_the_cpu() {
+    use flashvsr_model::dit::{BlockKv, KvStorage};
+    let t = target();
+    let (heads, seg, hd) = (12, 256, 128);
+    let mut on_target = BlockKv::with_storage(KvStorage::Fp8);
+    let mut on_cpu = BlockKv::with_storage(KvStorage::Fp8);
+    for (step, m) in [3usize, 1, 1, 4].into_iter().enumerate() {
+        let k = Tensor::randn(0f32, 2.0, (heads, m * seg, hd), &Device::Cpu)
+            .unwrap()
+            .to_dtype(t.dtype)
+            .unwrap();
+        let v = (k.sin().unwrap() * 3.0).unwrap();
+        let (kt, vt) = (
+            k.to_device(&t.device).unwrap(),
+            v.to_device(&t.device).unwrap(),
+        );
+        let (gk, gv) = on_target.append(&kt, &vt, seg, 3, step % 2 == 0).unwrap();
+        let (ck, cv) = on_cpu.append(&k, &v, seg, 3, step % 2 == 0).unwrap();
+        for (got, want, what) in [(&gk, &ck, "keys"), (&gv, &cv, "values")] {
+            let got = got.to_device(&Device::Cpu).unwrap();
+            let diff = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(
+                diff, 0.0,
+                "step {step}: attended {what} differ from the CPU's"
+            );
+        }
+    }
+    assert_eq!(on_target.bytes(), on_cpu.bytes());
+}

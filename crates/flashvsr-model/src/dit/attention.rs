@@ -137,7 +137,6 @@ impl SelfAttention {
             .with_layout(OutputLayout::TokenMajor)
             .forward(&q, &k_all, &v_all, &mask)?;
         let out = self.proj.o_linear().forward_no_bias(&attn)?;
-        cache.evict(ctx.kv_len);
         Ok((out, draft))
     }
 
@@ -210,9 +209,6 @@ impl SelfAttention {
         let attn = attn.transpose(0, 1)?.reshape((n, dim))?;
         let attn = lcsa::window_reverse(&attn, ctx.grid)?;
         let out = self.proj.output(&attn)?.unsqueeze(0)?;
-
-        // Upstream drops exactly one oldest segment per step once over kv_len.
-        cache.evict(ctx.kv_len);
         Ok((out, draft))
     }
 }

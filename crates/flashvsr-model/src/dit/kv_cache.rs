@@ -14,8 +14,14 @@
 //! mask depends only on the window's position inside its segment, top-k and softmax are
 //! order-free), but the f32 summation order is not, and keeping it keeps the outputs bit for bit.
 //! Callers that need the keys in time order (the draft probes compared with upstream) ask for it.
+//!
+//! Storage: the ring holds the compute dtype (exact), or, with [`KvStorage::Fp8`], e4m3 bytes
+//! with one f32 scale per (head, token) row of `head_dim` values (quantized when a segment is
+//! written, decoded when it is attended over): about half the bytes of bf16. The step's own new
+//! segments are always attended over unquantized.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use flashvsr_kernels::fp8::{self, Fp8Rows};
 
 use crate::config::DitConfig;
 
@@ -32,12 +38,157 @@ pub fn stored_slots(kv_len: usize, first_segments: usize) -> usize {
     kv_len.max(kept).max(1)
 }
 
+/// How the ring keeps keys and values between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvStorage {
+    /// The compute dtype: bit-exact.
+    #[default]
+    Dense,
+    /// e4m3 with one f32 scale per (head, token) row (`amax / 448`, as the FP8 linears).
+    Fp8,
+}
+
+impl KvStorage {
+    /// Bytes of one stored (head, token) row of `head_dim` values with compute dtype `dtype`.
+    pub fn row_bytes(self, dtype: DType, head_dim: usize) -> usize {
+        match self {
+            KvStorage::Dense => head_dim * dtype.size_in_bytes(),
+            KvStorage::Fp8 => head_dim + 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvStorage::Dense => "dense",
+            KvStorage::Fp8 => "fp8",
+        }
+    }
+}
+
+/// The keys or the values of one ring, `[heads, tokens, head_dim]`, in the ring's storage.
+#[derive(Debug, Clone)]
+enum SlotBuffer {
+    Dense(Tensor),
+    /// `q`: U8 `[heads, tokens, head_dim]`; `scale`: F32 `[heads, tokens]`.
+    Fp8 {
+        q: Tensor,
+        scale: Tensor,
+    },
+}
+
+impl SlotBuffer {
+    fn zeros(
+        storage: KvStorage,
+        (heads, tokens, hd): (usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(match storage {
+            KvStorage::Dense => {
+                SlotBuffer::Dense(Tensor::zeros((heads, tokens, hd), dtype, device)?)
+            }
+            KvStorage::Fp8 => SlotBuffer::Fp8 {
+                q: Tensor::zeros((heads, tokens, hd), DType::U8, device)?,
+                scale: Tensor::ones((heads, tokens), DType::F32, device)?,
+            },
+        })
+    }
+
+    /// `(heads, tokens, head_dim)`.
+    fn dims(&self) -> Result<(usize, usize, usize)> {
+        match self {
+            SlotBuffer::Dense(t) => t.dims3(),
+            SlotBuffer::Fp8 { q, .. } => q.dims3(),
+        }
+    }
+
+    fn storage(&self) -> KvStorage {
+        match self {
+            SlotBuffer::Dense(_) => KvStorage::Dense,
+            SlotBuffer::Fp8 { .. } => KvStorage::Fp8,
+        }
+    }
+
+    fn device(&self) -> &Device {
+        match self {
+            SlotBuffer::Dense(t) => t.device(),
+            SlotBuffer::Fp8 { q, .. } => q.device(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            SlotBuffer::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            SlotBuffer::Fp8 { q, scale } => q.elem_count() + 4 * scale.elem_count(),
+        }
+    }
+
+    /// Tokens `[start, start + len)` in `dtype` (a view when dense, decoded when fp8).
+    fn read(&self, start: usize, len: usize, dtype: DType) -> Result<Tensor> {
+        match self {
+            SlotBuffer::Dense(t) => t.narrow(1, start, len),
+            SlotBuffer::Fp8 { q, scale } => {
+                let (heads, _, hd) = q.dims3()?;
+                let rows = Fp8Rows {
+                    q: q.narrow(1, start, len)?
+                        .contiguous()?
+                        .reshape((heads * len, hd))?,
+                    scale: scale.narrow(1, start, len)?.contiguous()?.flatten_all()?,
+                };
+                rows.dequantize(dtype)?.reshape((heads, len, hd))
+            }
+        }
+    }
+
+    /// Stores `x` (`[heads, len, head_dim]`, contiguous) at token `start`.
+    fn write(&mut self, x: &Tensor, start: usize) -> Result<()> {
+        match self {
+            SlotBuffer::Dense(t) => t.slice_set(x, 1, start),
+            SlotBuffer::Fp8 { q, scale } => {
+                let (heads, len, hd) = x.dims3()?;
+                let rows = fp8::quantize_rows(&x.reshape((heads * len, hd))?)?;
+                q.slice_set(&rows.q.reshape((heads, len, hd))?, 1, start)?;
+                scale.slice_set(&rows.scale.reshape((heads, len))?, 1, start)
+            }
+        }
+    }
+
+    /// The same contents with room for `tokens` tokens (the new ones zero).
+    fn grown(&self, tokens: usize, dtype: DType) -> Result<Self> {
+        let (heads, _, hd) = self.dims()?;
+        let mut bigger =
+            SlotBuffer::zeros(self.storage(), (heads, tokens, hd), dtype, self.device())?;
+        match (&mut bigger, self) {
+            (SlotBuffer::Dense(b), SlotBuffer::Dense(t)) => b.slice_set(t, 1, 0)?,
+            (SlotBuffer::Fp8 { q: bq, scale: bs }, SlotBuffer::Fp8 { q, scale }) => {
+                bq.slice_set(q, 1, 0)?;
+                bs.slice_set(scale, 1, 0)?;
+            }
+            _ => unreachable!("same storage"),
+        }
+        Ok(bigger)
+    }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(match self {
+            SlotBuffer::Dense(t) => SlotBuffer::Dense(t.to_device(device)?),
+            SlotBuffer::Fp8 { q, scale } => SlotBuffer::Fp8 {
+                q: q.to_device(device)?,
+                scale: scale.to_device(device)?,
+            },
+        })
+    }
+}
+
 /// One block's segments: device storage without a spare slot, plus the order-keeping positions.
 #[derive(Debug, Clone)]
 struct Ring {
-    /// `[heads, stored·seg_tokens, head_dim]` each, contiguous.
-    k: Tensor,
-    v: Tensor,
+    /// `[heads, stored·seg_tokens, head_dim]` each.
+    k: SlotBuffer,
+    v: SlotBuffer,
+    /// The compute dtype the segments come and go in.
+    dtype: DType,
     seg_tokens: usize,
     /// Device slots not holding a segment.
     free: Vec<usize>,
@@ -50,12 +201,20 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(like: &Tensor, seg_tokens: usize, stored: usize, positions: usize) -> Result<Self> {
+    fn new(
+        like: &Tensor,
+        storage: KvStorage,
+        seg_tokens: usize,
+        stored: usize,
+        positions: usize,
+    ) -> Result<Self> {
         let (heads, _, hd) = like.dims3()?;
         let shape = (heads, stored * seg_tokens, hd);
+        let (dtype, device) = (like.dtype(), like.device());
         Ok(Self {
-            k: Tensor::zeros(shape, like.dtype(), like.device())?,
-            v: Tensor::zeros(shape, like.dtype(), like.device())?,
+            k: SlotBuffer::zeros(storage, shape, dtype, device)?,
+            v: SlotBuffer::zeros(storage, shape, dtype, device)?,
+            dtype,
             seg_tokens,
             free: (0..stored).rev().collect(),
             positions,
@@ -66,7 +225,7 @@ impl Ring {
     }
 
     fn stored(&self) -> usize {
-        self.k.dim(1).unwrap_or(0) / self.seg_tokens
+        self.k.dims().map(|(_, t, _)| t).unwrap_or(0) / self.seg_tokens
     }
 
     fn position(&self, i: usize) -> usize {
@@ -88,18 +247,9 @@ impl Ring {
             return Ok(s);
         }
         let old = self.stored();
-        let (heads, _, hd) = self.k.dims3()?;
-        let grow = |t: &Tensor| -> Result<Tensor> {
-            let bigger = Tensor::zeros(
-                (heads, (old + 1) * self.seg_tokens, hd),
-                t.dtype(),
-                t.device(),
-            )?;
-            bigger.slice_set(t, 1, 0)?;
-            Ok(bigger)
-        };
-        self.k = grow(&self.k)?;
-        self.v = grow(&self.v)?;
+        let tokens = (old + 1) * self.seg_tokens;
+        self.k = self.k.grown(tokens, self.dtype)?;
+        self.v = self.v.grown(tokens, self.dtype)?;
         Ok(old)
     }
 
@@ -115,18 +265,22 @@ impl Ring {
     }
 
     /// Concatenates stored slots and new segments (`new`: `[heads, m·seg, hd]`) in `order`,
-    /// merging runs of consecutive slots into one view.
-    fn gather(&self, stored: &Tensor, new: Option<&Tensor>, order: &[Source]) -> Result<Tensor> {
+    /// merging runs of consecutive slots into one read.
+    fn gather(
+        &self,
+        stored: &SlotBuffer,
+        new: Option<&Tensor>,
+        order: &[Source],
+    ) -> Result<Tensor> {
         let s = self.seg_tokens;
         let mut views: Vec<Tensor> = Vec::new();
         let mut run: Option<(Source, usize)> = None;
         let flush = |run: Option<(Source, usize)>, views: &mut Vec<Tensor>| -> Result<()> {
             if let Some((src, n)) = run {
-                let (t, first) = match src {
-                    Source::Stored(slot) => (stored, slot),
-                    Source::New(i) => (new.expect("new segments given"), i),
-                };
-                views.push(t.narrow(1, first * s, n * s)?);
+                views.push(match src {
+                    Source::Stored(slot) => stored.read(slot * s, n * s, self.dtype)?,
+                    Source::New(i) => new.expect("new segments given").narrow(1, i * s, n * s)?,
+                });
             }
             Ok(())
         };
@@ -170,9 +324,22 @@ impl Source {
 #[derive(Debug, Clone, Default)]
 pub struct BlockKv {
     ring: Option<Ring>,
+    storage: KvStorage,
 }
 
 impl BlockKv {
+    /// An empty cache keeping its segments as `storage`.
+    pub fn with_storage(storage: KvStorage) -> Self {
+        Self {
+            ring: None,
+            storage,
+        }
+    }
+
+    pub fn storage(&self) -> KvStorage {
+        self.storage
+    }
+
     /// Cached segments (between steps).
     pub fn segments(&self) -> usize {
         self.ring.as_ref().map(|r| r.len).unwrap_or(0)
@@ -209,17 +376,15 @@ impl BlockKv {
         let mut ring = match self.ring.take() {
             None => Ring::new(
                 &k,
+                self.storage,
                 seg_tokens,
                 stored_slots(kv_len, m),
                 slots_for(kv_len, m),
             )?,
             Some(r) => {
                 let (heads, _, hd) = k.dims3()?;
-                let (rh, _, rhd) = r.k.dims3()?;
-                if r.seg_tokens != seg_tokens
-                    || (rh, rhd) != (heads, hd)
-                    || r.k.dtype() != k.dtype()
-                {
+                let (rh, _, rhd) = r.k.dims()?;
+                if r.seg_tokens != seg_tokens || (rh, rhd) != (heads, hd) || r.dtype != k.dtype() {
                     candle_core::bail!(
                         "KV cache holds segments of {} tokens × {rh} heads × {rhd}, this step has {seg_tokens} × {heads} × {hd}: clear the cache between videos",
                         r.seg_tokens
@@ -281,18 +446,14 @@ impl BlockKv {
             }
             let slot = ring.take_slot()?;
             ring.k
-                .slice_set(&k.narrow(1, i * s, s)?.contiguous()?, 1, slot * s)?;
+                .write(&k.narrow(1, i * s, s)?.contiguous()?, slot * s)?;
             ring.v
-                .slice_set(&v.narrow(1, i * s, s)?.contiguous()?, 1, slot * s)?;
+                .write(&v.narrow(1, i * s, s)?.contiguous()?, slot * s)?;
             ring.at[p] = Some(slot);
         }
         self.ring = Some(ring);
         Ok(attend)
     }
-
-    /// Kept for callers written against the ring with a spare slot: the oldest segment is now
-    /// dropped inside [`BlockKv::append`], before the new ones are written.
-    pub fn evict(&mut self, _kv_len: usize) {}
 
     /// The cached segments in time order (tests, diagnostics).
     pub fn contents(&self) -> Result<Option<(Tensor, Tensor)>> {
@@ -306,7 +467,7 @@ impl BlockKv {
     pub fn bytes(&self) -> usize {
         self.ring
             .as_ref()
-            .map(|r| 2 * r.k.elem_count() * r.k.dtype().size_in_bytes())
+            .map(|r| r.k.bytes() + r.v.bytes())
             .unwrap_or(0)
     }
 
@@ -334,8 +495,13 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(cfg: &DitConfig) -> Self {
+        Self::with_storage(cfg, KvStorage::Dense)
+    }
+
+    /// One empty [`BlockKv`] per block, each keeping its segments as `storage`.
+    pub fn with_storage(cfg: &DitConfig, storage: KvStorage) -> Self {
         Self {
-            blocks: vec![BlockKv::default(); cfg.num_layers],
+            blocks: vec![BlockKv::with_storage(storage); cfg.num_layers],
         }
     }
     pub fn clear(&mut self) {
@@ -415,7 +581,6 @@ mod tests {
                     got_k.sort_by(f32::total_cmp);
                     assert_eq!(got_k, want, "kv_len {kv_len} step {step} (as a set)");
                 }
-                kv.evict(kv_len);
                 let held = kv.contents()?.map(|(k, _)| ids(&k)).unwrap_or_default();
                 assert_eq!(held, reference, "kv_len {kv_len} after step {step}");
             }
@@ -521,7 +686,6 @@ mod tests {
     fn ring_grows_when_a_step_brings_more_segments() -> Result<()> {
         let mut kv = BlockKv::default();
         kv.append(&seg(&[0.]), &seg(&[0.]), 2, 1, true)?;
-        kv.evict(1);
         let (k, _) = kv.append(&seg(&[1., 2., 3.]), &seg(&[1., 2., 3.]), 2, 1, true)?;
         assert_eq!(ids(&k), vec![0., 1., 2., 3.]);
         Ok(())
@@ -535,6 +699,109 @@ mod tests {
             .append(&seg(&[2.]), &seg(&[2.]), 1, 3, false)
             .unwrap_err();
         assert!(err.to_string().contains("clear the cache"), "{err}");
+        Ok(())
+    }
+
+    /// Random `[heads, segments·seg, hd]` keys, segment `i` scaled by `i + 1` (rows of
+    /// different magnitudes get different fp8 scales).
+    fn random_segments(first: usize, m: usize, seg: usize) -> Result<Tensor> {
+        let (heads, hd) = (2, 16);
+        let parts: Vec<Tensor> = (first..first + m)
+            .map(|i| {
+                Tensor::randn(0f32, 1.0, (heads, seg, hd), &Device::Cpu)?
+                    .affine((i + 1) as f64, 0.0)
+            })
+            .collect::<Result<_>>()?;
+        Tensor::cat(&parts, 1)
+    }
+
+    /// What an fp8 ring returns for a stored segment: its rows quantized and decoded.
+    fn through_fp8(x: &Tensor) -> Result<Tensor> {
+        let (heads, n, hd) = x.dims3()?;
+        fp8::quantize_rows(&x.reshape((heads * n, hd))?)?
+            .dequantize(x.dtype())?
+            .reshape((heads, n, hd))
+    }
+
+    #[test]
+    fn fp8_ring_attends_over_decoded_stored_segments_and_exact_new_ones() -> Result<()> {
+        let seg = 4;
+        for kv_len in [1usize, 3] {
+            let mut dense = BlockKv::default();
+            let mut fp8_kv = BlockKv::with_storage(KvStorage::Fp8);
+            let mut next = 0;
+            for step in 0..7 {
+                let m = if step == 0 { 3 } else { 1 };
+                let k = random_segments(next, m, seg)?;
+                let v = random_segments(next, m, seg)?.affine(-0.5, 0.25)?;
+                next += m;
+                let time_order = step % 2 == 1;
+                // The dense ring with the same history, fed the quantized-and-decoded segments
+                // of earlier steps, is what the fp8 ring must return: same order, stored
+                // segments decoded, this step's segments untouched.
+                let (dk, dv) = dense.append(&k, &v, seg, kv_len, time_order)?;
+                let (fk, fv) = fp8_kv.append(&k, &v, seg, kv_len, time_order)?;
+                assert_eq!(fk.dims(), dk.dims());
+                let max_abs = |t: Tensor| -> Result<f32> { t.abs()?.max_all()?.to_scalar::<f32>() };
+                let tokens = dk.dim(1)?;
+                for (f, d, new) in [(&fk, &dk, &k), (&fv, &dv, &v)] {
+                    // Each attended segment is either one of this step's (exact) or a stored
+                    // one (its decode).
+                    for j in 0..tokens / seg {
+                        let got = f.narrow(1, j * seg, seg)?;
+                        let want = d.narrow(1, j * seg, seg)?;
+                        let mut is_new = false;
+                        for i in 0..m {
+                            is_new |= max_abs((&new.narrow(1, i * seg, seg)? - &want)?)? == 0.0;
+                        }
+                        let expect = if is_new {
+                            want.clone()
+                        } else {
+                            through_fp8(&want)?
+                        };
+                        let diff = max_abs((&got - &expect)?)?;
+                        assert_eq!(diff, 0.0, "kv_len {kv_len} step {step} segment {j}");
+                        // e4m3 keeps 3 mantissa bits: within 1/16 of the row's largest value.
+                        let amax = want.abs()?.max_keepdim(2)?;
+                        let err = (&got - &want)?.abs()?.broadcast_div(&amax)?.max_all()?;
+                        assert!(err.to_scalar::<f32>()? <= 1.0 / 16.0 + 1e-6);
+                    }
+                }
+                assert_eq!(fp8_kv.segments(), dense.segments());
+            }
+            assert_eq!(fp8_kv.stored_slots(), dense.stored_slots());
+            // 2 heads × 16 dims per token: dense f32 64 bytes per row, fp8 16 + 4.
+            let rows = 2 * fp8_kv.stored_slots() * seg * 2;
+            assert_eq!(dense.bytes(), rows * 16 * 4);
+            assert_eq!(fp8_kv.bytes(), rows * (16 + 4));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fp8_ring_survives_a_trip_to_the_host_and_growing() -> Result<()> {
+        let seg = 4;
+        let mut kv = BlockKv::with_storage(KvStorage::Fp8);
+        let first = random_segments(0, 1, seg)?;
+        kv.append(&first, &first, seg, 1, true)?;
+        let before = kv.contents()?.expect("one segment").0;
+        assert_eq!(
+            (&before - &through_fp8(&first)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?,
+            0.0
+        );
+        kv.move_to(&Device::Cpu)?;
+        // Three new segments with kv_len 1: the ring grows to hold them.
+        let more = random_segments(1, 3, seg)?;
+        let (k, _) = kv.append(&more, &more, seg, 1, true)?;
+        assert_eq!(k.dim(1)?, 4 * seg);
+        let old = k.narrow(1, 0, seg)?;
+        assert_eq!((&old - &before)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        let held = kv.contents()?.expect("segments").0;
+        let want = through_fp8(&more)?;
+        assert_eq!((&held - &want)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 }

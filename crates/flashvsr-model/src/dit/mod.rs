@@ -31,7 +31,7 @@ use flashvsr_kernels::dit_fused;
 
 pub use attention::{FusedContext, LcsaContext};
 pub use block::{BlockProbes, CrossKv, DitBlock};
-pub use kv_cache::{BlockKv, KvCache};
+pub use kv_cache::{BlockKv, KvCache, KvStorage};
 pub use lcsa::{BlockMask, LcsaParams};
 
 use crate::config::DitConfig;

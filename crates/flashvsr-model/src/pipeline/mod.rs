@@ -30,7 +30,7 @@ use crate::lq_proj::LqProj;
 use crate::precision::Precision;
 use crate::segments::Segment;
 
-pub use options::{ColorFix, Mode, ModelVersion, TileOptions, UpscaleOptions};
+pub use options::{ColorFix, KvStorage, Mode, ModelVersion, TileOptions, UpscaleOptions};
 pub use segment::SegmentSession;
 pub use session::{SessionStats, StreamSession};
 pub use tiled::Session;

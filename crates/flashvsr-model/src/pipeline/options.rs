@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 
 pub use crate::color_fix::ColorFix;
+pub use crate::dit::KvStorage;
 use crate::lq_proj::LqProjVariant;
 
 /// Which decoder turns latents into frames.
@@ -53,6 +54,9 @@ pub struct UpscaleOptions {
     pub sparse_ratio: f64,
     /// KV cache length in segments (upstream 3.0).
     pub kv_ratio: f64,
+    /// How the KV cache keeps keys and values between steps (dense: exact; fp8: half the
+    /// bytes of bf16).
+    pub kv_storage: KvStorage,
     /// Local attention window in blocks (upstream 11).
     pub local_range: usize,
     pub color_fix: ColorFix,
@@ -84,6 +88,7 @@ impl Default for UpscaleOptions {
             mode: Mode::Tiny,
             sparse_ratio: 2.0,
             kv_ratio: 3.0,
+            kv_storage: KvStorage::Dense,
             local_range: 11,
             color_fix: ColorFix::AdaIn,
             upstream_compat: false,

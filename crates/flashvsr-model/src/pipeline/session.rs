@@ -185,7 +185,7 @@ impl<'m> StreamSession<'m> {
             frames_in: 0,
             next_step: 0,
             lq_state: LqProjState::new(),
-            kv: KvCache::new(model.dit.config()),
+            kv: KvCache::with_storage(model.dit.config(), opts.kv_storage),
             decoder,
             finished: false,
             park_kv: opts.park_kv,
