@@ -93,7 +93,13 @@ impl Fp8Rows {
 
     /// The matrix the bytes and scales stand for, in `dtype` (`q · scale`, in f32, rounded once).
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
-        decode(&self.q)?
+        self.dequantize_with(&decode_table(self.q.device())?, dtype)
+    }
+
+    /// [`Fp8Rows::dequantize`] with a [`decode_table`] the caller keeps on the device (no
+    /// upload per call: a host copy in a CUDA step loop stalls it).
+    pub fn dequantize_with(&self, table: &Tensor, dtype: DType) -> Result<Tensor> {
+        decode_with(&self.q, table)?
             .broadcast_mul(&self.scale.unsqueeze(1)?)?
             .to_dtype(dtype)
     }
@@ -141,10 +147,18 @@ fn quantize_rows_host(x: &Tensor, rows: usize, cols: usize) -> Result<Fp8Rows> {
     })
 }
 
+/// The f32 values of the 256 e4m3 codes on `device`, for [`Fp8Rows::dequantize_with`].
+pub fn decode_table(device: &Device) -> Result<Tensor> {
+    let table: Vec<f32> = (0..=255u8).map(e4m3_decode).collect();
+    Tensor::from_vec(table, 256, device)
+}
+
 /// The e4m3 bytes `q` as f32 values (no scale).
 fn decode(q: &Tensor) -> Result<Tensor> {
-    let table: Vec<f32> = (0..=255u8).map(e4m3_decode).collect();
-    let table = Tensor::from_vec(table, 256, q.device())?;
+    decode_with(q, &decode_table(q.device())?)
+}
+
+fn decode_with(q: &Tensor, table: &Tensor) -> Result<Tensor> {
     let idx = q.flatten_all()?.to_dtype(DType::U32)?;
     table.index_select(&idx, 0)?.reshape(q.shape())
 }

@@ -70,10 +70,12 @@ impl KvStorage {
 #[derive(Debug, Clone)]
 enum SlotBuffer {
     Dense(Tensor),
-    /// `q`: U8 `[heads, tokens, head_dim]`; `scale`: F32 `[heads, tokens]`.
+    /// `q`: U8 `[heads, tokens, head_dim]`; `scale`: F32 `[heads, tokens]`; `table`: the
+    /// e4m3 decode table, kept on the device.
     Fp8 {
         q: Tensor,
         scale: Tensor,
+        table: Tensor,
     },
 }
 
@@ -91,6 +93,7 @@ impl SlotBuffer {
             KvStorage::Fp8 => SlotBuffer::Fp8 {
                 q: Tensor::zeros((heads, tokens, hd), DType::U8, device)?,
                 scale: Tensor::ones((heads, tokens), DType::F32, device)?,
+                table: fp8::decode_table(device)?,
             },
         })
     }
@@ -120,7 +123,7 @@ impl SlotBuffer {
     fn bytes(&self) -> usize {
         match self {
             SlotBuffer::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            SlotBuffer::Fp8 { q, scale } => q.elem_count() + 4 * scale.elem_count(),
+            SlotBuffer::Fp8 { q, scale, .. } => q.elem_count() + 4 * scale.elem_count(),
         }
     }
 
@@ -128,7 +131,7 @@ impl SlotBuffer {
     fn read(&self, start: usize, len: usize, dtype: DType) -> Result<Tensor> {
         match self {
             SlotBuffer::Dense(t) => t.narrow(1, start, len),
-            SlotBuffer::Fp8 { q, scale } => {
+            SlotBuffer::Fp8 { q, scale, table } => {
                 let (heads, _, hd) = q.dims3()?;
                 let rows = Fp8Rows {
                     q: q.narrow(1, start, len)?
@@ -136,7 +139,8 @@ impl SlotBuffer {
                         .reshape((heads * len, hd))?,
                     scale: scale.narrow(1, start, len)?.contiguous()?.flatten_all()?,
                 };
-                rows.dequantize(dtype)?.reshape((heads, len, hd))
+                rows.dequantize_with(table, dtype)?
+                    .reshape((heads, len, hd))
             }
         }
     }
@@ -145,7 +149,7 @@ impl SlotBuffer {
     fn write(&mut self, x: &Tensor, start: usize) -> Result<()> {
         match self {
             SlotBuffer::Dense(t) => t.slice_set(x, 1, start),
-            SlotBuffer::Fp8 { q, scale } => {
+            SlotBuffer::Fp8 { q, scale, .. } => {
                 let (heads, len, hd) = x.dims3()?;
                 let rows = fp8::quantize_rows(&x.reshape((heads * len, hd))?)?;
                 q.slice_set(&rows.q.reshape((heads, len, hd))?, 1, start)?;
@@ -161,7 +165,12 @@ impl SlotBuffer {
             SlotBuffer::zeros(self.storage(), (heads, tokens, hd), dtype, self.device())?;
         match (&mut bigger, self) {
             (SlotBuffer::Dense(b), SlotBuffer::Dense(t)) => b.slice_set(t, 1, 0)?,
-            (SlotBuffer::Fp8 { q: bq, scale: bs }, SlotBuffer::Fp8 { q, scale }) => {
+            (
+                SlotBuffer::Fp8 {
+                    q: bq, scale: bs, ..
+                },
+                SlotBuffer::Fp8 { q, scale, .. },
+            ) => {
                 bq.slice_set(q, 1, 0)?;
                 bs.slice_set(scale, 1, 0)?;
             }
@@ -173,9 +182,10 @@ impl SlotBuffer {
     fn to_device(&self, device: &Device) -> Result<Self> {
         Ok(match self {
             SlotBuffer::Dense(t) => SlotBuffer::Dense(t.to_device(device)?),
-            SlotBuffer::Fp8 { q, scale } => SlotBuffer::Fp8 {
+            SlotBuffer::Fp8 { q, scale, table } => SlotBuffer::Fp8 {
                 q: q.to_device(device)?,
                 scale: scale.to_device(device)?,
+                table: table.to_device(device)?,
             },
         })
     }
