@@ -30,7 +30,7 @@ struct BenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     quantize_dit: Option<&'static str>,
     /// `--kv-cache`: dense or fp8.
-    kv_cache: &'static str,
+    kv_cache: flashvsr_model::pipeline::KvStorage,
     /// Bytes of the DiT blocks' linear weights on the device, as loaded.
     dit_linear_weight_bytes: u64,
     input_size: [usize; 2],
@@ -222,7 +222,7 @@ pub fn run(args: &BenchArgs, quiet: bool) -> Result<()> {
         device: devices::describe(&device),
         dtype: summary::dtype_name(dtype),
         quantize_dit: args.quantize_dit.map(|q| q.name()),
-        kv_cache: flashvsr_model::pipeline::KvStorage::from(args.memory.kv_cache).name(),
+        kv_cache: args.memory.kv_cache.into(),
         dit_linear_weight_bytes: dit_linear_bytes as u64,
         input_size: [iw, ih],
         output_size: [out_size.0, out_size.1],

@@ -27,7 +27,7 @@ pub struct Settings {
     pub sparse_ratio: f64,
     pub kv_ratio: f64,
     /// `--kv-cache`: dense or fp8.
-    pub kv_cache: &'static str,
+    pub kv_cache: KvStorage,
     pub local_range: usize,
     pub color_fix: String,
     pub seed: u64,
@@ -53,7 +53,7 @@ impl Settings {
             model_version_source: w.version_source,
             sparse_ratio: a.sparse_ratio,
             kv_ratio: a.kv_ratio,
-            kv_cache: KvStorage::from(a.memory.kv_cache).name(),
+            kv_cache: a.memory.kv_cache.into(),
             local_range: a.local_range.into(),
             color_fix: a.color_fix.as_str().into(),
             seed: a.seed,

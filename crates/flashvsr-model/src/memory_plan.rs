@@ -604,17 +604,19 @@ fn color_fix_bytes(frames: usize, h: usize, w: usize, dtype: DType) -> u64 {
     px * (4 * 4 + 2 * dtype_bytes(dtype) + 1)
 }
 
-/// The memory of one session at model size `h`×`w`.
+/// The memory of one session of `req` at model size `h`×`w` with the decoder chunking of
+/// `choices`.
 pub fn session_memory(
-    dims: &ModelDims,
-    dtype: DType,
-    kv_storage: KvStorage,
+    req: &PlanRequest,
     h: usize,
     w: usize,
-    kv_len: usize,
-    decoder_latents_per_call: usize,
-    stripe_rows: Option<usize>,
+    choices: &MemoryChoices,
 ) -> SessionMemory {
+    let (dims, dtype, kv_storage, kv_len) = (&req.dims, req.dtype, req.kv_storage, req.kv_len);
+    let (decoder_latents_per_call, stripe_rows) = (
+        choices.decoder_latents_per_call,
+        choices.decoder_stripe_rows,
+    );
     let kv = kv_bytes(&dims.dit, dtype, kv_storage, h, w, kv_len);
     let cached = ring_slots(kv_len);
     let (decoder, cache) = match &dims.decoder {
@@ -700,16 +702,7 @@ pub fn estimate(req: &PlanRequest, choices: MemoryChoices) -> Result<MemoryPlan>
         park_kv: choices.park_kv && tiled,
         ..choices
     };
-    let session = session_memory(
-        &req.dims,
-        req.dtype,
-        req.kv_storage,
-        h,
-        w,
-        req.kv_len,
-        choices.decoder_latents_per_call,
-        choices.decoder_stripe_rows,
-    );
+    let session = session_memory(req, h, w, &choices);
     let weights = weights_bytes(&req.dims, req.dtype);
     let (kv_device, kv_host) = if choices.park_kv {
         (session.kv_bytes, session.kv_bytes * (tiles as u64 - 1))

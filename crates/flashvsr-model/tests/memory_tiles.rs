@@ -64,23 +64,6 @@ fn run(model: &FlashVsr, frames: &[RgbFrame], opts: &UpscaleOptions) -> Vec<RgbF
     out
 }
 
-fn psnr(a: &[RgbFrame], b: &[RgbFrame]) -> f64 {
-    let (mut se, mut n) = (0f64, 0usize);
-    for (x, y) in a.iter().zip(b) {
-        for (p, q) in x.data.iter().zip(&y.data) {
-            let d = *p as f64 - *q as f64;
-            se += d * d;
-            n += 1;
-        }
-    }
-    let mse = se / n as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
-}
-
 #[test]
 fn tiles_with_parked_kv_match_resident_tiles_and_stay_close_to_the_whole_frame() {
     let model = load();

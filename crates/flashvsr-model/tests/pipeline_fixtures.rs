@@ -125,18 +125,6 @@ fn reproduce(name: &str, version: ModelVersion, mode: Mode, sparse_ratio: f64, l
     );
 }
 
-/// PSNR over every byte of two clips.
-fn psnr(a: &[RgbFrame], b: &[RgbFrame]) -> f64 {
-    let (mut se, mut n) = (0f64, 0usize);
-    for (x, y) in a.iter().zip(b) {
-        for (&p, &q) in x.data.iter().zip(&y.data) {
-            se += (p as f64 - q as f64).powi(2);
-            n += 1;
-        }
-    }
-    10.0 * (255f64.powi(2) / (se / n as f64).max(1e-12)).log10()
-}
-
 #[test]
 fn tiny_v1_1_reproduces_upstream_frames() {
     reproduce("tiny-v1.1", ModelVersion::V1_1, Mode::Tiny, 2.0, 11);

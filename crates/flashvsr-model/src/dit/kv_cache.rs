@@ -57,13 +57,6 @@ impl KvStorage {
             KvStorage::Fp8 => head_dim + 4,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KvStorage::Dense => "dense",
-            KvStorage::Fp8 => "fp8",
-        }
-    }
 }
 
 /// The keys or the values of one ring, `[heads, tokens, head_dim]`, in the ring's storage.
@@ -344,10 +337,6 @@ impl BlockKv {
             ring: None,
             storage,
         }
-    }
-
-    pub fn storage(&self) -> KvStorage {
-        self.storage
     }
 
     /// Cached segments (between steps).

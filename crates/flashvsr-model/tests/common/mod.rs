@@ -164,3 +164,21 @@ pub fn bools(t: &Tensor) -> Vec<bool> {
         .map(|v| v != 0)
         .collect()
 }
+
+/// PSNR over every byte of two clips (infinite when they are equal).
+pub fn psnr(a: &[RgbFrame], b: &[RgbFrame]) -> f64 {
+    let (mut se, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.data.iter().zip(&y.data) {
+            let d = *p as f64 - *q as f64;
+            se += d * d;
+            n += 1;
+        }
+    }
+    let mse = se / n as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
